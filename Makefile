@@ -1,0 +1,94 @@
+# vimi: `make run` and `make test` work on a fresh machine with nothing but the repo and Python 3.11.
+#
+# Two environments (README, "Two environments"):
+#   .venv      the project: vimi, dagster, mlflow, torch, ...   (antlr4-python3-runtime 4.13, for dagster)
+#   .venv-dvc  the DVC tool                                     (antlr4-python3-runtime 4.9, for dvc's hydra)
+# `.venv/bin/dvc` links to the tool, so with .venv on PATH both `vimi` and `dvc` work.
+# Each is built once; a stamp file makes a second call install nothing.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3.11
+PIP_VERSION := 26.3
+VENV := .venv
+DVC_VENV := .venv-dvc
+STAMP := $(VENV)/.vimi-installed
+DVC_STAMP := $(DVC_VENV)/.vimi-installed
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DAGSTER_HOME := $(CURDIR)/.dagster
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow/mlflow.db
+# Nothing phones home; no model hub is reachable here.
+export DAGSTER_DISABLE_TELEMETRY := 1
+export GX_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: help setup run test ui mlflow-ui repro bench lock clean
+
+help:
+	@echo "make run        set up, then materialize the whole pipeline (tiny profile, CPU)"
+	@echo "make test       set up, then run the test suite (slow end-to-end tests included)"
+	@echo "make ui         Dagster UI on http://127.0.0.1:$(DAGSTER_PORT)"
+	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (sqlite store in mlflow/)"
+	@echo "make repro      dvc repro: the same pipeline, driven by DVC"
+	@echo "make bench      vimi bench memory --json → benchmarks/memory.json"
+
+setup: $(STAMP) $(DVC_STAMP)
+
+$(STAMP): pyproject.toml requirements/project-lock.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found: vimi needs Python 3.11 (make PYTHON=/path/to/python3.11)"; exit 1; }
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION)
+	@# torch and torchvision first, alone: they come from local disk here (a CUDA build that runs on CPU).
+	$(VENV)/bin/python -m pip install --quiet -c requirements/project-lock.txt torch torchvision
+	$(VENV)/bin/python -m pip install --quiet -c requirements/project-lock.txt -e '.[dev]'
+	@touch $@
+
+$(DVC_STAMP): requirements/dvc-tool-lock.txt | $(STAMP)
+	@test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION)
+	$(DVC_VENV)/bin/python -m pip install --quiet -r requirements/dvc-tool-lock.txt
+	ln -sf ../../$(DVC_VENV)/bin/dvc $(VENV)/bin/dvc
+	@touch $@
+
+run: setup
+	dagster asset materialize -m orchestration.definitions --select '*'
+	@echo
+	@vimi validate memory | head -1
+	@vimi validate videos | head -1
+	@echo "Browse it: make ui (Dagster) · make mlflow-ui (MLflow)"
+
+test: setup
+	python -m pytest $(PYTEST_ARGS)
+
+ui: setup
+	dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(DAGSTER_PORT)
+
+mlflow-ui: setup
+	@mkdir -p mlflow/artifacts
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/mlflow/artifacts \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+repro: setup
+	dvc repro
+
+bench: setup
+	vimi bench memory --json
+
+# Refresh the whole-tree pins after changing pyproject.toml's dependencies.
+lock: setup
+	{ echo "# Whole-tree pins of the project environment (.venv), from 'make lock'. Used as pip constraints."; \
+	  $(VENV)/bin/pip freeze --exclude-editable | grep -v '^-e'; } > requirements/project-lock.txt
+	{ echo "# Whole-tree pins of the DVC tool environment (.venv-dvc), from 'make lock'. DVC's hydra needs"; \
+	  echo "# antlr4-python3-runtime 4.9.x, dagster 4.13.x: the two cannot share one environment."; \
+	  $(DVC_VENV)/bin/pip freeze; } > requirements/dvc-tool-lock.txt
+
+clean:
+	rm -rf data/world data/*.lance reports/validation

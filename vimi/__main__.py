@@ -1,0 +1,3 @@
+from vimi.cli import main
+
+main()

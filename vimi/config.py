@@ -1,0 +1,122 @@
+"""Settings: params.yaml (+ profile) and where data lives.
+
+Every step reads its knobs from one params.yaml. The project root is the directory holding it,
+found from the working directory upwards (like git finds .git) or named by ``VIMI_PARAMS``.
+Data lives under ``<root>/data`` unless ``VIMI_DATA_DIR`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vimi.errors import VimiError
+
+PARAMS_FILE = "params.yaml"
+PROFILES = ("tiny", "small", "paper")
+
+# Dataset file names under the data directory (DESIGN.md §3).
+DATASET_FILES = {
+    "world": "world",
+    "memory": "memory.lance",
+    "videos": "videos.lance",
+    "eval_videos": "eval_videos.lance",
+    "quarantine": "quarantine.lance",
+}
+
+
+def find_params_file(start: Path | None = None) -> Path:
+    env = os.environ.get("VIMI_PARAMS")
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise VimiError(f"VIMI_PARAMS points to {path}, which is not a file.")
+        return path.resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / PARAMS_FILE
+        if candidate.is_file():
+            return candidate
+    raise VimiError(
+        f"No {PARAMS_FILE} found in {here} or any parent directory. Run vimi from the project "
+        "directory or set VIMI_PARAMS=/path/to/params.yaml."
+    )
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return base with override merged in; nested dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(path: Path | None = None, profile: str | None = None) -> dict[str, Any]:
+    """params.yaml with the chosen profile's overrides applied (the profile key is kept)."""
+    path = path or find_params_file()
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VimiError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise VimiError(f"{path} must hold a mapping of sections, found {type(raw).__name__}.")
+    profiles = raw.get("profiles") or {}
+    chosen = profile or raw.get("profile") or "tiny"
+    if chosen not in profiles:
+        known = ", ".join(sorted(profiles)) or "none"
+        raise VimiError(f"Unknown profile {chosen!r} in {path}; profiles defined: {known}.")
+    params = deep_merge({k: v for k, v in raw.items() if k != "profiles"}, profiles[chosen] or {})
+    params["profile"] = chosen
+    return params
+
+
+@dataclass
+class Settings:
+    """Resolved parameters and locations for one pipeline."""
+
+    params: dict[str, Any]
+    root: Path
+    data_dir: Path
+    params_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        profile: str | None = None,
+        params_path: str | Path | None = None,
+        data_dir: str | Path | None = None,
+    ) -> "Settings":
+        path = Path(params_path).resolve() if params_path else find_params_file()
+        params = load_params(path, profile)
+        root = path.parent
+        # An explicit directory (argument or VIMI_DATA_DIR) is taken relative to the working directory.
+        chosen = data_dir or os.environ.get("VIMI_DATA_DIR")
+        data = Path(chosen).expanduser().resolve() if chosen else root / "data"
+        return cls(params=params, root=root, data_dir=data, params_path=path)
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.params.get(name)
+        if not isinstance(value, dict):
+            raise VimiError(f"params.yaml has no section {name!r}.")
+        return value
+
+    @property
+    def seed(self) -> int:
+        return int(self.params.get("seed", 0))
+
+    @property
+    def profile(self) -> str:
+        return str(self.params["profile"])
+
+    def path(self, name: str) -> Path:
+        """Location of a named dataset (see DATASET_FILES) under the data directory."""
+        return self.data_dir / DATASET_FILES[name]
