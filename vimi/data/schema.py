@@ -1,0 +1,34 @@
+"""The video corpus' Lance schema (data/videos.lance, data/eval_videos.lance). Documented in the README."""
+
+import pyarrow as pa
+
+from vimi.memory.schema import POSE
+
+RAW_FORMAT = "raw_rgb24"  # frames as uint8 bytes, C-order num_frames × height × width × 3
+
+VIDEO_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("video", pa.large_binary(), nullable=False),   # encoded container bytes (mp4, ...) or raw frames
+        pa.field("video_format", pa.string(), nullable=False),  # "raw_rgb24", or the container: "mp4", "webm", ...
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("num_frames", pa.int32(), nullable=False),
+        pa.field("fps", pa.float32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("meta", pa.string(), nullable=False),          # JSON object
+        # Ground truth, where known (SpriteWorld); null for real data.
+        pa.field("split", pa.string()),                         # train | eval
+        pa.field("subject_id", pa.string()),
+        pa.field("subject_name", pa.string()),
+        pa.field("shape", pa.string()),
+        pa.field("color1", pa.string()),
+        pa.field("color2", pa.string()),
+        pa.field("pattern", pa.string()),
+        pa.field("scene", pa.string()),
+        pa.field("action", pa.string()),
+        pa.field("subject_split", pa.string()),                 # seen | unseen
+        pa.field("trajectory", pa.list_(POSE)),                  # one pose per frame
+    ]
+)

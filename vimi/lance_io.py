@@ -1,0 +1,197 @@
+"""Lance helpers shared by every dataset: streamed atomic writes, versions, fingerprints, quarantine.
+
+A Lance write is one commit: data files are written first and the manifest last, so a write
+killed midway leaves the previous version as it was (DESIGN.md §8).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import lance
+import pyarrow as pa
+
+from vimi.errors import VimiError
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", pa.string(), nullable=False),   # the dataset the row was meant for
+        pa.field("source", pa.string(), nullable=False),    # file, shard or table it came from
+        pa.field("key", pa.string()),                       # sample key / row id inside the source
+        pa.field("reason", pa.string(), nullable=False),    # machine-readable: empty_caption, ...
+        pa.field("detail", pa.string()),                    # human-readable
+        pa.field("ingest_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+@dataclass
+class QuarantineRow:
+    source: str
+    key: str | None
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class WriteResult:
+    uri: str
+    version: int | None   # None when nothing was written and no dataset existed
+    rows_written: int
+    total_rows: int
+
+
+@dataclass
+class IngestReport:
+    dataset: str
+    ingested: int = 0
+    version: int | None = None
+    quarantined: dict[str, int] = field(default_factory=dict)
+    quarantine_rows: list[QuarantineRow] = field(default_factory=list)
+
+    def quarantine(self, row: QuarantineRow) -> None:
+        self.quarantine_rows.append(row)
+        self.quarantined[row.reason] = self.quarantined.get(row.reason, 0) + 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ingested": self.ingested,
+            "quarantined": dict(sorted(self.quarantined.items())),
+            "version": self.version,
+        }
+
+
+def exists(uri: str | Path) -> bool:
+    return (Path(uri) / "_versions").is_dir()
+
+
+def open_dataset(uri: str | Path, what: str = "dataset", hint: str = "") -> lance.LanceDataset:
+    if not exists(uri):
+        raise VimiError(f"No {what} at {uri}." + (f" {hint}" if hint else ""))
+    return lance.dataset(str(uri))
+
+
+def batches_of(rows: Iterable[dict[str, Any]], schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, batch_rows)):
+        yield pa.RecordBatch.from_pylist(chunk, schema=schema)
+
+
+def write_batches(
+    uri: str | Path,
+    batches: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    mode: str,
+    commit_message: str | None = None,
+) -> WriteResult:
+    """Stream batches into one Lance commit. ``mode`` is "append" (creates when missing) or
+    "overwrite" (a new version replacing the rows; older versions stay readable).
+
+    Nothing is committed when no batch comes (an empty ingest leaves the dataset as it was).
+    """
+    if mode not in ("append", "overwrite"):
+        raise ValueError(f"mode must be append or overwrite, not {mode!r}")
+    uri = str(uri)
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None and mode == "overwrite":
+        first = pa.RecordBatch.from_pylist([], schema=schema)  # the new truth is "no rows"
+    if first is None:
+        if exists(uri):
+            ds = lance.dataset(uri)
+            return WriteResult(uri, ds.version, 0, ds.count_rows())
+        return WriteResult(uri, None, 0, 0)
+
+    counted = 0
+    failure: list[BaseException] = []
+
+    def counting() -> Iterator[pa.RecordBatch]:
+        nonlocal counted
+        try:
+            for batch in itertools.chain([first], iterator):
+                counted += batch.num_rows
+                yield batch
+        except BaseException as exc:  # Lance wraps it in an OSError; keep the original to re-raise
+            failure.append(exc)
+            raise
+
+    if exists(uri):
+        existing = lance.dataset(uri).schema
+        if mode == "append" and not existing.equals(schema, check_metadata=False):
+            raise VimiError(
+                f"{uri} has a different schema than vimi writes; refusing to append. "
+                f"Existing: {existing.names}; expected: {schema.names}."
+            )
+    else:
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        mode = "create"
+    reader = pa.RecordBatchReader.from_batches(schema, counting())
+    try:
+        ds = lance.write_dataset(reader, uri, schema=schema, mode=mode, commit_message=commit_message)
+    except BaseException:
+        if failure:
+            raise failure[0] from None
+        raise
+    return WriteResult(uri, ds.version, counted, ds.count_rows())
+
+
+def write_quarantine(uri: str | Path, dataset: str, ingest_id: str, rows: list[QuarantineRow]) -> int | None:
+    if not rows:
+        return None
+    now = _dt.datetime.now(_dt.timezone.utc)
+    records = [
+        {"dataset": dataset, "source": r.source, "key": r.key, "reason": r.reason,
+         "detail": r.detail, "ingest_id": ingest_id, "created_at": now}
+        for r in rows
+    ]
+    result = write_batches(uri, batches_of(records, QUARANTINE_SCHEMA, 4096), QUARANTINE_SCHEMA, "append")
+    return result.version
+
+
+def fingerprint(uri: str | Path, columns: list[str] | None = None) -> str:
+    """sha256 of the dataset's rows (Arrow IPC of every column, in order), independent of Lance's
+    file names and manifests, which carry UUIDs and timestamps."""
+    ds = lance.dataset(str(uri))
+    digest = hashlib.sha256()
+    digest.update(json.dumps([str(f) for f in ds.schema]).encode())
+    chunk = 1024  # re-chunked to fixed sizes so fragment boundaries do not change the hash
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+
+    def feed(table: pa.Table) -> None:
+        for batch in table.combine_chunks().to_batches():
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, batch.schema) as writer:
+                writer.write_batch(batch)
+            digest.update(sink.getvalue().to_pybytes())
+
+    for batch in ds.to_batches(columns=columns, batch_size=chunk):
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= chunk:
+            table = pa.Table.from_batches(pending)
+            feed(table.slice(0, chunk))
+            rest = table.slice(chunk)
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+    if pending_rows:
+        feed(pa.Table.from_batches(pending))
+    return digest.hexdigest()
+
+
+def summary(uri: str | Path, caption_column: str = "caption", n_samples: int = 5) -> dict[str, Any]:
+    """What a person wants to see of a dataset: rows, version, size, a few captions."""
+    ds = lance.dataset(str(uri))
+    n = ds.count_rows()
+    samples: list[str] = []
+    if n and caption_column in ds.schema.names:
+        idx = sorted({int(i * (n - 1) / max(n_samples - 1, 1)) for i in range(min(n_samples, n))})
+        samples = ds.take(idx, columns=[caption_column]).column(0).to_pylist()
+    size = sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file())
+    return {"path": str(uri), "rows": n, "version": ds.version, "bytes": size, "sample_captions": samples}

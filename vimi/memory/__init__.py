@@ -1,0 +1,1 @@
+"""The image-text memory: schema, build (SpriteWorld or configured sources), ingest adapters."""

@@ -1,0 +1,30 @@
+"""The image-text memory's Lance schema (data/memory.lance). Documented in the README."""
+
+import pyarrow as pa
+
+POSE = pa.list_(pa.float32(), 4)  # x, y, scale, angle (see vimi.world.render)
+
+MEMORY_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),        # unique
+        pa.field("image", pa.large_binary(), nullable=False),  # encoded PNG / JPEG / WebP bytes, as given
+        pa.field("caption", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),    # "spriteworld", "webdataset:<shard>", "parquet:<file>"
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("meta", pa.string(), nullable=False),      # JSON object: anything else the source had
+        # Ground truth, where known (SpriteWorld); null for real data.
+        pa.field("doc_type", pa.string()),                  # subject | anonymous | scene
+        pa.field("subject_id", pa.string()),
+        pa.field("subject_name", pa.string()),
+        pa.field("shape", pa.string()),
+        pa.field("color1", pa.string()),
+        pa.field("color2", pa.string()),
+        pa.field("pattern", pa.string()),
+        pa.field("scene", pa.string()),
+        pa.field("subject_split", pa.string()),             # seen | unseen
+        pa.field("pose", POSE),
+    ]
+)
+
+GROUND_TRUTH_COLUMNS = [f.name for f in MEMORY_SCHEMA][7:]

@@ -1,0 +1,1 @@
+"""SpriteWorld: the built-in synthetic world with ground truth (DESIGN.md §4)."""
