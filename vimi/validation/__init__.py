@@ -1,0 +1,1 @@
+"""Great Expectations suites: memory, videos (and retrieval quality, later)."""

@@ -1,0 +1,258 @@
+"""Great Expectations suites for the memory and the video corpus.
+
+Two batches per dataset: a *table* batch of every row's scalar columns (schema, unique ids,
+non-empty captions, sizes and frame counts in range) and a *media* batch of decoded rows
+(every row, or ``validate.decode_sample`` of them at scale) with derived columns saying whether
+the bytes decode and agree with the declared size and frame count. GE cannot open images or
+videos; we decode, GE judges.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from vimi import lance_io
+from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
+from vimi.data.video_io import VideoDecodeError, decode_video, probe
+from vimi.errors import VimiError
+from vimi.memory.ingest import image_size
+from vimi.memory.schema import MEMORY_SCHEMA
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from validation
+
+VIDEO_FORMATS = [RAW_FORMAT, "mp4", "webm", "mkv", "avi", "mov"]
+
+
+@dataclass
+class CheckResult:
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None
+    examples: list[Any] = field(default_factory=list)
+    observed: Any = None
+    batch: str = "table"
+
+
+@dataclass
+class ValidationReport:
+    suite: str
+    dataset: str
+    version: int
+    rows: int
+    decoded_rows: int
+    success: bool
+    checks: list[CheckResult]
+    seconds: float
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.success]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failed"] = len(self.failed)
+        return data
+
+    def to_text(self) -> str:
+        status = "PASSED" if self.success else "FAILED"
+        lines = [f"{self.suite} suite {status}: {self.dataset} (version {self.version}, {self.rows} rows, "
+                 f"{self.decoded_rows} decoded), {len(self.checks) - len(self.failed)}/{len(self.checks)} "
+                 f"expectations met in {self.seconds:.1f} s"]
+        for check in self.checks:
+            mark = "ok  " if check.success else "FAIL"
+            target = f" [{check.column}]" if check.column else ""
+            extra = ""
+            if not check.success:
+                if check.unexpected_count is not None:
+                    extra = f": {check.unexpected_count} unexpected, e.g. {check.examples[:5]}"
+                elif check.observed is not None:
+                    extra = f": observed {check.observed}"
+            lines.append(f"  {mark} {check.expectation}{target}{extra}")
+        return "\n".join(lines)
+
+
+def _run_suite(name: str, frame: pd.DataFrame, expectations: list, batch: str) -> list[CheckResult]:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    definition = (ctx.data_sources.add_pandas(name).add_dataframe_asset(name)
+                  .add_batch_definition_whole_dataframe(name))
+    suite = ctx.suites.add(gx.ExpectationSuite(name=name))
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    result = definition.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+    checks = []
+    for r in result.results:
+        kwargs = r.expectation_config.kwargs
+        column = kwargs.get("column") or (
+            f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else None)
+        details = r.result or {}
+        checks.append(CheckResult(
+            expectation=r.expectation_config.type, column=column, success=bool(r.success),
+            unexpected_count=details.get("unexpected_count"),
+            examples=[_plain(v) for v in (details.get("partial_unexpected_list") or [])[:10]],
+            observed=_plain(details.get("observed_value")), batch=batch))
+    return checks
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copies of what GE reports (numpy scalars, tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    return value
+
+
+def _schema_check(actual: pa.Schema, expected: pa.Schema) -> CheckResult:
+    problems = []
+    for f in expected:
+        if f.name not in actual.names:
+            problems.append(f"missing column {f.name}")
+        elif not actual.field(f.name).type.equals(f.type):
+            problems.append(f"{f.name} is {actual.field(f.name).type}, expected {f.type}")
+    extra = [n for n in actual.names if n not in expected.names]
+    problems += [f"unexpected column {n}" for n in extra]
+    return CheckResult("schema_matches_vimi", None, not problems, len(problems) if problems else 0, problems)
+
+
+def _sample_indices(n: int, sample: int, seed: int) -> list[int]:
+    if sample <= 0 or sample >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=sample, replace=False).tolist())
+
+
+def _validate(suite: str, uri: Path, expected: pa.Schema, table_columns: list[str],
+              table_expectations: Callable[[], list], media_columns: list[str],
+              decode: Callable[[dict], dict], media_expectations: Callable[[], list],
+              params: dict[str, Any]) -> ValidationReport:
+    start = time.perf_counter()
+    ds = lance_io.open_dataset(uri, f"{suite} dataset", "Build it first (vimi world generate, or an ingest).")
+    schema_check = _schema_check(ds.schema, expected)
+    present = [c for c in table_columns if c in ds.schema.names]
+    frame = ds.to_table(columns=present).to_pandas()
+    checks = [schema_check] + _run_suite(f"{suite}_table", frame, table_expectations(), "table")
+    validate = params.get("validate", {})
+    n = ds.count_rows()
+    indices = _sample_indices(n, int(validate.get("decode_sample", 0)), int(params.get("seed", 0)))
+    decoded = 0
+    if indices and schema_check.success:
+        records = []
+        for start_at in range(0, len(indices), 256):
+            chunk = ds.take(indices[start_at:start_at + 256], columns=media_columns).to_pylist()
+            records += [decode(r) for r in chunk]
+        decoded = len(records)
+        checks += _run_suite(f"{suite}_media", pd.DataFrame.from_records(records), media_expectations(), "media")
+    return ValidationReport(suite=suite, dataset=str(uri), version=ds.version, rows=n, decoded_rows=decoded,
+                            success=all(c.success for c in checks), checks=checks,
+                            seconds=time.perf_counter() - start)
+
+
+def validate_memory(uri: Path, params: dict[str, Any]) -> ValidationReport:
+    import great_expectations.expectations as gxe
+
+    ingest = params.get("ingest", {})
+    lo, hi = int(ingest.get("min_image_size", 8)), int(ingest.get("max_image_size", 16384))
+    min_rows = int(params.get("validate", {}).get("min_rows", 1))
+
+    def table() -> list:
+        return [
+            gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
+            gxe.ExpectColumnValuesToNotBeNull(column="id"),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+            gxe.ExpectColumnValuesToNotMatchRegex(column="caption", regex=r"^\s*$"),
+            gxe.ExpectColumnValuesToNotBeNull(column="source"),
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi),
+            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi),
+        ]
+
+    def decode(row: dict) -> dict:
+        try:
+            width, height = image_size(row["image"])
+            ok = True
+        except (ValueError, TypeError):
+            width = height = -1
+            ok = False
+        return {"id": row["id"], "image_decodable": ok, "width": row["width"], "height": row["height"],
+                "decoded_width": width, "decoded_height": height}
+
+    def media() -> list:
+        return [
+            gxe.ExpectColumnValuesToBeInSet(column="image_decodable", value_set=[True]),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="decoded_width"),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="decoded_height"),
+        ]
+
+    return _validate("memory", Path(uri), MEMORY_SCHEMA, ["id", "caption", "source", "width", "height"],
+                     table, ["id", "image", "width", "height"], decode, media, params)
+
+
+def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") -> ValidationReport:
+    import great_expectations.expectations as gxe
+
+    ingest = params.get("ingest", {})
+    lo, hi = int(ingest.get("min_image_size", 8)), int(ingest.get("max_image_size", 16384))
+    f_lo, f_hi = int(ingest.get("min_video_frames", 8)), int(ingest.get("max_video_frames", 100000))
+    min_rows = int(params.get("validate", {}).get("min_rows", 1))
+
+    def table() -> list:
+        return [
+            gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
+            gxe.ExpectColumnValuesToNotBeNull(column="id"),
+            gxe.ExpectColumnValuesToBeUnique(column="id"),
+            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+            gxe.ExpectColumnValuesToNotMatchRegex(column="caption", regex=r"^\s*$"),
+            gxe.ExpectColumnValuesToBeInSet(column="video_format", value_set=VIDEO_FORMATS),
+            gxe.ExpectColumnValuesToBeBetween(column="num_frames", min_value=f_lo, max_value=f_hi),
+            gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=0, strict_min=True, max_value=1000),
+            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi),
+            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi),
+        ]
+
+    def decode(row: dict) -> dict:
+        try:
+            if row["video_format"] == RAW_FORMAT:
+                shape = decode_video(row["video"], RAW_FORMAT, row["num_frames"], row["height"], row["width"]).shape
+            else:  # count frames without holding a long clip in memory
+                info = probe(row["video"])
+                shape = (info.num_frames, info.height, info.width)
+            ok = True
+        except (VideoDecodeError, ValueError, TypeError):
+            shape, ok = (-1, -1, -1), False
+        return {"id": row["id"], "video_decodable": ok, "num_frames": row["num_frames"], "height": row["height"],
+                "width": row["width"], "decoded_frames": shape[0], "decoded_height": shape[1],
+                "decoded_width": shape[2]}
+
+    def media() -> list:
+        return [
+            gxe.ExpectColumnValuesToBeInSet(column="video_decodable", value_set=[True]),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="num_frames", column_B="decoded_frames"),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="decoded_height"),
+            gxe.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="decoded_width"),
+        ]
+
+    return _validate(suite, Path(uri), VIDEO_SCHEMA,
+                     ["id", "caption", "video_format", "num_frames", "fps", "width", "height"], table,
+                     ["id", "video", "video_format", "num_frames", "height", "width"], decode, media, params)
+
+
+def validate(which: str, uri: Path, params: dict[str, Any]) -> ValidationReport:
+    if which == "memory":
+        return validate_memory(uri, params)
+    if which in ("videos", "eval_videos"):
+        return validate_videos(uri, params, suite=which)
+    raise VimiError(f"Unknown suite {which!r}; use memory, videos or eval_videos.")
