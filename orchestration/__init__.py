@@ -1,0 +1,1 @@
+"""Dagster driver over the vimi library: assets, checks and resources (one Definitions)."""

@@ -1,0 +1,21 @@
+"""Resources bound by key: where params.yaml and the data live, per environment."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import dagster as dg
+
+from vimi.config import Settings
+
+
+class VimiSettings(dg.ConfigurableResource):
+    """params.yaml and the data directory. Unset fields fall back to vimi's own rules:
+    params.yaml found from the working directory (or VIMI_PARAMS), data under VIMI_DATA_DIR or ./data."""
+
+    params_path: Optional[str] = None
+    data_dir: Optional[str] = None
+    profile: Optional[str] = None
+
+    def load(self) -> Settings:
+        return Settings.load(profile=self.profile, params_path=self.params_path, data_dir=self.data_dir)

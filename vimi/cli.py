@@ -1,0 +1,251 @@
+"""The `vimi` command line: every pipeline step is a subcommand (DESIGN.md §9)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from vimi.errors import VimiError
+
+app = typer.Typer(help="ViMi: retrieval-augmented, multimodal-instruction video generation as a pipeline.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+world_app = typer.Typer(help="SpriteWorld, the built-in synthetic world with ground truth.", no_args_is_help=True)
+memory_app = typer.Typer(help="The image-text memory (data/memory.lance).", no_args_is_help=True)
+videos_app = typer.Typer(help="The video corpus (data/videos.lance, data/eval_videos.lance).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: print JSON figures and write them to benchmarks/.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+app.add_typer(memory_app, name="memory")
+app.add_typer(videos_app, name="videos")
+app.add_typer(bench_app, name="bench")
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+ProfileOption = typer.Option(None, "--profile", "-p", help="Profile from params.yaml: tiny, small or paper "
+                             "(default: params.yaml's `profile`).")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of a summary.")
+
+
+class MemoryFormat(str, Enum):
+    webdataset = "webdataset"
+    parquet = "parquet"
+
+
+class VideoFormat(str, Enum):
+    webvid = "webvid"
+
+
+class Suite(str, Enum):
+    memory = "memory"
+    videos = "videos"
+    eval_videos = "eval_videos"
+
+
+class Split(str, Enum):
+    train = "train"
+    eval = "eval"
+
+
+def _settings(profile: str | None):
+    from vimi.config import Settings
+
+    return Settings.load(profile=profile)
+
+
+def _emit(data: Any, as_json: bool, human: str, markup: bool = True) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        out_console.print(human, soft_wrap=True, markup=markup, highlight=False)
+
+
+def _dataset_line(name: str, meta: dict[str, Any]) -> str:
+    line = f"[bold]{name}[/]: {meta['rows']} rows → {meta['path']} (Lance version {meta['version']})"
+    if meta.get("quarantined"):
+        line += "; quarantined " + ", ".join(f"{k} {v}" for k, v in meta["quarantined"].items())
+    return line
+
+
+@world_app.command("generate")
+def world_generate(
+    profile: Optional[str] = ProfileOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Directory to write into (default: the data "
+                                       "directory, VIMI_DATA_DIR or ./data)."),
+    part: List[str] = typer.Option(["catalog", "memory", "videos", "eval"], "--part",
+                                   help="Only these parts: catalog, memory, videos, eval (repeatable)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Generate SpriteWorld: subject catalog, image-text memory, training clips and evaluation split,
+    deterministic from params.yaml's seed."""
+    from vimi.pipeline import generate_world
+
+    settings = _settings(profile)
+    results = generate_world(settings, out.resolve() if out else None, tuple(part))
+    lines = [f"SpriteWorld, profile [bold]{settings.profile}[/], seed {settings.seed}"]
+    if "catalog" in results:
+        c = results["catalog"]
+        lines.append(f"[bold]catalog[/]: {c['subjects']} subjects ({c['unseen_subjects']} unseen), "
+                     f"{len(c['actions'])} actions, {len(c['scenes'])} scenes → {c['path']}")
+    lines += [_dataset_line(name, meta) for name, meta in results.items() if name != "catalog"]
+    _emit(results, as_json, "\n".join(lines))
+
+
+def _ingest_summary(report, uri: Path, quarantine_uri: Path) -> str:
+    text = f"Ingested {report.ingested} rows into {uri} (Lance version {report.version})."
+    total = sum(report.quarantined.values())
+    if total:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(report.quarantined.items()))
+        text += f"\nQuarantined {total} ({reasons}) → {quarantine_uri}"
+    else:
+        text += "\nNothing quarantined."
+    return text
+
+
+@memory_app.command("ingest")
+def memory_ingest(
+    sources: List[str] = typer.Argument(..., help="Shards or files: paths, directories, or brace/glob patterns "
+                                        "such as 'shards/{00000..00009}.tar'."),
+    fmt: MemoryFormat = typer.Option(..., "--format", "-f", help="img2dataset output format."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Memory dataset (default: <data>/memory.lance)."),
+    id_prefix: str = typer.Option("", "--id-prefix", help="Prefix for ids (sample keys), to keep datasets apart."),
+    image_column: Optional[str] = typer.Option(None, help="parquet: image bytes column (default: first of "
+                                               "ingest.image_columns present)."),
+    caption_column: Optional[str] = typer.Option(None, help="parquet: caption column (default: ingest.caption_column)."),
+    key_column: Optional[str] = typer.Option(None, help="parquet: key column (default: ingest.key_column)."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Append image-text pairs (webdataset tar shards or parquet) to the memory as one new Lance version.
+    Bad samples go to the quarantine table with their reason."""
+    from vimi.memory.ingest import ingest_memory
+
+    settings = _settings(profile)
+    uri = (out.resolve() if out else settings.path("memory"))
+    quarantine = uri.parent / "quarantine.lance"
+    report = ingest_memory(sources, fmt.value, uri, quarantine, settings.section("ingest"), id_prefix=id_prefix,
+                           image_column=image_column, caption_column=caption_column, key_column=key_column)
+    _emit(report.to_json(), as_json, _ingest_summary(report, uri, quarantine), markup=False)
+
+
+@memory_app.command("build")
+def memory_build(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Pipeline step: (re)build the memory from params.yaml — data.memory_sources when set, else SpriteWorld."""
+    from vimi.pipeline import build_memory
+
+    meta = build_memory(_settings(profile))
+    _emit(meta, as_json, _dataset_line("memory", meta))
+
+
+@videos_app.command("ingest")
+def videos_ingest(
+    fmt: VideoFormat = typer.Option(VideoFormat.webvid, "--format", "-f", help="Source format."),
+    csv_path: Path = typer.Option(..., "--csv", help="WebVid results CSV (videoid, name, ...)."),
+    videos: Path = typer.Option(..., "--videos", help="Folder holding <videoid>.mp4."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Video dataset (default: <data>/videos.lance)."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Append video-caption pairs (WebVid CSV + clip folder) to the video corpus as one new Lance version."""
+    from vimi.data.ingest import ingest_videos
+
+    settings = _settings(profile)
+    uri = out.resolve() if out else settings.path("videos")
+    quarantine = uri.parent / "quarantine.lance"
+    report = ingest_videos(fmt.value, csv_path, videos, uri, quarantine, settings.section("ingest"))
+    _emit(report.to_json(), as_json, _ingest_summary(report, uri, quarantine), markup=False)
+
+
+@videos_app.command("build")
+def videos_build(split: Split = typer.Option(Split.train, "--split", help="train or eval."),
+                 profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Pipeline step: (re)build a video split from params.yaml — data.video_sources when set, else SpriteWorld."""
+    from vimi.pipeline import build_videos
+
+    meta = build_videos(_settings(profile), split.value)
+    _emit(meta, as_json, _dataset_line(f"{split.value} videos", meta))
+
+
+@app.command("validate")
+def validate_cmd(
+    suite: Suite = typer.Argument(..., help="Which dataset's suite: memory, videos or eval_videos."),
+    path: Optional[Path] = typer.Option(None, "--path", help="Dataset to check (default: the data directory's)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run a Great Expectations suite; exit 1 when any expectation fails."""
+    from vimi.pipeline import validate_dataset
+
+    result = validate_dataset(_settings(profile), suite.value, path.resolve() if path else None)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(result.to_json(), indent=2, default=str))
+    _emit(result.to_json(), as_json, result.to_text(), markup=False)
+    if not result.success:
+        raise typer.Exit(1)
+
+
+@bench_app.command("memory")
+def bench_memory_cmd(
+    rows: int = typer.Option(2000, help="Memory documents generated for the benchmark."),
+    clips: int = typer.Option(500, help="Training clips generated for the benchmark."),
+    out: Path = typer.Option(Path("benchmarks/memory.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """SpriteWorld generation rows/s, ingest rows/s, Lance random-access reads in training-sized batches."""
+    from vimi.bench import bench_memory
+
+    result = bench_memory(_settings(profile), rows=rows, clips=clips)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit(result, True, "")
+        return
+    table = Table(title=f"vimi bench memory → {out}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(result).items():
+        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line, not a traceback."""
+    try:
+        code = app(standalone_mode=False)  # returns the exit code of typer.Exit
+    except VimiError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (KeyboardInterrupt, typer.Abort):
+        err_console.print("interrupted; nothing was committed by the step in progress.")
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: unknown option, missing argument, ...
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show()
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

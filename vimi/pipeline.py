@@ -1,0 +1,152 @@
+"""Pipeline steps: one function per step, called by the CLI (and so by DVC) and by Dagster assets.
+
+Each step reads its knobs from Settings, writes its output atomically, and returns a plain dict
+of what a person wants to know about the result (it becomes CLI output and asset metadata).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+from vimi import lance_io
+from vimi.config import Settings
+from vimi.data.ingest import video_candidates
+from vimi.data.schema import VIDEO_SCHEMA
+from vimi.errors import VimiError
+from vimi.ingest import run_ingest
+from vimi.memory.ingest import memory_candidates
+from vimi.memory.schema import MEMORY_SCHEMA
+from vimi.validation.suites import ValidationReport, validate
+from vimi.world.generate import WorldConfig, generate_memory, generate_videos, load_or_build_catalog, write_catalog
+
+WORLD_PARTS = ("catalog", "memory", "videos", "eval")
+
+
+def _quarantine_for(uri: Path) -> Path:
+    return uri.parent / "quarantine.lance"
+
+
+def _dataset_metadata(uri: Path, seconds: float, **extra: Any) -> dict[str, Any]:
+    meta = lance_io.summary(uri)
+    meta["seconds"] = round(seconds, 2)
+    meta["fingerprint"] = lance_io.fingerprint(uri)
+    meta.update(extra)
+    return meta
+
+
+def world_catalog(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
+    """SpriteWorld's subjects, scenes and actions (data/world/catalog.json)."""
+    cfg = WorldConfig.from_params(settings.params)
+    folder = out_dir or settings.path("world")
+    catalog = write_catalog(cfg, folder)
+    return {
+        "path": str(folder / "catalog.json"),
+        "seed": cfg.seed,
+        "subjects": len(catalog.subjects),
+        "seen_subjects": len(catalog.seen),
+        "unseen_subjects": len(catalog.unseen),
+        "scenes": list(catalog.scenes),
+        "actions": list(catalog.actions),
+        "example_subjects": [f"{s.name}: {s.description()} ({s.split})" for s in catalog.subjects[:5]],
+    }
+
+
+def _specs(spec_list: Any, name: str) -> list[dict[str, Any]]:
+    if not isinstance(spec_list, list) or not all(isinstance(s, dict) for s in spec_list):
+        raise VimiError(f"params.yaml data.{name} must be a list of mappings, got {spec_list!r}.")
+    return spec_list
+
+
+def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | None = None) -> dict[str, Any]:
+    """The image-text memory: ingested from data.memory_sources when configured, else SpriteWorld."""
+    uri = out or settings.path("memory")
+    start = time.perf_counter()
+    specs = _specs(settings.params.get("data", {}).get("memory_sources") or [], "memory_sources")
+    if specs:
+        ingest = settings.section("ingest")
+        streams = []
+        for spec in specs:
+            sources = spec.get("source")
+            sources = [sources] if isinstance(sources, str) else list(sources or [])
+            options = {k: spec[k] for k in ("id_prefix", "image_column", "caption_column", "key_column") if k in spec}
+            streams.append(memory_candidates(sources, spec.get("format", ""), ingest, **options))
+        report = run_ingest(str(uri), uri, _quarantine_for(uri), MEMORY_SCHEMA, itertools.chain(*streams),
+                            int(ingest.get("batch_rows", 256)), mode="overwrite")
+        return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
+    cfg = WorldConfig.from_params(settings.params)
+    catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
+    generate_memory(cfg, catalog, uri, int(settings.section("ingest").get("batch_rows", 256)))
+    return _dataset_metadata(uri, time.perf_counter() - start, source="spriteworld", quarantined={})
+
+
+def build_videos(settings: Settings, split: str = "train", out: Path | None = None,
+                 world_dir: Path | None = None) -> dict[str, Any]:
+    """Training clips (split=train) or the evaluation split (split=eval): ingested from
+    data.video_sources when configured (training only), else SpriteWorld."""
+    if split not in ("train", "eval"):
+        raise VimiError(f"split must be train or eval, not {split!r}.")
+    uri = out or settings.path("videos" if split == "train" else "eval_videos")
+    start = time.perf_counter()
+    specs = _specs(settings.params.get("data", {}).get("video_sources") or [], "video_sources")
+    if specs and split == "train":
+        ingest = settings.section("ingest")
+        streams = []
+        for spec in specs:
+            missing = [k for k in ("csv", "videos") if not spec.get(k)]
+            if missing:
+                raise VimiError(f"params.yaml data.video_sources entry {spec} lacks {', '.join(missing)}.")
+            streams.append(video_candidates(spec.get("format", "webvid"), Path(spec["csv"]), Path(spec["videos"]),
+                                            ingest))
+        report = run_ingest(str(uri), uri, _quarantine_for(uri), VIDEO_SCHEMA, itertools.chain(*streams),
+                            int(ingest.get("batch_rows", 256)), mode="overwrite")
+        return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
+    cfg = WorldConfig.from_params(settings.params)
+    catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
+    generate_videos(cfg, catalog, uri, split, int(settings.section("ingest").get("batch_rows", 256)))
+    return _dataset_metadata(uri, time.perf_counter() - start, source="spriteworld", quarantined={})
+
+
+def generate_world(settings: Settings, out_dir: Path | None = None,
+                   parts: tuple[str, ...] = WORLD_PARTS) -> dict[str, dict[str, Any]]:
+    """`vimi world generate`: SpriteWorld's catalog, memory, training clips and evaluation split."""
+    unknown = [p for p in parts if p not in WORLD_PARTS]
+    if unknown:
+        raise VimiError(f"Unknown part(s) {', '.join(unknown)}; choose from {', '.join(WORLD_PARTS)}.")
+    base = out_dir or settings.data_dir
+    world_dir = base / "world"
+    results: dict[str, dict[str, Any]] = {}
+    if "catalog" in parts:
+        results["catalog"] = world_catalog(settings, world_dir)
+    # Generation ignores data.*_sources: this command always writes SpriteWorld.
+    world_only = Settings(params={**settings.params, "data": {}}, root=settings.root, data_dir=base,
+                          params_path=settings.params_path)
+    if "memory" in parts:
+        results["memory"] = build_memory(world_only, base / "memory.lance", world_dir)
+    if "videos" in parts:
+        results["videos"] = build_videos(world_only, "train", base / "videos.lance", world_dir)
+    if "eval" in parts:
+        results["eval_videos"] = build_videos(world_only, "eval", base / "eval_videos.lance", world_dir)
+    return results
+
+
+def validate_dataset(settings: Settings, which: str, uri: Path | None = None) -> ValidationReport:
+    """Run the Great Expectations suite of a dataset (memory, videos, eval_videos)."""
+    if which not in ("memory", "videos", "eval_videos"):
+        raise VimiError(f"Unknown dataset {which!r}; validate memory, videos or eval_videos.")
+    return validate(which, uri or settings.path(which), settings.params)
+
+
+def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:
+    """Quarantined rows by reason, for one target dataset (or all), over every ingest so far."""
+    uri = settings.path("quarantine")
+    if not lance_io.exists(uri):
+        return {}
+    table = lance_io.open_dataset(uri).to_table(columns=["dataset", "reason"])
+    counts: dict[str, int] = {}
+    for ds_name, reason in zip(table.column("dataset").to_pylist(), table.column("reason").to_pylist()):
+        if dataset is None or ds_name == str(dataset):
+            counts[reason] = counts.get(reason, 0) + 1
+    return dict(sorted(counts.items()))
