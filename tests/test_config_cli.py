@@ -1,0 +1,88 @@
+"""Settings (params.yaml, profiles, data location) and the command line's behaviour."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_params
+from vimi.config import Settings, deep_merge, find_params_file, load_params
+from vimi.errors import VimiError
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "vimi", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_profiles_override_the_base():
+    tiny = load_params(REPO / "params.yaml")
+    small = load_params(REPO / "params.yaml", "small")
+    assert tiny["profile"] == "tiny" and small["profile"] == "small"
+    assert small["world"]["subjects"] == 256 and small["world"]["fps"] == tiny["world"]["fps"]
+    assert "profiles" not in small
+    with pytest.raises(VimiError, match="Unknown profile 'huge'.*paper, small, tiny"):
+        load_params(REPO / "params.yaml", "huge")
+
+
+def test_deep_merge():
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}, "e": 6}) == {"a": {"b": 5, "c": 2}, "d": 3, "e": 6}
+
+
+def test_params_found_upwards_and_data_dir(tmp_path, monkeypatch):
+    write_params(tmp_path)
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    monkeypatch.delenv("VIMI_PARAMS", raising=False)
+    monkeypatch.delenv("VIMI_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path / "sub" / "deeper")
+    assert find_params_file() == tmp_path / "params.yaml"
+    assert Settings.load().data_dir == tmp_path / "data"
+    monkeypatch.setenv("VIMI_DATA_DIR", "elsewhere")
+    assert Settings.load().data_dir == tmp_path / "sub" / "deeper" / "elsewhere"
+    assert Settings.load().path("memory") == tmp_path / "sub" / "deeper" / "elsewhere" / "memory.lance"
+
+
+def test_no_params_file_is_a_clear_error(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = run("memory", "build", cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert "No params.yaml found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_bad_params_value_is_named(project):
+    write_params(project, world={"frame_size": 2})
+    out = run("world", "generate", "--part", "catalog", "--part", "videos")
+    assert out.returncode == 2 and "frame_size must be >= 8, got 2" in out.stderr
+    out = run("world", "generate", "--part", "everything")
+    assert out.returncode == 2 and "Unknown part(s) everything" in out.stderr
+
+
+def test_world_generate_json_and_out(project, tmp_path):
+    out = run("world", "generate", "--out", str(tmp_path / "elsewhere"), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["catalog"]["subjects"] == 8
+    assert result["memory"]["rows"] == 60 and result["memory"]["version"] == 1
+    assert result["videos"]["rows"] == 24 and result["eval_videos"]["rows"] == 8
+    assert Path(result["memory"]["path"]) == tmp_path / "elsewhere" / "memory.lance"
+    assert not (project / "data" / "memory.lance").exists()
+    again = json.loads(run("world", "generate", "--part", "memory", "--out", str(tmp_path / "elsewhere"),
+                           "--json").stdout)
+    assert again["memory"]["version"] == 2 and again["memory"]["fingerprint"] == result["memory"]["fingerprint"]
+
+
+@pytest.mark.parametrize("command", [[], ["world", "generate"], ["memory", "ingest"], ["memory", "build"],
+                                     ["videos", "ingest"], ["videos", "build"], ["validate"], ["bench", "memory"]])
+def test_every_command_has_help(command):
+    out = run(*command, "--help")
+    assert out.returncode == 0 and "Usage" in out.stdout
+
+
+def test_usage_errors_are_not_tracebacks(project):
+    out = run("memory", "ingest", "x.tar")
+    assert out.returncode == 2 and "--format" in out.stderr and "Traceback" not in out.stderr
+    out = run("validate", "everything")
+    assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -1,0 +1,88 @@
+"""DVC parity: `dvc repro` in a temporary copy of the repo runs the same steps from params.yaml;
+a second repro does nothing; push/pull through the configured local remote; `dvc exp run -S`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lance
+import pytest
+
+from tests.conftest import REPO, write_params
+from vimi import lance_io
+
+pytestmark = pytest.mark.slow
+
+
+def dvc_binary() -> str:
+    found = shutil.which("dvc") or str(REPO / ".venv-dvc" / "bin" / "dvc")
+    assert Path(found).exists(), "dvc not found: run `make setup` (it builds .venv-dvc and links .venv/bin/dvc)"
+    return found
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> tuple[Path, dict]:
+    """The repo's versioned files (what a clone has), micro params, committed in a fresh git repo."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True).stdout.split("\n")
+    root = tmp_path / "repo"
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    write_params(root)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIMI_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@example.org")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    return root, env
+
+
+def dvc(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([dvc_binary(), *args], cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
+
+
+def test_repro_twice_push_pull_and_experiment(repo_copy):
+    root, env = repo_copy
+    first = dvc(root, env, "repro")
+    for stage in ("world", "memory", "videos", "eval_videos", "validate"):
+        assert f"Running stage '{stage}'" in first.stdout
+    memory = root / "data" / "memory.lance"
+    assert lance.dataset(str(memory)).count_rows() == 60
+    assert (root / "reports" / "validation" / "memory.json").is_file()
+    fingerprint = lance_io.fingerprint(memory)
+
+    start = time.perf_counter()
+    second = dvc(root, env, "repro")
+    assert time.perf_counter() - start <= 10
+    assert "Running stage" not in second.stdout
+    assert "up to date" in second.stdout
+
+    # The configured local remote: push, lose the data and the cache, pull it back.
+    dvc(root, env, "push")
+    assert any((root / ".dvc-storage").rglob("*"))
+    shutil.rmtree(memory)
+    shutil.rmtree(root / ".dvc" / "cache")
+    dvc(root, env, "pull")
+    assert lance_io.fingerprint(memory) == fingerprint
+    assert "up to date" in dvc(root, env, "status").stdout
+
+    # `dvc exp run -S` (what antlr 4.13 breaks) with a changed parameter re-runs the world.
+    exp = dvc(root, env, "exp", "run", "-S", "seed=1")
+    assert "Running stage 'memory'" in exp.stdout
+    assert lance_io.fingerprint(memory) != fingerprint
+    shown = dvc(root, env, "exp", "show", "--csv", "--no-pager").stdout.splitlines()
+    header = shown[0].split(",")
+    seeds = [row.split(",")[header.index("seed")] for row in shown[1:]]
+    assert seeds == ["1", "0", "1"]  # the workspace (now seed 1), the baseline commit, the experiment

@@ -1,0 +1,108 @@
+"""Dagster: the definitions load, assets materialize in process with metadata, GE checks run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from orchestration import assets, checks
+from orchestration.definitions import defs
+from orchestration.resources import VimiSettings
+from tests.conftest import REPO, write_params
+
+ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus"}
+CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite"}
+
+
+def test_definitions_hold_the_graph():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == ASSETS
+    assert {k.name for k in graph.asset_check_keys} == CHECKS
+    memory = graph.get(dg.AssetKey("image_text_memory"))
+    assert {p.to_user_string() for p in memory.parent_keys} == {"spriteworld"}
+
+
+def materialize(project, **resource):
+    return dg.materialize(
+        [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
+        resources={"vimi": VimiSettings(params_path=str(project / "params.yaml"),
+                                        data_dir=str(project / "data"), **resource)},
+        raise_on_error=False,
+    )
+
+
+def test_materialize_in_process(project):
+    result = materialize(project)
+    assert result.success
+    events = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()]
+    mats = {m.asset_key.to_user_string(): m.metadata for m in events}
+    assert set(mats) == ASSETS
+    memory = mats["image_text_memory"]
+    assert memory["dagster/row_count"].value == 60
+    assert memory["lance_version"].value == 1
+    assert memory["quarantined_total"].value == 0
+    assert memory["sample_captions"].value.startswith("- ")
+    assert mats["video_corpus"]["dagster/row_count"].value == 24
+    assert mats["eval_video_corpus"]["dagster/row_count"].value == 8
+    assert mats["spriteworld"]["subjects"].value == 8
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} == CHECKS
+    assert all(e.passed for e in evaluations)
+    assert (project / "data" / "memory.lance").is_dir()
+
+
+def test_failing_check_is_reported(project, tmp_path):
+    # A validation threshold the data cannot meet: the blocking check fails, with its figures.
+    write_params(project, validate={"min_rows": 10_000})
+    result = materialize(project)
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["memory_suite"].passed
+    assert evaluations["memory_suite"].metadata["failed_expectations"].value == 1
+    assert not result.success
+
+
+def test_memory_from_configured_sources(project, tmp_path):
+    """With data.memory_sources set, the memory asset ingests them instead of SpriteWorld."""
+    import io
+    import tarfile
+
+    from tests.conftest import encode_image, real_image_files
+
+    shard = tmp_path / "shard.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, (name, path) in enumerate(real_image_files().items()):
+            for ext, data in (("jpg", encode_image(path, "JPEG")[0]), ("txt", f"a photo: {name}".encode())):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    write_params(project, data={"memory_sources": [{"format": "webdataset", "source": str(shard)}],
+                                "video_sources": []})
+    result = dg.materialize(
+        [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
+        resources={"vimi": VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(project / "data"))},
+        selection=["spriteworld", "image_text_memory"],
+    )
+    memory = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+              if e.asset_key == dg.AssetKey("image_text_memory")][0]
+    assert memory.metadata["dagster/row_count"].value == 7
+    assert memory.metadata["source"].value == "ingest"
+
+
+@pytest.mark.slow
+def test_dagster_cli_materializes_everything(project, tmp_path):
+    """`dagster asset materialize --select '*'` — the command that antlr 4.9 breaks."""
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), DAGSTER_DISABLE_TELEMETRY="1")
+    (tmp_path / "dagster_home").mkdir()
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    out = subprocess.run([dagster, "asset", "materialize", "-m", "orchestration.definitions", "--select", "*"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RUN_SUCCESS" in out.stderr
+    for check in CHECKS:
+        assert f"Asset check '{check}'" in out.stderr and "passed" in out.stderr
+    assert (project / "data" / "eval_videos.lance").is_dir()

@@ -1,0 +1,206 @@
+"""SpriteWorld: counts of the tiny profile, determinism by seed, and ground truth that matches pixels."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import lance
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import MICRO_WORLD, REPO
+from vimi import lance_io
+from vimi.config import Settings, deep_merge, load_params
+from vimi.data.video_io import decode_video
+from vimi.pipeline import generate_world
+from vimi.world.catalog import ACTIONS, COLORS, SCENES, Subject
+from vimi.world.generate import WorldConfig, clip_rows, memory_rows, plan_clips
+from vimi.world.motion import trajectory
+from vimi.world.render import BASE_RADIUS, draw_sprite, render_scene
+
+
+def micro_cfg(**override) -> WorldConfig:
+    params = deep_merge(load_params(REPO / "params.yaml"), {"world": MICRO_WORLD | override})
+    return WorldConfig.from_params(params)
+
+
+def test_tiny_profile_is_at_least_what_the_issue_asks():
+    cfg = WorldConfig.from_params(load_params(REPO / "params.yaml", "tiny"))
+    catalog = cfg.catalog()
+    assert len(catalog.subjects) == 64
+    assert len(catalog.unseen) == 16 and len(catalog.seen) == 48
+    assert len(catalog.actions) == 12 and len(catalog.scenes) == 6
+    assert (cfg.memory_docs, cfg.train_clips, cfg.num_frames, cfg.frame_size) == (5000, 2000, 8, 32)
+    names = [s.name for s in catalog.subjects]
+    assert len(set(names)) == 64
+    looks = {(s.shape, s.color1, s.color2, s.pattern) for s in catalog.subjects}
+    assert len(looks) == 64
+    assert all(s.color1 != s.color2 for s in catalog.subjects)
+
+
+def test_profiles_scale_the_world():
+    small = WorldConfig.from_params(load_params(REPO / "params.yaml", "small"))
+    paper = WorldConfig.from_params(load_params(REPO / "params.yaml", "paper"))
+    assert small.subjects > 64 and small.train_clips > 2000
+    assert paper.subjects > small.subjects and paper.train_clips > small.train_clips
+
+
+def test_same_seed_same_rows_other_seed_other_rows(tmp_path, settings):
+    first = generate_world(settings, tmp_path / "a")
+    second = generate_world(settings, tmp_path / "b")
+    for name in ("memory", "videos", "eval_videos"):
+        assert first[name]["fingerprint"] == second[name]["fingerprint"], name
+        a = lance.dataset(first[name]["path"]).to_table()
+        b = lance.dataset(second[name]["path"]).to_table()
+        assert a.equals(b)
+    assert (tmp_path / "a/world/catalog.json").read_bytes() == (tmp_path / "b/world/catalog.json").read_bytes()
+
+    other = Settings(params=deep_merge(settings.params, {"seed": settings.seed + 1}), root=settings.root,
+                     data_dir=settings.data_dir)
+    third = generate_world(other, tmp_path / "c", parts=("memory", "videos"))
+    assert third["memory"]["fingerprint"] != first["memory"]["fingerprint"]
+    assert third["videos"]["fingerprint"] != first["videos"]["fingerprint"]
+
+
+def test_rows_are_independent_of_batching():
+    cfg = micro_cfg()
+    catalog = cfg.catalog()
+    whole = list(memory_rows(cfg, catalog))
+    pieces = list(memory_rows(cfg, catalog, 0, 25)) + list(memory_rows(cfg, catalog, 25))
+    assert [r["image"] for r in whole] == [r["image"] for r in pieces]
+
+
+def test_unseen_subjects_only_in_memory_and_eval(tmp_path, settings):
+    results = generate_world(settings, tmp_path)
+    catalog = json.loads((tmp_path / "world/catalog.json").read_text())
+    unseen = {s["id"] for s in catalog["subjects"] if s["split"] == "unseen"}
+    assert len(unseen) == 2
+    train = lance.dataset(results["videos"]["path"]).to_table().to_pylist()
+    assert train and not {r["subject_id"] for r in train} & unseen
+    assert {r["subject_split"] for r in train} == {"seen"}
+    memory = lance.dataset(results["memory"]["path"]).to_table().to_pylist()
+    assert unseen <= {r["subject_id"] for r in memory}
+    evaluation = lance.dataset(results["eval_videos"]["path"]).to_table().to_pylist()
+    assert sum(r["subject_split"] == "unseen" for r in evaluation) == 4  # half of 8
+    train_combos = {(r["subject_id"], r["action"], r["scene"]) for r in train}
+    seen_eval = [r for r in evaluation if r["subject_split"] == "seen"]
+    assert not {(r["subject_id"], r["action"], r["scene"]) for r in seen_eval} & train_combos
+
+
+def test_memory_rows_carry_their_ground_truth(tmp_path, settings):
+    results = generate_world(settings, tmp_path, parts=("catalog", "memory"))
+    catalog = {s["id"]: s for s in json.loads((tmp_path / "world/catalog.json").read_text())["subjects"]}
+    rows = lance.dataset(results["memory"]["path"]).to_table().to_pylist()
+    assert len(rows) == 60 and len({r["id"] for r in rows}) == 60
+    kinds = [r["doc_type"] for r in rows]
+    assert kinds.count("subject") == 48 and kinds.count("anonymous") + kinds.count("scene") == 12
+    names = {s["name"] for s in catalog.values()}
+    for row in rows:
+        assert row["scene"] in SCENES
+        image = Image.open(io.BytesIO(row["image"]))
+        assert image.format == "PNG" and image.size == (32, 32) == (row["width"], row["height"])
+        if row["doc_type"] == "subject":
+            subject = catalog[row["subject_id"]]
+            assert row["caption"].startswith(subject["name"]) or f" {subject['name']}" in row["caption"]
+            assert (row["shape"], row["color1"], row["color2"], row["pattern"]) == (
+                subject["shape"], subject["color1"], subject["color2"], subject["pattern"])
+            assert len(row["pose"]) == 4
+        else:  # distractors name no subject
+            assert row["subject_id"] is None
+            assert not any(n in row["caption"].split() for n in names)
+
+
+def _sprite_pixels(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
+    return np.abs(frame.astype(int) - background.astype(int)).sum(axis=2) > 0
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+def test_clip_pixels_follow_the_trajectory(action):
+    """The rendered sprite sits where the ground-truth trajectory says, in every frame."""
+    cfg = micro_cfg(frame_size=64, supersample=4)
+    catalog = cfg.catalog()
+    subject = Subject("t", "testy", "square", "red", "blue", "solid", "seen")
+    rng = np.random.default_rng(7)
+    poses = trajectory(action, 8, rng)
+    background = render_scene("snow", 64)
+    for pose in poses:
+        frame = draw_sprite(background, subject, pose, supersample=4)
+        mask = _sprite_pixels(frame, background)
+        ys, xs = np.nonzero(mask)
+        cx, cy = (xs.mean() + 0.5) / 64, (ys.mean() + 0.5) / 64
+        assert abs(cx - pose[0]) < 1.5 / 64 and abs(cy - pose[1]) < 1.5 / 64, (action, pose, cx, cy)
+        # size: a solid square of half-side 0.75 r covers (1.5 r)^2 of the frame
+        radius = BASE_RADIUS * pose[2] * 64
+        assert abs(mask.sum() - (1.5 * radius) ** 2) < 0.2 * (1.5 * radius) ** 2 + 8
+        # both named colours are there, exactly
+        colours = {tuple(c) for c in frame[mask].reshape(-1, 3)}
+        assert COLORS["red"] in colours and COLORS["blue"] in colours
+    assert catalog  # the world builds with the overrides
+
+
+def test_actions_mean_what_they_say():
+    rng = np.random.default_rng(0)
+    t = {a: trajectory(a, 8, rng) for a in ACTIONS}
+    assert np.all(np.diff(t["move_left"][:, 0]) < 0) and np.all(np.diff(t["move_right"][:, 0]) > 0)
+    assert np.all(np.diff(t["rise"][:, 1]) < 0) and np.all(np.diff(t["fall"][:, 1]) > 0)
+    assert np.all(np.diff(t["grow"][:, 2]) > 0) and np.all(np.diff(t["shrink"][:, 2]) < 0)
+    turned = ((np.diff(t["spin"][:, 3]) + 180) % 360 - 180).sum()
+    assert abs(abs(turned) - 180) < 1e-3 and np.all(np.ptp(t["spin"][:, :2], axis=0) == 0)
+    assert np.all(np.sign(np.diff(t["shake"][:, 0]))[1:] == -np.sign(np.diff(t["shake"][:, 0]))[:-1])
+    for name, poses in t.items():
+        radius = BASE_RADIUS * poses[:, 2]
+        assert np.all(poses[:, 0] - radius > -0.02) and np.all(poses[:, 0] + radius < 1.02), name
+        assert np.all(poses[:, 1] - radius > -0.02) and np.all(poses[:, 1] + radius < 1.02), name
+
+
+def test_video_rows_decode_to_their_trajectory():
+    cfg = micro_cfg()
+    catalog = cfg.catalog()
+    plans = plan_clips(cfg, catalog, "train")
+    rows = list(clip_rows(cfg, plans[:6], "train"))
+    for row, plan in zip(rows, plans):
+        frames = decode_video(row["video"], row["video_format"], row["num_frames"], row["height"], row["width"])
+        assert frames.shape == (8, 16, 16, 3)
+        assert row["action"] == plan.action and row["subject_name"] == plan.subject.name
+        assert plan.subject.name in row["caption"] and ACTIONS[plan.action] in row["caption"]
+        assert SCENES[plan.scene].lower() in row["caption"].lower()
+        assert len(row["trajectory"]) == 8
+
+
+def test_appearance_rarely_in_video_captions():
+    cfg = micro_cfg(train_clips=400, appearance_in_video_caption=0.1)
+    plans = plan_clips(cfg, cfg.catalog(), "train")
+    share = sum(p.with_appearance for p in plans) / len(plans)
+    assert 0.05 < share < 0.15
+
+
+def test_bad_world_params_are_named():
+    from vimi.errors import VimiError
+
+    with pytest.raises(VimiError, match="actions must be between 1 and 12"):
+        micro_cfg(actions=13).catalog()
+    with pytest.raises(VimiError, match="frame_size must be >= 8"):
+        micro_cfg(frame_size=4)
+
+
+@pytest.mark.slow
+def test_tiny_world_end_to_end(tmp_path, monkeypatch):
+    """The real tiny profile: counts, validation passes, same fingerprint from a second process."""
+    monkeypatch.setenv("VIMI_PARAMS", str(REPO / "params.yaml"))
+    settings = Settings.load(profile="tiny", data_dir=tmp_path)
+    results = generate_world(settings, tmp_path)
+    assert results["memory"]["rows"] == 5000
+    assert results["videos"]["rows"] == 2000
+    assert results["eval_videos"]["rows"] == 256
+    videos = lance.dataset(str(tmp_path / "videos.lance"))
+    row = videos.take([0]).to_pylist()[0]
+    assert (row["num_frames"], row["height"], row["width"]) == (8, 32, 32)
+    from vimi.pipeline import validate_dataset
+
+    for which in ("memory", "videos", "eval_videos"):
+        report = validate_dataset(settings, which)
+        assert report.success, report.to_text()
+    assert lance_io.fingerprint(tmp_path / "memory.lance") == results["memory"]["fingerprint"]
