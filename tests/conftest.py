@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 MICRO_WORLD = {
     "subjects": 8, "unseen_fraction": 0.25, "actions": 12, "scenes": 6, "memory_docs": 60,
     "distractor_fraction": 0.2, "image_size": 32, "train_clips": 24, "eval_clips": 8,
-    "num_frames": 8, "frame_size": 16, "supersample": 2,
+    "num_frames": 8, "frame_size": 16, "supersample": 2, "workers": 1,
 }
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

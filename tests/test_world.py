@@ -50,7 +50,9 @@ def test_profiles_scale_the_world():
 
 def test_same_seed_same_rows_other_seed_other_rows(tmp_path, settings):
     first = generate_world(settings, tmp_path / "a")
-    second = generate_world(settings, tmp_path / "b")
+    parallel = Settings(params=deep_merge(settings.params, {"world": {"workers": 2}}), root=settings.root,
+                        data_dir=settings.data_dir)
+    second = generate_world(parallel, tmp_path / "b")  # two worker processes: same rows
     for name in ("memory", "videos", "eval_videos"):
         assert first[name]["fingerprint"] == second[name]["fingerprint"], name
         a = lance.dataset(first[name]["path"]).to_table()

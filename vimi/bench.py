@@ -31,6 +31,7 @@ def _timed(fn):
 def _write_shards(uri: Path, folder: Path, per_shard: int) -> list[Path]:
     """img2dataset-style tar shards (KEY.png + KEY.txt + KEY.json) from a memory dataset."""
     table = lance.dataset(str(uri)).to_table(columns=["id", "image", "caption"])
+    folder.mkdir(parents=True, exist_ok=True)
     shards: list[Path] = []
     for start in range(0, table.num_rows, per_shard):
         path = folder / f"{len(shards):05d}.tar"
@@ -71,10 +72,13 @@ def _random_take(uri: Path, batch: int, rows: int, total: int, seed: int = 0) ->
     return rows / (time.perf_counter() - start)
 
 
-def bench_memory(settings: Settings, rows: int = 2000, clips: int = 500) -> dict[str, Any]:
+def bench_memory(settings: Settings, rows: int | None = None, clips: int | None = None) -> dict[str, Any]:
     from vimi.memory.ingest import ingest_memory
+    from vimi.parallel import resolve_workers
     from vimi.world.generate import WorldConfig, generate_memory, generate_videos, memory_rows
 
+    rows = rows or int(settings.section("world")["memory_docs"])
+    clips = clips or int(settings.section("world")["train_clips"])
     params = deep_merge(settings.params, {"world": {"memory_docs": rows, "train_clips": clips}})
     cfg = WorldConfig.from_params(params)
     catalog = cfg.catalog()
@@ -105,8 +109,9 @@ def bench_memory(settings: Settings, rows: int = 2000, clips: int = 500) -> dict
         "generation": {
             "memory_docs": rows,
             "memory_rows_per_s": mem_result.rows / mem_s,
-            "memory_render_only_rows_per_s": render_rate,
-            "ratio_vs_render_only": (mem_result.rows / mem_s) / render_rate,
+            "single_process_render_only_rows_per_s": render_rate,
+            "ratio_vs_single_process_render_only": (mem_result.rows / mem_s) / render_rate,
+            "workers": resolve_workers(cfg.workers),
             "image_size": cfg.image_size,
             "train_clips": clips,
             "clips_per_s": vid_result.rows / vid_s,

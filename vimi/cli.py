@@ -195,8 +195,8 @@ def validate_cmd(
 
 @bench_app.command("memory")
 def bench_memory_cmd(
-    rows: int = typer.Option(2000, help="Memory documents generated for the benchmark."),
-    clips: int = typer.Option(500, help="Training clips generated for the benchmark."),
+    rows: Optional[int] = typer.Option(None, help="Memory documents to generate (default: the profile's)."),
+    clips: Optional[int] = typer.Option(None, help="Training clips to generate (default: the profile's)."),
     out: Path = typer.Option(Path("benchmarks/memory.json"), "--out", help="Where the JSON goes."),
     profile: Optional[str] = ProfileOption,
     as_json: bool = JsonOption,
@@ -211,7 +211,7 @@ def bench_memory_cmd(
         _emit(result, True, "")
         return
     table = Table(title=f"vimi bench memory → {out}")
-    table.add_column("figure")
+    table.add_column("figure", overflow="fold")
     table.add_column("value", justify="right")
     for key, value in _flatten(result).items():
         table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else str(value))

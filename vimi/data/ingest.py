@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Iterator
 
 from vimi.data.schema import VIDEO_SCHEMA
 from vimi.data.video_io import VideoDecodeError, probe
 from vimi.errors import VimiError
 from vimi.ingest import run_ingest
 from vimi.lance_io import IngestReport, QuarantineRow
+from vimi.parallel import ordered_map
 from vimi.progress import progress
 
 FORMATS = ("webvid",)
 REQUIRED_COLUMNS = ("videoid", "name")
-T, R = TypeVar("T"), TypeVar("R")
 GROUND_TRUTH = {c: None for c in ("split", "subject_id", "subject_name", "shape", "color1", "color2",
                                   "pattern", "scene", "action", "subject_split", "trajectory")}
 
@@ -44,19 +42,6 @@ def _csv_header(csv_path: Path) -> list[str]:
 def _csv_rows(csv_path: Path) -> Iterator[dict[str, str]]:
     with csv_path.open(newline="", encoding="utf-8", errors="replace") as handle:
         yield from csv.DictReader(handle)
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """Like ThreadPoolExecutor.map, in order, but with at most 2×workers items in flight
-    (Executor.map would read every input first: a whole CSV of clips into memory)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        window: deque = deque()
-        for item in items:
-            window.append(pool.submit(fn, item))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
 
 
 def _check(record: dict[str, str], line: int, videos_dir: Path, source: str) -> tuple[dict[str, Any] | QuarantineRow, Path | None]:

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,6 +22,7 @@ from vimi import lance_io
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
 from vimi.data.video_io import encode_raw
 from vimi.memory.schema import MEMORY_SCHEMA
+from vimi.parallel import ordered_map, resolve_workers
 from vimi.progress import progress
 from vimi.world.catalog import (
     ACTIONS, COLORS, PATTERNS, SCENES, SHAPES, STREAM_EVAL, STREAM_MEMORY, STREAM_TRAIN,
@@ -72,6 +74,7 @@ class WorldConfig:
     fps: int
     supersample: int
     appearance_in_video_caption: float
+    workers: int = 0  # generation processes; 0 = one per core (rows do not depend on it)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "WorldConfig":
@@ -283,9 +286,27 @@ def load_or_build_catalog(cfg: WorldConfig, folder: Path | None) -> Catalog:
     return catalog
 
 
+CHUNK_ROWS = 64  # rows rendered per task when generating in parallel
+
+
+def _memory_chunk(cfg: WorldConfig, catalog: Catalog, bounds: tuple[int, int]) -> list[dict]:
+    return list(memory_rows(cfg, catalog, *bounds))
+
+
+def _clip_chunk(cfg: WorldConfig, split: str, plans: list[ClipPlan]) -> list[dict]:
+    return list(clip_rows(cfg, plans, split))
+
+
+def _flatten(chunks: Iterator[list[dict]]) -> Iterator[dict]:
+    for chunk in chunks:
+        yield from chunk
+
+
 def generate_memory(cfg: WorldConfig, catalog: Catalog, uri: Path, batch_rows: int = 256) -> GenerateResult:
     start = time.perf_counter()
-    rows = progress(memory_rows(cfg, catalog), total=cfg.memory_docs, desc="memory documents")
+    bounds = [(i, min(i + CHUNK_ROWS, cfg.memory_docs)) for i in range(0, cfg.memory_docs, CHUNK_ROWS)]
+    chunks = ordered_map(partial(_memory_chunk, cfg, catalog), bounds, resolve_workers(cfg.workers), processes=True)
+    rows = progress(_flatten(chunks), total=cfg.memory_docs, desc="memory documents")
     result = lance_io.write_batches(uri, lance_io.batches_of(rows, MEMORY_SCHEMA, batch_rows), MEMORY_SCHEMA,
                                     mode="overwrite", commit_message=f"spriteworld memory seed={cfg.seed}")
     return GenerateResult("memory", str(uri), result.total_rows, result.version, time.perf_counter() - start)
@@ -294,7 +315,9 @@ def generate_memory(cfg: WorldConfig, catalog: Catalog, uri: Path, batch_rows: i
 def generate_videos(cfg: WorldConfig, catalog: Catalog, uri: Path, split: str, batch_rows: int = 256) -> GenerateResult:
     start = time.perf_counter()
     plans = plan_clips(cfg, catalog, split)
-    rows = progress(clip_rows(cfg, plans, split), total=len(plans), desc=f"{split} clips")
+    pieces = [plans[i:i + CHUNK_ROWS] for i in range(0, len(plans), CHUNK_ROWS)]
+    chunks = ordered_map(partial(_clip_chunk, cfg, split), pieces, resolve_workers(cfg.workers), processes=True)
+    rows = progress(_flatten(chunks), total=len(plans), desc=f"{split} clips")
     result = lance_io.write_batches(uri, lance_io.batches_of(rows, VIDEO_SCHEMA, batch_rows), VIDEO_SCHEMA,
                                     mode="overwrite", commit_message=f"spriteworld {split} clips seed={cfg.seed}")
     return GenerateResult(f"{split}_videos", str(uri), result.total_rows, result.version, time.perf_counter() - start)
