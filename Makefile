@@ -61,8 +61,7 @@ $(DVC_STAMP): requirements/dvc-tool-lock.txt | $(STAMP)
 run: setup
 	dagster asset materialize -m orchestration.definitions --select '*'
 	@echo
-	@vimi validate memory | head -1
-	@vimi validate videos | head -1
+	@vimi status
 	@echo "Browse it: make ui (Dagster) · make mlflow-ui (MLflow)"
 
 test: setup

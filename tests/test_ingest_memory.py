@@ -211,6 +211,11 @@ def test_cli_json_summary(project, shards):
     out = subprocess.run([sys.executable, "-m", "vimi", "memory", "ingest", "--format", "webdataset",
                           str(shards / "{00000..00001}.tar"), "--json"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == {"ingested": 5, "quarantined": EXPECTED, "version": 1}
+    status = subprocess.run([sys.executable, "-m", "vimi", "status", "--json"], capture_output=True, text=True,
+                            check=True)
+    memory = json.loads(status.stdout)["datasets"]["memory"]
+    assert (memory["rows"], memory["version"], memory["quarantined"]) == (5, 1, EXPECTED)
+    assert json.loads(status.stdout)["datasets"]["videos"] is None
     human = subprocess.run([sys.executable, "-m", "vimi", "memory", "ingest", "-f", "webdataset", str(shards),
                             "--out", str(project / "other.lance")], capture_output=True, text=True, check=True)
     assert "Ingested 5 rows" in human.stdout and "unsafe_path: 3" in human.stdout

@@ -193,6 +193,23 @@ def validate_cmd(
         raise typer.Exit(1)
 
 
+@app.command("status")
+def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Where the data lives and what is there: rows, Lance version and quarantine counts per dataset."""
+    from vimi.pipeline import data_status
+
+    settings = _settings(profile)
+    status = data_status(settings)
+    lines = [f"profile {settings.profile}, params {settings.params_path}, data {settings.data_dir}"]
+    for name, meta in status["datasets"].items():
+        if meta is None:
+            lines.append(f"  {name}: not built")
+        else:
+            quarantined = ", ".join(f"{k} {v}" for k, v in meta["quarantined"].items()) or "none"
+            lines.append(f"  {name}: {meta['rows']} rows, version {meta['version']}, quarantined: {quarantined}")
+    _emit(status, as_json, "\n".join(lines), markup=False)
+
+
 @bench_app.command("memory")
 def bench_memory_cmd(
     rows: Optional[int] = typer.Option(None, help="Memory documents to generate (default: the profile's)."),

@@ -139,6 +139,20 @@ def validate_dataset(settings: Settings, which: str, uri: Path | None = None) ->
     return validate(which, uri or settings.path(which), settings.params)
 
 
+def data_status(settings: Settings) -> dict[str, Any]:
+    """Rows, version and quarantine counts of every dataset under the data directory."""
+    datasets: dict[str, Any] = {}
+    for name in ("memory", "videos", "eval_videos"):
+        uri = settings.path(name)
+        if lance_io.exists(uri):
+            meta = lance_io.summary(uri, n_samples=0)
+            datasets[name] = {"rows": meta["rows"], "version": meta["version"], "path": meta["path"],
+                              "quarantined": quarantine_counts(settings, uri)}
+        else:
+            datasets[name] = None
+    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets}
+
+
 def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:
     """Quarantined rows by reason, for one target dataset (or all), over every ingest so far."""
     uri = settings.path("quarantine")

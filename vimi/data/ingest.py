@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from vimi.data.schema import VIDEO_SCHEMA
+from vimi.data.schema import GROUND_TRUTH_COLUMNS, VIDEO_SCHEMA
 from vimi.data.video_io import VideoDecodeError, probe
 from vimi.errors import VimiError
 from vimi.ingest import run_ingest
@@ -22,8 +22,7 @@ from vimi.progress import progress
 
 FORMATS = ("webvid",)
 REQUIRED_COLUMNS = ("videoid", "name")
-GROUND_TRUTH = {c: None for c in ("split", "subject_id", "subject_name", "shape", "color1", "color2",
-                                  "pattern", "scene", "action", "subject_split", "trajectory")}
+GROUND_TRUTH = {c: None for c in GROUND_TRUTH_COLUMNS}
 
 
 def _csv_header(csv_path: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from vimi.memory.schema import POSE
+from vimi.memory.schema import POSE, SUBJECT_TRUTH_FIELDS
 
 RAW_FORMAT = "raw_rgb24"  # frames as uint8 bytes, C-order num_frames × height × width × 3
 
@@ -20,15 +20,10 @@ VIDEO_SCHEMA = pa.schema(
         pa.field("meta", pa.string(), nullable=False),          # JSON object
         # Ground truth, where known (SpriteWorld); null for real data.
         pa.field("split", pa.string()),                         # train | eval
-        pa.field("subject_id", pa.string()),
-        pa.field("subject_name", pa.string()),
-        pa.field("shape", pa.string()),
-        pa.field("color1", pa.string()),
-        pa.field("color2", pa.string()),
-        pa.field("pattern", pa.string()),
-        pa.field("scene", pa.string()),
+        *SUBJECT_TRUTH_FIELDS,
         pa.field("action", pa.string()),
-        pa.field("subject_split", pa.string()),                 # seen | unseen
         pa.field("trajectory", pa.list_(POSE)),                  # one pose per frame
     ]
 )
+
+GROUND_TRUTH_COLUMNS = VIDEO_SCHEMA.names[VIDEO_SCHEMA.get_field_index("meta") + 1:]

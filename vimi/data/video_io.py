@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,54 +34,55 @@ def encode_raw(frames: np.ndarray) -> bytes:
     return frames.tobytes()
 
 
-def _open(data: bytes | str | Path):
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else str(data)
-    return av.open(source, mode="r")
-
-
 _DECODE_ERRORS = (av.error.FFmpegError, ValueError, OSError, IndexError)
+
+
+@contextmanager
+def _video_stream(data: bytes | str | Path):
+    """(container, first video stream) of encoded bytes or a file; any decoding failure inside the
+    block comes out as VideoDecodeError."""
+    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else str(data)
+    try:
+        with av.open(source, mode="r") as container:
+            if not container.streams.video:
+                raise VideoDecodeError("no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            yield container, stream
+    except _DECODE_ERRORS as exc:
+        raise VideoDecodeError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _rate(stream) -> float:
+    return float(stream.average_rate or stream.guessed_rate or Fraction(0))
 
 
 def decode_container(data: bytes | str | Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
     """Frames (T×H×W×3 uint8 RGB) and frame rate of an encoded video."""
     frames = []
-    try:
-        with _open(data) as container:
-            if not container.streams.video:
-                raise VideoDecodeError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-    except _DECODE_ERRORS as exc:
-        raise VideoDecodeError(f"{type(exc).__name__}: {exc}") from None
+    with _video_stream(data) as (container, stream):
+        rate = _rate(stream)
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
     if not frames:
         raise VideoDecodeError("no decodable frame")
-    return np.stack(frames), float(rate)
+    return np.stack(frames), rate
 
 
 def probe(data: bytes | str | Path) -> VideoProbe:
     """Decode every frame (so a corrupt tail is caught, without holding the frames) and report
     frame count, rate and size."""
     count, height, width = 0, 0, 0
-    try:
-        with _open(data) as container:
-            if not container.streams.video:
-                raise VideoDecodeError("no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = stream.average_rate or stream.guessed_rate or Fraction(0)
-            for frame in container.decode(stream):
-                count += 1
-                height, width = frame.height, frame.width
-    except _DECODE_ERRORS as exc:
-        raise VideoDecodeError(f"{type(exc).__name__}: {exc}") from None
+    with _video_stream(data) as (container, stream):
+        rate = _rate(stream)
+        for frame in container.decode(stream):
+            count += 1
+            height, width = frame.height, frame.width
     if not count:
         raise VideoDecodeError("no decodable frame")
-    return VideoProbe(num_frames=count, fps=float(rate), height=height, width=width)
+    return VideoProbe(num_frames=count, fps=rate, height=height, width=width)
 
 
 def decode_video(data: bytes, video_format: str, num_frames: int, height: int, width: int) -> np.ndarray:

@@ -4,6 +4,18 @@ import pyarrow as pa
 
 POSE = pa.list_(pa.float32(), 4)  # x, y, scale, angle (see vimi.world.render)
 
+# Ground truth of a SpriteWorld subject in a scene; null for real data. Shared by memory and videos.
+SUBJECT_TRUTH_FIELDS = [
+    pa.field("subject_id", pa.string()),
+    pa.field("subject_name", pa.string()),
+    pa.field("shape", pa.string()),
+    pa.field("color1", pa.string()),
+    pa.field("color2", pa.string()),
+    pa.field("pattern", pa.string()),
+    pa.field("scene", pa.string()),
+    pa.field("subject_split", pa.string()),             # seen | unseen
+]
+
 MEMORY_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),        # unique
@@ -15,16 +27,9 @@ MEMORY_SCHEMA = pa.schema(
         pa.field("meta", pa.string(), nullable=False),      # JSON object: anything else the source had
         # Ground truth, where known (SpriteWorld); null for real data.
         pa.field("doc_type", pa.string()),                  # subject | anonymous | scene
-        pa.field("subject_id", pa.string()),
-        pa.field("subject_name", pa.string()),
-        pa.field("shape", pa.string()),
-        pa.field("color1", pa.string()),
-        pa.field("color2", pa.string()),
-        pa.field("pattern", pa.string()),
-        pa.field("scene", pa.string()),
-        pa.field("subject_split", pa.string()),             # seen | unseen
+        *SUBJECT_TRUTH_FIELDS,
         pa.field("pose", POSE),
     ]
 )
 
-GROUND_TRUTH_COLUMNS = [f.name for f in MEMORY_SCHEMA][7:]
+GROUND_TRUTH_COLUMNS = MEMORY_SCHEMA.names[MEMORY_SCHEMA.get_field_index("meta") + 1:]

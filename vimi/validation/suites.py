@@ -161,24 +161,28 @@ def _validate(suite: str, uri: Path, expected: pa.Schema, table_columns: list[st
                             seconds=time.perf_counter() - start)
 
 
-def validate_memory(uri: Path, params: dict[str, Any]) -> ValidationReport:
+def _common_table_expectations(params: dict[str, Any]) -> list:
+    """Every dataset of captioned media: rows, unique ids, non-empty captions, sizes in range."""
     import great_expectations.expectations as gxe
 
     ingest = params.get("ingest", {})
     lo, hi = int(ingest.get("min_image_size", 8)), int(ingest.get("max_image_size", 16384))
-    min_rows = int(params.get("validate", {}).get("min_rows", 1))
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=int(params.get("validate", {}).get("min_rows", 1))),
+        gxe.ExpectColumnValuesToNotBeNull(column="id"),
+        gxe.ExpectColumnValuesToBeUnique(column="id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="caption"),
+        gxe.ExpectColumnValuesToNotMatchRegex(column="caption", regex=r"^\s*$"),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi),
+    ]
+
+
+def validate_memory(uri: Path, params: dict[str, Any]) -> ValidationReport:
+    import great_expectations.expectations as gxe
 
     def table() -> list:
-        return [
-            gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
-            gxe.ExpectColumnValuesToNotBeNull(column="id"),
-            gxe.ExpectColumnValuesToBeUnique(column="id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
-            gxe.ExpectColumnValuesToNotMatchRegex(column="caption", regex=r"^\s*$"),
-            gxe.ExpectColumnValuesToNotBeNull(column="source"),
-            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi),
-            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi),
-        ]
+        return [*_common_table_expectations(params), gxe.ExpectColumnValuesToNotBeNull(column="source")]
 
     def decode(row: dict) -> dict:
         try:
@@ -205,22 +209,14 @@ def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") ->
     import great_expectations.expectations as gxe
 
     ingest = params.get("ingest", {})
-    lo, hi = int(ingest.get("min_image_size", 8)), int(ingest.get("max_image_size", 16384))
     f_lo, f_hi = int(ingest.get("min_video_frames", 8)), int(ingest.get("max_video_frames", 100000))
-    min_rows = int(params.get("validate", {}).get("min_rows", 1))
 
     def table() -> list:
         return [
-            gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
-            gxe.ExpectColumnValuesToNotBeNull(column="id"),
-            gxe.ExpectColumnValuesToBeUnique(column="id"),
-            gxe.ExpectColumnValuesToNotBeNull(column="caption"),
-            gxe.ExpectColumnValuesToNotMatchRegex(column="caption", regex=r"^\s*$"),
+            *_common_table_expectations(params),
             gxe.ExpectColumnValuesToBeInSet(column="video_format", value_set=VIDEO_FORMATS),
             gxe.ExpectColumnValuesToBeBetween(column="num_frames", min_value=f_lo, max_value=f_hi),
             gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=0, strict_min=True, max_value=1000),
-            gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi),
-            gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi),
         ]
 
     def decode(row: dict) -> dict:
