@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import yaml
 from vimi.errors import VimiError
 
 PARAMS_FILE = "params.yaml"
-PROFILES = ("tiny", "small", "paper")
 
 # Dataset file names under the data directory (DESIGN.md §3).
 DATASET_FILES = {
@@ -86,7 +85,6 @@ class Settings:
     root: Path
     data_dir: Path
     params_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(

@@ -263,9 +263,6 @@ class GenerateResult:
     version: int | None
     seconds: float
 
-    def to_json(self) -> dict[str, Any]:
-        return {"rows": self.rows, "version": self.version, "path": self.path, "seconds": round(self.seconds, 3)}
-
 
 def write_catalog(cfg: WorldConfig, folder: Path) -> Catalog:
     catalog = cfg.catalog()
