@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vimi import lance_io
 from vimi.errors import VimiError
 
 app = typer.Typer(help="ViMi: retrieval-augmented, multimodal-instruction video generation as a pipeline.",
@@ -129,7 +130,7 @@ def memory_ingest(
 
     settings = _settings(profile)
     uri = (out.resolve() if out else settings.path("memory"))
-    quarantine = uri.parent / "quarantine.lance"
+    quarantine = lance_io.quarantine_path_for(uri)
     report = ingest_memory(sources, fmt.value, uri, quarantine, settings.section("ingest"), id_prefix=id_prefix,
                            image_column=image_column, caption_column=caption_column, key_column=key_column)
     _emit(report.to_json(), as_json, _ingest_summary(report, uri, quarantine), markup=False)
@@ -158,7 +159,7 @@ def videos_ingest(
 
     settings = _settings(profile)
     uri = out.resolve() if out else settings.path("videos")
-    quarantine = uri.parent / "quarantine.lance"
+    quarantine = lance_io.quarantine_path_for(uri)
     report = ingest_videos(fmt.value, csv_path, videos, uri, quarantine, settings.section("ingest"))
     _emit(report.to_json(), as_json, _ingest_summary(report, uri, quarantine), markup=False)
 

@@ -142,6 +142,11 @@ def write_batches(
     return WriteResult(uri, ds.version, counted, ds.count_rows())
 
 
+def quarantine_path_for(uri: str | Path) -> Path:
+    """The quarantine table beside a dataset: one per data directory."""
+    return Path(uri).parent / "quarantine.lance"
+
+
 def write_quarantine(uri: str | Path, dataset: str, ingest_id: str, rows: list[QuarantineRow]) -> int | None:
     if not rows:
         return None

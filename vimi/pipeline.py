@@ -25,10 +25,6 @@ from vimi.world.generate import WorldConfig, generate_memory, generate_videos, l
 WORLD_PARTS = ("catalog", "memory", "videos", "eval")
 
 
-def _quarantine_for(uri: Path) -> Path:
-    return uri.parent / "quarantine.lance"
-
-
 def _dataset_metadata(uri: Path, seconds: float, **extra: Any) -> dict[str, Any]:
     meta = lance_io.summary(uri)
     meta["seconds"] = round(seconds, 2)
@@ -60,6 +56,13 @@ def _specs(spec_list: Any, name: str) -> list[dict[str, Any]]:
     return spec_list
 
 
+def _ingest_configured(settings: Settings, uri: Path, schema, streams: list, start: float) -> dict[str, Any]:
+    """One overwrite commit of every configured source's rows; bad rows quarantined beside it."""
+    report = run_ingest(str(uri), uri, lance_io.quarantine_path_for(uri), schema, itertools.chain(*streams),
+                        int(settings.section("ingest").get("batch_rows", 256)), mode="overwrite")
+    return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
+
+
 def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | None = None) -> dict[str, Any]:
     """The image-text memory: ingested from data.memory_sources when configured, else SpriteWorld."""
     uri = out or settings.path("memory")
@@ -73,9 +76,7 @@ def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | 
             sources = [sources] if isinstance(sources, str) else list(sources or [])
             options = {k: spec[k] for k in ("id_prefix", "image_column", "caption_column", "key_column") if k in spec}
             streams.append(memory_candidates(sources, spec.get("format", ""), ingest, **options))
-        report = run_ingest(str(uri), uri, _quarantine_for(uri), MEMORY_SCHEMA, itertools.chain(*streams),
-                            int(ingest.get("batch_rows", 256)), mode="overwrite")
-        return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
+        return _ingest_configured(settings, uri, MEMORY_SCHEMA, streams, start)
     cfg = WorldConfig.from_params(settings.params)
     catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
     generate_memory(cfg, catalog, uri, int(settings.section("ingest").get("batch_rows", 256)))
@@ -100,9 +101,7 @@ def build_videos(settings: Settings, split: str = "train", out: Path | None = No
                 raise VimiError(f"params.yaml data.video_sources entry {spec} lacks {', '.join(missing)}.")
             streams.append(video_candidates(spec.get("format", "webvid"), Path(spec["csv"]), Path(spec["videos"]),
                                             ingest))
-        report = run_ingest(str(uri), uri, _quarantine_for(uri), VIDEO_SCHEMA, itertools.chain(*streams),
-                            int(ingest.get("batch_rows", 256)), mode="overwrite")
-        return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
+        return _ingest_configured(settings, uri, VIDEO_SCHEMA, streams, start)
     cfg = WorldConfig.from_params(settings.params)
     catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
     generate_videos(cfg, catalog, uri, split, int(settings.section("ingest").get("batch_rows", 256)))
