@@ -90,4 +90,4 @@ lock: setup
 	  $(DVC_VENV)/bin/pip freeze; } > requirements/dvc-tool-lock.txt
 
 clean:
-	rm -rf data/world data/*.lance reports/validation
+	rm -rf data/world data/*.lance data/bm25 reports/validation reports/*.json

@@ -42,3 +42,46 @@ def video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
                       "subjects that appear only in the memory.")
 def eval_video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=dataset_metadata(pipeline.build_videos(vimi.load(), "eval")))
+
+
+@dg.asset(deps=[image_text_memory], group_name="retrieval", kinds={"lucene"},
+          description="BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/), sharded by memory rows.")
+def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.build_bm25_index(vimi.load())
+    return dg.MaterializeResult(metadata={
+        "docs": dg.MetadataValue.int(meta["docs"]),
+        "memory_version": dg.MetadataValue.int(meta["memory_version"]),
+        "index_id": dg.MetadataValue.text(meta["index_id"]),
+        "shards": dg.MetadataValue.int(len(meta["shards"])),
+        "size_mb": dg.MetadataValue.float(round(meta["bytes"] / 2**20, 2)),
+        "build_seconds": dg.MetadataValue.float(meta["seconds"]),
+        "docs_per_s": dg.MetadataValue.float(meta["docs_per_s"]),
+        "bm25": dg.MetadataValue.json({"k1": meta["k1"], "b": meta["b"]}),
+        "path": dg.MetadataValue.path(meta["path"]),
+    })
+
+
+@dg.asset(deps=[bm25_index, video_corpus], group_name="retrieval", kinds={"lance"},
+          description="Retrieval-augmented video dataset (data/augmented.lance): per training clip, the top-k "
+                      "memory documents of its caption, with scores, ranks and provenance.")
+def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.augment_videos(vimi.load())
+    figures = meta["figures"]
+    examples = "\n".join(f"**{e['caption']}**\n" + "\n".join(f"- {r}" for r in e["retrieved"]) + "\n"
+                         for e in meta["examples"])
+    metadata = {
+        "dagster/row_count": dg.MetadataValue.int(meta["rows"]),
+        "lance_version": dg.MetadataValue.int(meta["version"]),
+        "k": dg.MetadataValue.int(meta["k"]),
+        "coverage": dg.MetadataValue.float(figures["coverage"]),
+        "flags": dg.MetadataValue.json(figures["flags"]),
+        "clips_per_s": dg.MetadataValue.float(meta["clips_per_s"]),
+        "memory_version": dg.MetadataValue.int(meta["memory_version"]),
+        "index_id": dg.MetadataValue.text(meta["index_id"]),
+        "examples": dg.MetadataValue.md(examples),
+        "path": dg.MetadataValue.path(meta["path"]),
+    }
+    if "recall_at_k" in figures:
+        metadata["recall_at_k"] = dg.MetadataValue.float(figures["recall_at_k"])
+        metadata["top1_own_subject"] = dg.MetadataValue.float(figures["top1_own_subject"])
+    return dg.MaterializeResult(metadata=metadata)

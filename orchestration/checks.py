@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import eval_video_corpus, image_text_memory, video_corpus
+from orchestration.assets import augmented_video_dataset, eval_video_corpus, image_text_memory, video_corpus
 from orchestration.metadata import check_metadata
 from orchestration.resources import VimiSettings
 from vimi import pipeline
@@ -31,3 +31,10 @@ def videos_suite(vimi: VimiSettings) -> dg.AssetCheckResult:
 @dg.asset_check(asset=eval_video_corpus, blocking=True, description="GE: the video suite on the evaluation split.")
 def eval_videos_suite(vimi: VimiSettings) -> dg.AssetCheckResult:
     return _result(vimi, "eval_videos")
+
+
+@dg.asset_check(asset=augmented_video_dataset, blocking=True,
+                description="Retrieval-quality gate (GE): one row per clip, k hits or a flag, scores non-increasing, "
+                            "no dangling ids, coverage and recall@k above params.yaml's thresholds.")
+def retrieval_quality(vimi: VimiSettings) -> dg.AssetCheckResult:
+    return _result(vimi, "retrieval")

@@ -39,4 +39,6 @@ def check_metadata(report: ValidationReport) -> dict[str, Any]:
         "lance_version": dg.MetadataValue.int(report.version),
         "failed_expectations": dg.MetadataValue.int(len(report.failed)),
         "expectations": dg.MetadataValue.md("\n".join(rows)),
+        **{name: (dg.MetadataValue.float(v) if isinstance(v, float) else dg.MetadataValue.json(v)
+                  if isinstance(v, dict) else v) for name, v in report.figures.items()},
     }

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Small enough for seconds on 2 cores; keeps every feature of the tiny profile (unseen subjects,
 # distractors, all actions and scenes, 8-frame clips).
 MICRO_WORLD = {
-    "subjects": 8, "unseen_fraction": 0.25, "actions": 12, "scenes": 6, "memory_docs": 60,
+    "subjects": 8, "unseen_fraction": 0.25, "actions": 12, "scenes": 6, "memory_docs": 240,
     "distractor_fraction": 0.2, "image_size": 32, "train_clips": 24, "eval_clips": 8,
     "num_frames": 8, "frame_size": 16, "supersample": 2, "workers": 1,
 }
@@ -30,6 +30,9 @@ def write_params(folder: Path, world: dict | None = None, **sections) -> Path:
     """A params.yaml in ``folder``: the repo's, with the base (tiny) world replaced by ``world``."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["world"].update(world if world is not None else MICRO_WORLD)
+    # 240 memory documents for 8 subjects and 6 scenes make a scene word less rare against a name
+    # than in real profiles: BM25's recall@k is 0.93-1.0 over seeds 0-4 here, 0.9998 on tiny.
+    params["retrieval"]["min_recall_at_k"] = 0.9
     for name, values in sections.items():
         params[name] = {**params.get(name, {}), **values}
     path = folder / "params.yaml"

@@ -65,7 +65,7 @@ def test_world_generate_json_and_out(project, tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["catalog"]["subjects"] == 8
-    assert result["memory"]["rows"] == 60 and result["memory"]["version"] == 1
+    assert result["memory"]["rows"] == 240 and result["memory"]["version"] == 1
     assert result["videos"]["rows"] == 24 and result["eval_videos"]["rows"] == 8
     assert Path(result["memory"]["path"]) == tmp_path / "elsewhere" / "memory.lance"
     assert not (project / "data" / "memory.lance").exists()

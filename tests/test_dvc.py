@@ -3,6 +3,7 @@ a second repro does nothing; push/pull through the configured local remote; `dvc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,10 +57,14 @@ def dvc(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.Com
 def test_repro_twice_push_pull_and_experiment(repo_copy):
     root, env = repo_copy
     first = dvc(root, env, "repro")
-    for stage in ("world", "memory", "videos", "eval_videos", "validate"):
+    for stage in ("world", "memory", "videos", "eval_videos", "validate", "index", "augment", "validate_retrieval"):
         assert f"Running stage '{stage}'" in first.stdout
+    metrics = json.loads((root / "reports" / "retrieval.json").read_text())
+    assert metrics["success"] is True and metrics["coverage"] == 1.0
+    shown = dvc(root, env, "metrics", "show", "--json")
+    assert "recall_at_k" in shown.stdout
     memory = root / "data" / "memory.lance"
-    assert lance.dataset(str(memory)).count_rows() == 60
+    assert lance.dataset(str(memory)).count_rows() == 240
     assert (root / "reports" / "validation" / "memory.json").is_file()
     fingerprint = lance_io.fingerprint(memory)
 
@@ -80,9 +85,12 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
 
     # `dvc exp run -S` (what antlr 4.13 breaks) with a changed parameter re-runs the world.
     exp = dvc(root, env, "exp", "run", "-S", "seed=1")
-    assert "Running stage 'memory'" in exp.stdout
+    assert "Running stage 'memory'" in exp.stdout and "Running stage 'augment'" in exp.stdout
+    # a retrieval parameter re-runs retrieval only
+    exp = dvc(root, env, "exp", "run", "-S", "retrieval.k=3")
+    assert "Running stage 'augment'" in exp.stdout and "Running stage 'memory'" not in exp.stdout
     assert lance_io.fingerprint(memory) != fingerprint
     shown = dvc(root, env, "exp", "show", "--csv", "--no-pager").stdout.splitlines()
     header = shown[0].split(",")
     seeds = [row.split(",")[header.index("seed")] for row in shown[1:]]
-    assert seeds == ["1", "0", "1"]  # the workspace (now seed 1), the baseline commit, the experiment
+    assert seeds == ["1", "0", "1", "1"]  # the workspace, the baseline commit, the two experiments

@@ -14,8 +14,9 @@ from orchestration.definitions import defs
 from orchestration.resources import VimiSettings
 from tests.conftest import REPO, write_params
 
-ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus"}
-CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite"}
+ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
+          "augmented_video_dataset"}
+CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality"}
 
 
 def test_definitions_hold_the_graph():
@@ -25,11 +26,14 @@ def test_definitions_hold_the_graph():
     assert {k.name for k in graph.asset_check_keys} == CHECKS
     memory = graph.get(dg.AssetKey("image_text_memory"))
     assert {p.to_user_string() for p in memory.parent_keys} == {"spriteworld"}
+    augmented = graph.get(dg.AssetKey("augmented_video_dataset"))
+    assert {p.to_user_string() for p in augmented.parent_keys} == {"bm25_index", "video_corpus"}
+    assert graph.get(dg.AssetKey("bm25_index")).parent_keys == {dg.AssetKey("image_text_memory")}
 
 
-def materialize(project, **resource):
+def materialize(project, extra=(), **resource):
     return dg.materialize(
-        [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
+        [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks]), *extra],
         resources={"vimi": VimiSettings(params_path=str(project / "params.yaml"),
                                         data_dir=str(project / "data"), **resource)},
         raise_on_error=False,
@@ -43,13 +47,18 @@ def test_materialize_in_process(project):
     mats = {m.asset_key.to_user_string(): m.metadata for m in events}
     assert set(mats) == ASSETS
     memory = mats["image_text_memory"]
-    assert memory["dagster/row_count"].value == 60
+    assert memory["dagster/row_count"].value == 240
     assert memory["lance_version"].value == 1
     assert memory["quarantined_total"].value == 0
     assert memory["sample_captions"].value.startswith("- ")
     assert mats["video_corpus"]["dagster/row_count"].value == 24
     assert mats["eval_video_corpus"]["dagster/row_count"].value == 8
     assert mats["spriteworld"]["subjects"].value == 8
+    augmented = mats["augmented_video_dataset"]
+    assert augmented["dagster/row_count"].value == 24 and augmented["coverage"].value == 1.0
+    assert augmented["recall_at_k"].value >= 0.9 and "←" not in augmented["examples"].value
+    assert augmented["examples"].value.startswith("**")
+    assert mats["bm25_index"]["docs"].value == 240 and mats["bm25_index"]["shards"].value == 4
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
     assert all(e.passed for e in evaluations)
@@ -91,6 +100,24 @@ def test_memory_from_configured_sources(project, tmp_path):
               if e.asset_key == dg.AssetKey("image_text_memory")][0]
     assert memory.metadata["dagster/row_count"].value == 7
     assert memory.metadata["source"].value == "ingest"
+
+
+@dg.asset(deps=["augmented_video_dataset"])
+def training_stand_in() -> None:
+    """What stage-1 training will be: anything downstream of the augmented dataset."""
+
+
+def test_failing_retrieval_gate_blocks_downstream(project):
+    write_params(project, retrieval={"min_recall_at_k": 1.01})
+    result = materialize(project, extra=[training_stand_in])
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["retrieval_quality"].passed
+    assert evaluations["retrieval_quality"].metadata["recall_at_k"].value < 1.01
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "augmented_video_dataset" in done and "training_stand_in" not in done
+    write_params(project)  # the default threshold: the gate passes and training runs
+    assert "training_stand_in" in {e.asset_key.to_user_string()
+                                   for e in materialize(project, extra=[training_stand_in]).get_asset_materialization_events()}
 
 
 @pytest.mark.slow

@@ -113,7 +113,7 @@ def test_cli_exit_codes_and_json(project, settings):
     assert missing.returncode == 2 and "No videos dataset" in missing.stderr
 
 
-@pytest.mark.parametrize("sample,expected", [(0, 60), (10, 10), (1000, 60)])
+@pytest.mark.parametrize("sample,expected", [(0, 240), (10, 10), (1000, 240)])
 def test_decode_sample(settings, sample, expected):
     generate_world(settings, parts=("catalog", "memory"))
     settings.params["validate"]["decode_sample"] = sample

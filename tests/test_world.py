@@ -96,9 +96,9 @@ def test_memory_rows_carry_their_ground_truth(tmp_path, settings):
     results = generate_world(settings, tmp_path, parts=("catalog", "memory"))
     catalog = {s["id"]: s for s in json.loads((tmp_path / "world/catalog.json").read_text())["subjects"]}
     rows = lance.dataset(results["memory"]["path"]).to_table().to_pylist()
-    assert len(rows) == 60 and len({r["id"] for r in rows}) == 60
+    assert len(rows) == 240 and len({r["id"] for r in rows}) == 240
     kinds = [r["doc_type"] for r in rows]
-    assert kinds.count("subject") == 48 and kinds.count("anonymous") + kinds.count("scene") == 12
+    assert kinds.count("subject") == 192 and kinds.count("anonymous") + kinds.count("scene") == 48
     names = {s["name"] for s in catalog.values()}
     for row in rows:
         assert row["scene"] in SCENES

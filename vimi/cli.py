@@ -22,9 +22,11 @@ world_app = typer.Typer(help="SpriteWorld, the built-in synthetic world with gro
 memory_app = typer.Typer(help="The image-text memory (data/memory.lance).", no_args_is_help=True)
 videos_app = typer.Typer(help="The video corpus (data/videos.lance, data/eval_videos.lance).", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks: print JSON figures and write them to benchmarks/.", no_args_is_help=True)
+index_app = typer.Typer(help="The BM25 index over the memory's captions (data/bm25/).", no_args_is_help=True)
 app.add_typer(world_app, name="world")
 app.add_typer(memory_app, name="memory")
 app.add_typer(videos_app, name="videos")
+app.add_typer(index_app, name="index")
 app.add_typer(bench_app, name="bench")
 
 out_console = Console()
@@ -48,6 +50,7 @@ class Suite(str, Enum):
     memory = "memory"
     videos = "videos"
     eval_videos = "eval_videos"
+    retrieval = "retrieval"
 
 
 class Split(str, Enum):
@@ -176,9 +179,12 @@ def videos_build(split: Split = typer.Option(Split.train, "--split", help="train
 
 @app.command("validate")
 def validate_cmd(
-    suite: Suite = typer.Argument(..., help="Which dataset's suite: memory, videos or eval_videos."),
+    suite: Suite = typer.Argument(..., help="Which suite: memory, videos, eval_videos, or retrieval (the "
+                                  "retrieval-quality gate over the augmented dataset)."),
     path: Optional[Path] = typer.Option(None, "--path", help="Dataset to check (default: the data directory's)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the headline figures (success, "
+                                           "recall@k, coverage, ...) as a small JSON file (DVC metrics)."),
     profile: Optional[str] = ProfileOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -189,9 +195,81 @@ def validate_cmd(
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.to_json(), indent=2, default=str))
+    if metrics:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        figures = {k: v for k, v in result.figures.items() if not isinstance(v, dict)}
+        metrics.write_text(json.dumps({"success": result.success, "rows": result.rows, **figures}, indent=2) + "\n")
     _emit(result.to_json(), as_json, result.to_text(), markup=False)
     if not result.success:
         raise typer.Exit(1)
+
+
+@index_app.command("build")
+def index_build(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Build the BM25 index over the memory's captions; built aside and moved into place when complete."""
+    from vimi.pipeline import build_bm25_index
+
+    meta = build_bm25_index(_settings(profile))
+    _emit(meta, as_json, f"Indexed {meta['docs']} captions of memory version {meta['memory_version']} in "
+                         f"{meta['seconds']:.1f} s ({meta['docs_per_s']:,.0f} docs/s, {len(meta['shards'])} shards, "
+                         f"{meta['bytes'] / 2**20:.1f} MiB) → {meta['path']}", markup=False)
+
+
+@app.command("search")
+def search_cmd(
+    query: str = typer.Argument(..., help="Free text; searched as words, never as Lucene query syntax."),
+    k: Optional[int] = typer.Option(None, "-k", help="How many documents (default: retrieval.k)."),
+    save_images: Optional[Path] = typer.Option(None, "--save-images", help="Write the retrieved images here."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Search the memory with BM25: rank, id, score and caption of the best documents."""
+    from vimi.pipeline import fetch_documents, search_memory
+
+    settings = _settings(profile)
+    hits = search_memory(settings, query, k)
+    docs = fetch_documents(settings, hits, with_images=save_images is not None)
+    results = [{"rank": h.rank, "id": h.id, "score": round(h.score, 4), "caption": d["caption"]}
+               for h, d in zip(hits, docs)]
+    if save_images is not None:
+        save_images.mkdir(parents=True, exist_ok=True)
+        for result, doc in zip(results, docs):
+            path = save_images / f"{result['rank']:02d}_{_safe_name(result['id'])}.{doc['format']}"
+            path.write_bytes(doc["image"])
+            result["image"] = str(path)
+    if as_json:
+        _emit(results, True, "")
+        return
+    if not results:
+        out_console.print(f"No document matches {query!r}.", markup=False, highlight=False)
+        return
+    table = Table(title=f"BM25 top {len(results)} for {query!r}")
+    for column, justify in (("rank", "right"), ("id", "left"), ("score", "right"), ("caption", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for r in results:
+        table.add_row(str(r["rank"]), r["id"], f"{r['score']:.3f}", escape(r["caption"]))
+    out_console.print(table)
+    if save_images is not None:
+        out_console.print(f"images → {save_images}", markup=False)
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
+
+
+@app.command("augment")
+def augment_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Retrieve the top-k memory documents for every training clip's caption → data/augmented.lance."""
+    from vimi.pipeline import augment_videos
+
+    meta = augment_videos(_settings(profile))
+    lines = [f"Augmented {meta['rows']} clips with the top {meta['k']} memory documents in {meta['seconds']:.1f} s "
+             f"({meta['clips_per_s']:,.0f} clips/s) → {meta['path']} (Lance version {meta['version']})",
+             "  " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in meta["figures"].items())]
+    for example in meta["examples"]:
+        lines.append(f"  {example['caption']!r} ←")
+        lines += [f"      {r}" for r in example["retrieved"]]
+    _emit(meta, as_json, "\n".join(lines), markup=False)
 
 
 @app.command("status")

@@ -26,6 +26,8 @@ DATASET_FILES = {
     "videos": "videos.lance",
     "eval_videos": "eval_videos.lance",
     "quarantine": "quarantine.lance",
+    "bm25": "bm25",
+    "augmented": "augmented.lance",
 }
 
 

@@ -19,6 +19,7 @@ from vimi.errors import VimiError
 from vimi.ingest import run_ingest
 from vimi.memory.ingest import memory_candidates
 from vimi.memory.schema import MEMORY_SCHEMA
+from vimi.parallel import resolve_workers
 from vimi.validation.suites import ValidationReport, validate
 from vimi.world.generate import WorldConfig, generate_memory, generate_videos, load_or_build_catalog, write_catalog
 
@@ -131,17 +132,74 @@ def generate_world(settings: Settings, out_dir: Path | None = None,
     return results
 
 
+def build_bm25_index(settings: Settings) -> dict[str, Any]:
+    """The BM25 index over the memory's captions (data/bm25/)."""
+    from vimi.retrieval.bm25 import build_index, describe
+
+    r = settings.section("retrieval")
+    index_dir = settings.path("bm25")
+    info = build_index(settings.path("memory"), index_dir, float(r.get("k1", 0.9)), float(r.get("b", 0.4)),
+                       shards=resolve_workers(int(r.get("index_shards", 4))),
+                       batch_rows=int(r.get("index_batch_rows", 20000)))
+    return describe(info, index_dir) | {"docs_per_s": round(info.docs / max(info.seconds, 1e-9), 1)}
+
+
+def search_memory(settings: Settings, query: str, k: int | None = None) -> list:
+    """The top-k memory documents for a free-text query."""
+    from vimi.retrieval.bm25 import open_searcher
+
+    k = int(k or settings.section("retrieval").get("k", 4))
+    if k < 1:
+        raise VimiError(f"k must be >= 1, got {k}.")
+    return open_searcher(settings.path("bm25"), settings.path("memory")).search(query, k)
+
+
+def fetch_documents(settings: Settings, hits: list, with_images: bool = False) -> list[dict[str, Any]]:
+    """Caption (and image bytes with their format) of each hit, from the memory."""
+    if not hits:
+        return []
+    columns = ["caption", "image"] if with_images else ["caption"]
+    rows = lance_io.open_dataset(settings.path("memory")).take([h.row for h in hits], columns=columns).to_pylist()
+    if with_images:
+        from PIL import Image
+        import io
+
+        for row in rows:
+            with Image.open(io.BytesIO(row["image"])) as img:
+                row["format"] = {"JPEG": "jpg"}.get(img.format, (img.format or "bin").lower())
+    return rows
+
+
+def augment_videos(settings: Settings) -> dict[str, Any]:
+    """The retrieval-augmented video dataset (data/augmented.lance) and its retrieval figures."""
+    from vimi.retrieval.augment import augment, examples
+
+    r = settings.section("retrieval")
+    meta = augment(settings.path("videos"), settings.path("memory"), settings.path("bm25"),
+                   settings.path("augmented"), k=int(r.get("k", 4)), threads=int(r.get("search_threads", 0)))
+    meta["examples"] = examples(settings.path("augmented"), settings.path("memory"))
+    from vimi.validation.suites import retrieval_frame
+
+    meta["figures"] = retrieval_frame(settings.path("augmented"), settings.path("videos"), settings.path("memory"))[2]
+    return meta
+
+
 def validate_dataset(settings: Settings, which: str, uri: Path | None = None) -> ValidationReport:
-    """Run the Great Expectations suite of a dataset (memory, videos, eval_videos)."""
+    """Run the Great Expectations suite of a dataset (memory, videos, eval_videos, retrieval)."""
+    if which == "retrieval":
+        from vimi.validation.suites import validate_retrieval
+
+        return validate_retrieval(uri or settings.path("augmented"), settings.path("videos"),
+                                  settings.path("memory"), settings.params)
     if which not in ("memory", "videos", "eval_videos"):
-        raise VimiError(f"Unknown dataset {which!r}; validate memory, videos or eval_videos.")
+        raise VimiError(f"Unknown dataset {which!r}; validate memory, videos, eval_videos or retrieval.")
     return validate(which, uri or settings.path(which), settings.params)
 
 
 def data_status(settings: Settings) -> dict[str, Any]:
     """Rows, version and quarantine counts of every dataset under the data directory."""
     datasets: dict[str, Any] = {}
-    for name in ("memory", "videos", "eval_videos"):
+    for name in ("memory", "videos", "eval_videos", "augmented"):
         uri = settings.path(name)
         if lance_io.exists(uri):
             meta = lance_io.summary(uri, n_samples=0)

@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Iterable, Iterator, TypeVar
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
-    """Wrap an iterable in a progress bar on stderr. Shown on a terminal; VIMI_PROGRESS=1 forces it
-    on (e.g. in Dagster's captured logs), VIMI_PROGRESS=0 off."""
+def enabled() -> bool:
+    """Shown on a terminal; VIMI_PROGRESS=1 forces bars on (e.g. in Dagster's captured logs), 0 off."""
     flag = os.environ.get("VIMI_PROGRESS")
-    disable = (flag == "0") if flag in ("0", "1") else not sys.stderr.isatty()
-    yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, mininterval=0.5,
+    return flag == "1" if flag in ("0", "1") else sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+    """Wrap an iterable in a progress bar on stderr."""
+    yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=0.5,
                     dynamic_ncols=True, file=sys.stderr)
+
+
+@contextmanager
+def counter(total: int, desc: str, unit: str = "it") -> Iterator[Callable[[int], None]]:
+    """A progress bar advanced by calls from any thread: ``with counter(n, "x") as tick: tick(5)``."""
+    lock = threading.Lock()
+    with tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=0.5, dynamic_ncols=True,
+              file=sys.stderr) as bar:
+        def tick(n: int) -> None:
+            with lock:
+                bar.update(n)
+
+        yield tick

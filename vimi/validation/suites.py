@@ -52,6 +52,7 @@ class ValidationReport:
     success: bool
     checks: list[CheckResult]
     seconds: float
+    figures: dict[str, Any] = field(default_factory=dict)  # headline numbers (recall@k, coverage, ...)
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -77,7 +78,13 @@ class ValidationReport:
                 elif check.observed is not None:
                     extra = f": observed {check.observed}"
             lines.append(f"  {mark} {check.expectation}{target}{extra}")
+        if self.figures:
+            lines.append("  figures: " + ", ".join(f"{k} {_fmt(v)}" for k, v in self.figures.items()))
         return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _run_suite(name: str, frame: pd.DataFrame, expectations: list, batch: str) -> list[CheckResult]:
@@ -252,3 +259,109 @@ def validate(which: str, uri: Path, params: dict[str, Any]) -> ValidationReport:
     if which in ("videos", "eval_videos"):
         return validate_videos(uri, params, suite=which)
     raise VimiError(f"Unknown suite {which!r}; use memory, videos or eval_videos.")
+
+
+def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> tuple[pd.DataFrame, int, dict]:
+    """One row per augmented clip with derived columns the retrieval suite judges, the number of
+    clips in the video corpus, and headline figures."""
+    import lance
+
+    aug = lance_io.open_dataset(augmented_uri, "augmented dataset", "Build it with `vimi augment`.")
+    videos = lance_io.open_dataset(videos_uri, "video corpus")
+    table = aug.to_table(columns=["clip_id", "memory_ids", "memory_rows", "scores", "ranks", "num_hits", "flag",
+                                  "k", "memory_version"])
+    frame = table.to_pandas()
+    versions = sorted(set(frame["memory_version"].tolist()))
+    memory = lance.dataset(str(memory_uri), version=int(versions[0])) if versions else lance_io.open_dataset(memory_uri)
+    mem = memory.to_table(columns=["id", "subject_id"]).to_pylist()
+    memory_ids = [m["id"] for m in mem]
+    id_set = set(memory_ids)
+    subject_of_doc = {m["id"]: m["subject_id"] for m in mem}
+    relevant: dict[str, int] = {}
+    for m in mem:
+        if m["subject_id"] is not None:
+            relevant[m["subject_id"]] = relevant.get(m["subject_id"], 0) + 1
+    clip_subject = dict(zip(*[videos.to_table(columns=["id", "subject_id"]).column(c).to_pylist() for c in (0, 1)]))
+
+    def consistent(r) -> bool:
+        n = len(r.memory_ids)
+        shape_ok = n == len(r.scores) == len(r.ranks) == len(r.memory_rows) == r.num_hits
+        ranks_ok = list(r.ranks) == list(range(1, n + 1))
+        flag_ok = {"ok": n == r.k, "fewer_than_k": 0 < n < r.k, "no_hit": n == 0, "empty_caption": n == 0}.get(r.flag, False)
+        return bool(shape_ok and ranks_ok and flag_ok)
+
+    def dangling(r) -> int:
+        return sum(1 for doc_id, row in zip(r.memory_ids, r.memory_rows)
+                   if doc_id not in id_set or not (0 <= row < len(memory_ids)) or memory_ids[row] != doc_id)
+
+    def own(r) -> tuple[float, float, float]:
+        subject = clip_subject.get(r.clip_id)
+        if subject is None or subject not in relevant:
+            return float("nan"), float("nan"), float("nan")
+        same = [subject_of_doc.get(d) == subject for d in r.memory_ids]
+        recall = sum(same) / min(int(r.k), relevant[subject])
+        return recall, float(any(same)), float(bool(same) and same[0])
+
+    rows = list(frame.itertuples(index=False))
+    frame["clip_known"] = frame["clip_id"].isin(set(clip_subject))
+    frame["hits_consistent"] = [consistent(r) for r in rows]
+    frame["scores_sorted"] = [all(a >= b for a, b in zip(r.scores, r.scores[1:])) for r in rows]
+    frame["dangling_ids"] = [dangling(r) for r in rows]
+    frame["has_hit"] = (frame["num_hits"] > 0).astype(float)
+    owned = [own(r) for r in rows]
+    frame["own_recall"] = [o[0] for o in owned]
+    frame["own_success"] = [o[1] for o in owned]
+    frame["own_top1"] = [o[2] for o in owned]
+    frame = frame.drop(columns=["memory_ids", "memory_rows", "scores", "ranks"])
+    truth = frame["own_recall"].notna()
+    figures: dict[str, Any] = {
+        "clips": int(len(frame)),
+        "k": int(frame["k"].iloc[0]) if len(frame) else 0,
+        "coverage": float(frame["has_hit"].mean()) if len(frame) else 0.0,
+        "mean_hits": float(frame["num_hits"].mean()) if len(frame) else 0.0,
+        "flags": {str(k): int(v) for k, v in frame["flag"].value_counts().sort_index().items()},
+    }
+    if truth.any():
+        figures |= {
+            "recall_at_k": float(frame.loc[truth, "own_recall"].mean()),
+            "success_at_k": float(frame.loc[truth, "own_success"].mean()),
+            "top1_own_subject": float(frame.loc[truth, "own_top1"].mean()),
+            "clips_with_ground_truth": int(truth.sum()),
+        }
+    return frame, videos.count_rows(), figures
+
+
+def validate_retrieval(augmented_uri: Path, videos_uri: Path, memory_uri: Path,
+                       params: dict[str, Any]) -> ValidationReport:
+    """The retrieval-quality gate over the augmented dataset (DESIGN.md §3)."""
+    import great_expectations.expectations as gxe
+
+    from vimi.retrieval.augment import AUGMENTED_SCHEMA, FLAGS
+
+    start = time.perf_counter()
+    retrieval = params.get("retrieval", {})
+    ds = lance_io.open_dataset(augmented_uri, "augmented dataset", "Build it with `vimi augment`.")
+    schema_check = _schema_check(ds.schema, AUGMENTED_SCHEMA)
+    checks = [schema_check]
+    figures: dict[str, Any] = {}
+    if schema_check.success:
+        frame, n_clips, figures = retrieval_frame(augmented_uri, videos_uri, memory_uri)
+        expectations = [
+            gxe.ExpectTableRowCountToEqual(value=n_clips),
+            gxe.ExpectColumnValuesToNotBeNull(column="clip_id"),
+            gxe.ExpectColumnValuesToBeUnique(column="clip_id"),
+            gxe.ExpectColumnValuesToBeInSet(column="clip_known", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="flag", value_set=list(FLAGS)),
+            gxe.ExpectColumnValuesToBeInSet(column="hits_consistent", value_set=[True]),
+            gxe.ExpectColumnValuesToBeInSet(column="scores_sorted", value_set=[True]),
+            gxe.ExpectColumnValuesToBeBetween(column="dangling_ids", min_value=0, max_value=0),
+            gxe.ExpectColumnUniqueValueCountToBeBetween(column="memory_version", min_value=1, max_value=1),
+            gxe.ExpectColumnMeanToBeBetween(column="has_hit", min_value=float(retrieval.get("min_coverage", 0.99))),
+        ]
+        if "recall_at_k" in figures:
+            expectations.append(gxe.ExpectColumnMeanToBeBetween(
+                column="own_recall", min_value=float(retrieval.get("min_recall_at_k", 0.5))))
+        checks += _run_suite("retrieval_table", frame, expectations, "table")
+    return ValidationReport(suite="retrieval", dataset=str(augmented_uri), version=ds.version, rows=ds.count_rows(),
+                            decoded_rows=0, success=all(c.success for c in checks), checks=checks,
+                            seconds=time.perf_counter() - start, figures=figures)

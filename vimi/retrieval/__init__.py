@@ -1,0 +1,1 @@
+"""BM25 retrieval over the memory (pyserini), augmentation of the video corpus, retrieval quality."""

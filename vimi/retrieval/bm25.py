@@ -1,0 +1,269 @@
+"""BM25 over the memory's captions with pyserini's Anserini/Lucene: build, open, search.
+
+**Index.** The memory is split into contiguous row ranges, one Lucene shard each, indexed in
+parallel through pyserini's ``LuceneIndexer`` (Anserini's SimpleIndexer: Porter stemming, English
+stopwords), fed in batches streamed from Lance. One indexing thread per shard keeps Lucene's doc
+ids in memory-row order, so a hit's doc id *is* its memory row: no stored-field lookups at search
+time, and ties in score are broken by memory row, deterministically (Lucene's own rule: lower doc
+id first). The build checks this and falls back to an explicit doc-id → row map if not.
+
+**Search.** The shards are read together (a MultiReader: collection statistics, hence scores, are
+those of one index) through Anserini's bag-of-words query generator — text is analyzed, never
+parsed as Lucene query syntax — and Lucene's top-k search, which skips non-competitive documents
+(block-max WAND). pyserini's ``LuceneSearcher`` sorts every match to break ties by id and loads
+stored fields per hit; it is ~10× slower here and its import pulls in torch (~10 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from json.encoder import encode_basestring_ascii as _json_string
+from pathlib import Path
+from typing import Any, Sequence
+
+import lance
+import numpy as np
+
+from vimi import lance_io
+from vimi.errors import VimiError
+from vimi.parallel import ordered_map
+from vimi.progress import counter
+from vimi.retrieval.java import start_jvm
+
+INFO_FILE = "vimi_index.json"
+ROWS_FILE = "docid_rows.npy"
+FIELD = "contents"
+
+
+@dataclass
+class IndexInfo:
+    """What an index was built from and how (written beside the Lucene shards)."""
+
+    index_id: str
+    memory_path: str       # where it was built from (for people; the index may move with the data)
+    memory_version: int
+    memory_ids_sha256: str  # identifies the memory's rows, wherever the data directory lives
+    docs: int
+    k1: float
+    b: float
+    shards: list[dict[str, Any]] = field(default_factory=list)  # {"path", "start", "docs"}
+    docid_is_row: bool = True
+    analyzer: str = "anserini DefaultEnglishAnalyzer (porter stemmer, English stopwords)"
+    seconds: float = 0.0
+    built_at: float = 0.0
+
+    @classmethod
+    def load(cls, index_dir: Path) -> "IndexInfo":
+        _recover(Path(index_dir))
+        path = Path(index_dir) / INFO_FILE
+        if not path.is_file():
+            raise VimiError(f"No BM25 index at {index_dir}. Build it with `vimi index build`.")
+        return cls(**json.loads(path.read_text()))
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    rank: int
+    row: int  # row of the memory version the index was built from
+
+
+def _recover(index_dir: Path) -> None:
+    """A build killed between its two renames leaves the previous index as .old: put it back."""
+    old = index_dir.with_name(f".{index_dir.name}.old")
+    if not index_dir.exists() and old.exists():
+        old.rename(index_dir)
+
+
+def index_size(index_dir: Path) -> int:
+    return sum(f.stat().st_size for f in Path(index_dir).rglob("*") if f.is_file())
+
+
+def ids_digest(ids: list[str]) -> str:
+    digest = hashlib.sha256()
+    for doc_id in ids:
+        digest.update(doc_id.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _jclass(name: str):
+    from jnius import autoclass
+
+    return autoclass(name)
+
+
+def _open_reader(path: Path):
+    reader = _jclass("org.apache.lucene.index.DirectoryReader").open(
+        _jclass("org.apache.lucene.store.FSDirectory").open(_jclass("java.nio.file.Paths").get(str(path))))
+    return reader
+
+
+def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick) -> None:
+    from pyserini.index.lucene import LuceneIndexer
+
+    indexer = LuceneIndexer(str(path), threads=1)  # one thread: doc ids follow the rows
+    try:
+        for batch in ds.to_batches(columns=["id", "caption"], batch_size=batch_rows, offset=start,
+                                   limit=stop - start):
+            ids, captions = batch.column(0).to_pylist(), batch.column(1).to_pylist()
+            # JSON built with the C string encoder: the Python side has to keep up with Java.
+            indexer.add_batch_raw([f'{{"id":{_json_string(i)},"{FIELD}":{_json_string(c)}}}'
+                                   for i, c in zip(ids, captions)])
+            tick(len(ids))
+    finally:
+        indexer.close()
+
+
+def _doc_rows_if_shuffled(ds: lance.LanceDataset, shard_dirs: list[Path], starts: list[int],
+                          samples: int = 64) -> np.ndarray | None:
+    """None when every shard is one segment whose doc ids follow the rows (spot-checked against
+    stored ids); else the doc-id → row map, read from the stored ids of every document."""
+    for path, start in zip(shard_dirs, starts):
+        reader = _open_reader(path)
+        stored, n = reader.storedFields(), reader.maxDoc()
+        probe = sorted({0, n - 1, *np.random.default_rng(0).integers(0, n, samples).tolist()})
+        expected = ds.take([start + d for d in probe], columns=["id"]).column(0).to_pylist()
+        ordered = reader.leaves().size() == 1 and [stored.document(d).get("id") for d in probe] == expected
+        reader.close()
+        if not ordered:
+            break
+    else:
+        return None
+    row_of = {doc_id: row for row, doc_id in enumerate(ds.to_table(columns=["id"]).column(0).to_pylist())}
+    rows = []
+    for path in shard_dirs:
+        reader = _open_reader(path)
+        stored = reader.storedFields()
+        rows += [row_of[stored.document(d).get("id")] for d in range(reader.maxDoc())]
+        reader.close()
+    return np.asarray(rows, dtype=np.int64)
+
+
+def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: int = 2,
+                batch_rows: int = 20_000) -> IndexInfo:
+    """Index every memory caption (doc id = memory id) into ``index_dir``, atomically: the index
+    is built beside it and moved into place only when complete."""
+    start_time = time.perf_counter()
+    index_dir = Path(index_dir)
+    _recover(index_dir)
+    for stale in index_dir.parent.glob(f".{index_dir.name}.tmp-*"):  # left by a killed build
+        shutil.rmtree(stale, ignore_errors=True)
+    ds = lance_io.open_dataset(memory_uri, "memory", "Build it first (vimi world generate or vimi memory build).")
+    total = ds.count_rows()
+    if total == 0:
+        raise VimiError(f"The memory at {memory_uri} is empty: nothing to index.")
+    start_jvm()
+    shards = max(1, min(shards, total))
+    bounds = [(s * total // shards, (s + 1) * total // shards) for s in range(shards)]
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_dir.with_name(f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    shard_dirs = [tmp / f"shard-{s:03d}" for s in range(shards)]
+    try:
+        with counter(total, "indexing captions", unit="doc") as tick:
+            # Shards in parallel threads: the Java side runs outside the GIL.
+            list(ordered_map(lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick),
+                             list(enumerate(bounds)), workers=shards))
+        rows = _doc_rows_if_shuffled(ds, shard_dirs, [a for a, _ in bounds])
+        if rows is not None:
+            np.save(tmp / ROWS_FILE, rows)
+        info = IndexInfo(index_id=uuid.uuid4().hex, memory_path=str(Path(memory_uri).resolve()),
+                         memory_version=ds.version,
+                         memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()), docs=total, k1=float(k1), b=float(b),
+                         shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
+                         docid_is_row=rows is None, seconds=round(time.perf_counter() - start_time, 3),
+                         built_at=time.time())
+        (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
+        old = index_dir.with_name(f".{index_dir.name}.old")
+        if index_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            index_dir.rename(old)
+        tmp.rename(index_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path) -> list[str]:
+    """The ids of the memory version the index was built from; an error naming `vimi index build`
+    when the memory at ``memory_uri`` has moved on or is another memory."""
+    ds = lance_io.open_dataset(memory_uri, "memory", "Build it first (vimi world generate).")
+    stale = (f"The BM25 index at {index_dir} was built from memory version {info.memory_version} "
+             f"({info.memory_path}); the memory at {memory_uri} is version {ds.version}")
+    if ds.version != info.memory_version:
+        raise VimiError(f"{stale}. Rebuild it: `vimi index build`.")
+    ids = ds.to_table(columns=["id"]).column(0).to_pylist()
+    if ids_digest(ids) != info.memory_ids_sha256:
+        raise VimiError(f"{stale}, with other rows. Rebuild it: `vimi index build`.")
+    return ids
+
+
+class BM25Searcher:
+    """Top-k BM25 search over an index built by :func:`build_index`. Thread-safe."""
+
+    def __init__(self, index_dir: Path, memory_uri: Path):
+        index_dir = Path(index_dir)
+        self.info = IndexInfo.load(index_dir)
+        self.index_dir = index_dir
+        self._ids = memory_ids(self.info, memory_uri, index_dir)
+        start_jvm()
+        from jnius import cast
+
+        readers = [cast("org.apache.lucene.index.IndexReader", _open_reader(index_dir / s["path"]))
+                   for s in self.info.shards]
+        multi = _jclass("org.apache.lucene.index.MultiReader")(readers, True)  # closes the shards with it
+        self._reader = cast("org.apache.lucene.index.IndexReader", multi)
+        self._searcher = _jclass("org.apache.lucene.search.IndexSearcher")(self._reader)
+        self._searcher.setSimilarity(
+            _jclass("org.apache.lucene.search.similarities.BM25Similarity")(self.info.k1, self.info.b))
+        self._analyzer = _jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
+        self._generator = _jclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self._rows = None if self.info.docid_is_row else np.load(index_dir / ROWS_FILE)
+        self.num_docs = int(self._reader.numDocs())
+
+    def analyze(self, text: str) -> list[str]:
+        """The terms the index sees for ``text`` (after tokenizing, stopwords, stemming)."""
+        return [str(t) for t in _jclass("io.anserini.analysis.AnalyzerUtils").analyze(self._analyzer, text).toArray()]
+
+    def search(self, text: str, k: int) -> list[Hit]:
+        """The k best documents for ``text``: BM25 score descending, then memory row ascending."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        if not text or not text.strip():
+            return []
+        query = self._generator.buildQuery(FIELD, self._analyzer, text)
+        hits = []
+        for rank, doc in enumerate(self._searcher.search(query, k).scoreDocs, start=1):
+            row = int(doc.doc) if self._rows is None else int(self._rows[doc.doc])
+            hits.append(Hit(self._ids[row], float(doc.score), rank, row))
+        return hits
+
+    def batch_search(self, texts: Sequence[str], k: int, threads: int = 2) -> list[list[Hit]]:
+        """search() over many texts on ``threads`` threads (Lucene runs them in parallel), in order."""
+        return list(ordered_map(lambda text: self.search(text, k), texts, max(1, threads)))
+
+
+_searchers: dict[str, BM25Searcher] = {}
+_searchers_lock = threading.Lock()
+
+
+def open_searcher(index_dir: Path, memory_uri: Path) -> BM25Searcher:
+    """A searcher per index build and memory, cached (a rebuilt index opens anew)."""
+    info = IndexInfo.load(Path(index_dir))
+    key = f"{Path(index_dir).resolve()}:{info.index_id}:{Path(memory_uri).resolve()}"
+    with _searchers_lock:
+        if key not in _searchers:
+            _searchers[key] = BM25Searcher(Path(index_dir), Path(memory_uri))
+        return _searchers[key]
+
+
+def describe(info: IndexInfo, index_dir: Path) -> dict[str, Any]:
+    return asdict(info) | {"path": str(index_dir), "bytes": index_size(index_dir)}
