@@ -19,3 +19,39 @@ def test_bench_memory_json(project, tmp_path):
         figures = result[section]
         assert figures["ratio_batch_32_vs_1"] == figures["batch_32_rows_per_s"] / figures["batch_1_rows_per_s"]
     assert result["ingest_webdataset"]["ratio_vs_baseline"] > 0
+
+
+def test_tie_aware_agreement_by_hand():
+    from vimi.retrieval.bench import tie_aware_agreement
+
+    a = [(["x", "y", "z"], [3.0, 2.0, 1.0])]
+    tied = [(["x", "y", "w"], [3.0, 2.0, 1.0])]      # z and w tie at the k-th score: both fine
+    wrong = [(["x", "w", "z"], [3.0, 2.0, 1.0])]     # y, strictly above the k-th score, is missing
+    assert tie_aware_agreement(a, tied, 3)["tie_aware_agreement"] == 1.0
+    assert tie_aware_agreement(a, tied, 3)["overlap_at_k"] == 2 / 3
+    assert tie_aware_agreement(a, wrong, 3)["tie_aware_agreement"] == 0.0
+    assert tie_aware_agreement(a, [(["x", "y", "z"], [3.0, 2.0, 1.00001])], 3)["same_scores"] == 1.0
+
+
+def test_bench_retrieval_json(project, tmp_path):
+    """Three engines, same corpus and queries: vimi's Lucene BM25 and bm25s (method=lucene, same
+    stopwords and stemmer) return the same top-k up to ties, with the same scores."""
+    out_file = tmp_path / "retrieval.json"
+    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "retrieval", "--docs", "2000,6000", "--queries",
+                          "300", "-k", "5", "--out", str(out_file), "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result == json.loads(out_file.read_text())
+    assert set(result["sizes"]) == {"2000", "6000"}
+    for size in result["sizes"].values():
+        agreement = size["agreement_vimi_bm25s"]
+        assert agreement["queries"] == 300
+        assert agreement["tie_aware_agreement"] == 1.0 and agreement["same_scores"] >= 0.99
+        assert size["vimi"]["index_docs_per_s"] > 0 and size["bm25s_numba"]["search_queries_per_s"] > 0
+        assert size["vimi"]["shards"] == 4
+    small = result["sizes"]["2000"]
+    assert small["agreement_vimi_rank_bm25"]["tie_aware_agreement"] >= 0.9  # its own idf: ranks, not scores
+    assert "rank_bm25" not in result["sizes"]["6000"]
+    projection = result["projection"]
+    assert projection["memory_docs"] == 500_000_000 and projection["shards"] == 10
+    assert projection["index_build_hours_one_machine"] > projection["index_build_hours_on_shards_machines"]

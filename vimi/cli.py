@@ -314,6 +314,49 @@ def bench_memory_cmd(
     out_console.print(table)
 
 
+@bench_app.command("retrieval")
+def bench_retrieval_cmd(
+    docs: str = typer.Option("10000,100000,1000000", "--docs", help="Synthetic memory sizes, comma-separated."),
+    queries: int = typer.Option(10_000, "--queries", help="Video captions searched at every size."),
+    k: int = typer.Option(10, "-k", help="Documents per caption."),
+    out: Path = typer.Option(Path("benchmarks/retrieval.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Index build docs/s, augmentation and search captions/s of vimi's pyserini BM25 against bm25s
+    (numba) and rank-bm25, tie-aware top-k agreement, peak memory, and a projection to 500M documents."""
+    from vimi.retrieval.bench import bench_retrieval
+
+    try:
+        sizes = [int(d.replace("_", "")) for d in docs.split(",") if d.strip()]
+    except ValueError:
+        raise VimiError(f"--docs takes comma-separated integers, got {docs!r}.") from None
+    if not sizes or min(sizes) < 1 or queries < 1 or k < 1:
+        raise VimiError("--docs, --queries and -k must be positive.")
+    from vimi.parallel import resolve_workers
+
+    retrieval = _settings(profile).section("retrieval")  # the shards and threads the pipeline uses
+    result = bench_retrieval(sizes, queries, k, shards=resolve_workers(int(retrieval.get("index_shards", 4))),
+                             threads=resolve_workers(int(retrieval.get("search_threads", 0))),
+                             progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit(result, True, "")
+        return
+    table = Table(title=f"vimi bench retrieval (k={k}, {queries:,} captions) → {out}")
+    for column in ("docs", "index/s", "augment/s", "search/s", "bm25s/s", "×bm25s", "agree", "MiB vimi/bm25s"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for size in result["sizes"].values():
+        v, b = size["vimi"], size["bm25s_numba"]
+        table.add_row(f"{size['docs']:,}", f"{v['index_docs_per_s']:,.0f}", f"{v['augment_captions_per_s']:,.0f}",
+                      f"{v['search_queries_per_s']:,.0f}", f"{b['search_queries_per_s']:,.0f}",
+                      f"{size['ratio_search_vimi_vs_bm25s']:.1f}",
+                      f"{size['agreement_vimi_bm25s']['tie_aware_agreement']:.3f}",
+                      f"{v['peak_rss_mb']:,.0f} / {b['peak_rss_mb']:,.0f}")
+    out_console.print(table)
+
+
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import lance
 import numpy as np
@@ -57,6 +57,7 @@ class IndexInfo:
     analyzer: str = "anserini DefaultEnglishAnalyzer (porter stemmer, English stopwords)"
     seconds: float = 0.0
     built_at: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # summed over shards (threads overlap)
 
     @classmethod
     def load(cls, index_dir: Path) -> "IndexInfo":
@@ -67,8 +68,7 @@ class IndexInfo:
         return cls(**json.loads(path.read_text()))
 
 
-@dataclass(frozen=True)
-class Hit:
+class Hit(NamedTuple):
     id: str
     score: float
     rank: int
@@ -87,11 +87,7 @@ def index_size(index_dir: Path) -> int:
 
 
 def ids_digest(ids: list[str]) -> str:
-    digest = hashlib.sha256()
-    for doc_id in ids:
-        digest.update(doc_id.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return hashlib.sha256("\0".join(ids).encode()).hexdigest()
 
 
 def _jclass(name: str):
@@ -106,20 +102,40 @@ def _open_reader(path: Path):
     return reader
 
 
-def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick) -> None:
+def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick,
+                 timings: dict[str, float]) -> None:
+    """Index rows [start, stop) into one shard; adds seconds spent reading Lance, encoding JSON and
+    in Java (indexing, then the final flush) to ``timings``."""
     from pyserini.index.lucene import LuceneIndexer
 
+    clock = time.perf_counter
     indexer = LuceneIndexer(str(path), threads=1)  # one thread: doc ids follow the rows
+    spent = {"lance_read_s": 0.0, "json_encode_s": 0.0, "java_index_s": 0.0, "java_flush_s": 0.0}
     try:
-        for batch in ds.to_batches(columns=["id", "caption"], batch_size=batch_rows, offset=start,
-                                   limit=stop - start):
+        batches = iter(ds.to_batches(columns=["id", "caption"], batch_size=batch_rows, offset=start,
+                                     limit=stop - start))
+        while True:
+            t0 = clock()
+            batch = next(batches, None)
+            t1 = clock()
+            spent["lance_read_s"] += t1 - t0
+            if batch is None:
+                break
             ids, captions = batch.column(0).to_pylist(), batch.column(1).to_pylist()
             # JSON built with the C string encoder: the Python side has to keep up with Java.
-            indexer.add_batch_raw([f'{{"id":{_json_string(i)},"{FIELD}":{_json_string(c)}}}'
-                                   for i, c in zip(ids, captions)])
+            docs = [f'{{"id":{_json_string(i)},"{FIELD}":{_json_string(c)}}}' for i, c in zip(ids, captions)]
+            t2 = clock()
+            indexer.add_batch_raw(docs)
+            t3 = clock()
+            spent["json_encode_s"] += t2 - t1
+            spent["java_index_s"] += t3 - t2
             tick(len(ids))
     finally:
+        t4 = clock()
         indexer.close()
+        spent["java_flush_s"] += clock() - t4
+        for key, value in spent.items():
+            timings[key] = timings.get(key, 0.0) + value
 
 
 def _doc_rows_if_shuffled(ds: lance.LanceDataset, shard_dirs: list[Path], starts: list[int],
@@ -167,9 +183,10 @@ def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: 
     tmp = index_dir.with_name(f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     shard_dirs = [tmp / f"shard-{s:03d}" for s in range(shards)]
     try:
+        timings: dict[str, float] = {}
         with counter(total, "indexing captions", unit="doc") as tick:
             # Shards in parallel threads: the Java side runs outside the GIL.
-            list(ordered_map(lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick),
+            list(ordered_map(lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick, timings),
                              list(enumerate(bounds)), workers=shards))
         rows = _doc_rows_if_shuffled(ds, shard_dirs, [a for a, _ in bounds])
         if rows is not None:
@@ -179,7 +196,7 @@ def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: 
                          memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()), docs=total, k1=float(k1), b=float(b),
                          shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
                          docid_is_row=rows is None, seconds=round(time.perf_counter() - start_time, 3),
-                         built_at=time.time())
+                         built_at=time.time(), timings={k: round(v, 3) for k, v in timings.items()})
         (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
         old = index_dir.with_name(f".{index_dir.name}.old")
         if index_dir.exists():
@@ -226,6 +243,8 @@ class BM25Searcher:
             _jclass("org.apache.lucene.search.similarities.BM25Similarity")(self.info.k1, self.info.b))
         self._analyzer = _jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
         self._generator = _jclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
+        self._new_collector = _jclass("org.apache.lucene.search.TopScoreDocCollector").create
+        self._cast = cast
         self._rows = None if self.info.docid_is_row else np.load(index_dir / ROWS_FILE)
         self.num_docs = int(self._reader.numDocs())
 
@@ -240,15 +259,24 @@ class BM25Searcher:
         if not text or not text.strip():
             return []
         query = self._generator.buildQuery(FIELD, self._analyzer, text)
+        # Counting stops at k hits, so block-max WAND skips from the start (IndexSearcher.search(q, k)
+        # counts 1,000 first); the hits are the same.
+        collector = self._new_collector(k, k)
+        self._searcher.search(query, self._cast("org.apache.lucene.search.Collector", collector))
+        ids, rows = self._ids, self._rows
         hits = []
-        for rank, doc in enumerate(self._searcher.search(query, k).scoreDocs, start=1):
-            row = int(doc.doc) if self._rows is None else int(self._rows[doc.doc])
-            hits.append(Hit(self._ids[row], float(doc.score), rank, row))
+        for rank, doc in enumerate(collector.topDocs().scoreDocs, start=1):
+            row = doc.doc if rows is None else int(rows[doc.doc])
+            hits.append(Hit(ids[row], doc.score, rank, row))
         return hits
 
     def batch_search(self, texts: Sequence[str], k: int, threads: int = 2) -> list[list[Hit]]:
-        """search() over many texts on ``threads`` threads (Lucene runs them in parallel), in order."""
-        return list(ordered_map(lambda text: self.search(text, k), texts, max(1, threads)))
+        """search() over many texts, in order, on ``threads`` threads each taking a contiguous slice
+        (pyjnius lets Java run outside the GIL; one task per slice keeps Python's share small)."""
+        threads = max(1, min(threads, len(texts)))
+        bounds = [(t * len(texts) // threads, (t + 1) * len(texts) // threads) for t in range(threads)]
+        slices = ordered_map(lambda b: [self.search(text, k) for text in texts[b[0]:b[1]]], bounds, threads)
+        return [hits for part in slices for hits in part]
 
 
 _searchers: dict[str, BM25Searcher] = {}

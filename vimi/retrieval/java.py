@@ -92,6 +92,7 @@ def start_jvm(max_heap: str | None = None) -> None:
             options.append("--sun-misc-unsafe-memory-access=allow")  # Lucene's mmap still uses it
         if max_heap or os.environ.get("VIMI_JAVA_HEAP"):
             options.append(f"-Xmx{max_heap or os.environ['VIMI_JAVA_HEAP']}")
+        options += os.environ.get("VIMI_JAVA_OPTS", "").split()
         jnius_config.set_options(*options)
         try:
             from jnius import autoclass
