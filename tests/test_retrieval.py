@@ -305,3 +305,22 @@ def test_killed_index_build_keeps_the_old_index(tmp_path):
     assert list(tmp_path.glob(".bm25.tmp-*"))  # what the killed build left
     build_index(memory, index, 0.9, 0.4)  # the next build clears it and replaces the index
     assert not list(tmp_path.glob(".bm25.*"))
+
+
+def test_doc_ids_are_checked_against_rows(tmp_path):
+    """Shards whose doc ids follow the rows need no map; against another row order the build
+    falls back to an explicit doc-id → row map, read from the stored ids."""
+    from vimi.retrieval.bm25 import _doc_rows_if_shuffled
+
+    memory, index = tmp_path / "m.lance", tmp_path / "bm25"
+    captions = [f"caption {i}" for i in range(30)]
+    write_memory(memory, captions)
+    info = build_index(memory, index, 0.9, 0.4, shards=3)
+    shard_dirs = [index / s["path"] for s in info.shards]
+    starts = [s["start"] for s in info.shards]
+    assert _doc_rows_if_shuffled(lance.dataset(str(memory)), shard_dirs, starts) is None
+    reversed_memory = tmp_path / "r.lance"
+    table = lance.dataset(str(memory)).to_table()
+    lance.write_dataset(table.take(list(range(29, -1, -1))), str(reversed_memory))
+    rows = _doc_rows_if_shuffled(lance.dataset(str(reversed_memory)), shard_dirs, starts)
+    assert rows.tolist() == list(range(29, -1, -1))

@@ -102,10 +102,10 @@ def _open_reader(path: Path):
     return reader
 
 
-def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick,
-                 timings: dict[str, float]) -> None:
-    """Index rows [start, stop) into one shard; adds seconds spent reading Lance, encoding JSON and
-    in Java (indexing, then the final flush) to ``timings``."""
+def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int,
+                 tick) -> dict[str, float]:
+    """Index rows [start, stop) into one shard; returns the seconds spent reading Lance, encoding
+    JSON and in Java (indexing, then the final flush)."""
     from pyserini.index.lucene import LuceneIndexer
 
     clock = time.perf_counter
@@ -134,8 +134,7 @@ def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batc
         t4 = clock()
         indexer.close()
         spent["java_flush_s"] += clock() - t4
-        for key, value in spent.items():
-            timings[key] = timings.get(key, 0.0) + value
+    return spent
 
 
 def _doc_rows_if_shuffled(ds: lance.LanceDataset, shard_dirs: list[Path], starts: list[int],
@@ -183,20 +182,21 @@ def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: 
     tmp = index_dir.with_name(f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     shard_dirs = [tmp / f"shard-{s:03d}" for s in range(shards)]
     try:
-        timings: dict[str, float] = {}
         with counter(total, "indexing captions", unit="doc") as tick:
             # Shards in parallel threads: the Java side runs outside the GIL.
-            list(ordered_map(lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick, timings),
-                             list(enumerate(bounds)), workers=shards))
+            spent = list(ordered_map(lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick),
+                                     list(enumerate(bounds)), workers=shards))
+        timings = {key: round(sum(s[key] for s in spent), 3) for key in spent[0]}
         rows = _doc_rows_if_shuffled(ds, shard_dirs, [a for a, _ in bounds])
         if rows is not None:
             np.save(tmp / ROWS_FILE, rows)
-        info = IndexInfo(index_id=uuid.uuid4().hex, memory_path=str(Path(memory_uri).resolve()),
-                         memory_version=ds.version,
-                         memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()), docs=total, k1=float(k1), b=float(b),
-                         shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
-                         docid_is_row=rows is None, seconds=round(time.perf_counter() - start_time, 3),
-                         built_at=time.time(), timings={k: round(v, 3) for k, v in timings.items()})
+        info = IndexInfo(
+            index_id=uuid.uuid4().hex, memory_path=str(Path(memory_uri).resolve()), memory_version=ds.version,
+            memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()), docs=total,
+            k1=float(k1), b=float(b),
+            shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
+            docid_is_row=rows is None, seconds=round(time.perf_counter() - start_time, 3), built_at=time.time(),
+            timings=timings)
         (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
         old = index_dir.with_name(f".{index_dir.name}.old")
         if index_dir.exists():
