@@ -289,6 +289,15 @@ def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
     _emit(status, as_json, "\n".join(lines), markup=False)
 
 
+def _save_benchmark(result: dict, out: Path, as_json: bool) -> bool:
+    """Write a benchmark's JSON to ``out``; print it too with --json (True: nothing more to show)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        _emit(result, True, "")
+    return as_json
+
+
 @bench_app.command("memory")
 def bench_memory_cmd(
     rows: Optional[int] = typer.Option(None, help="Memory documents to generate (default: the profile's)."),
@@ -301,10 +310,7 @@ def bench_memory_cmd(
     from vimi.bench import bench_memory
 
     result = bench_memory(_settings(profile), rows=rows, clips=clips)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        _emit(result, True, "")
+    if _save_benchmark(result, out, as_json):
         return
     table = Table(title=f"vimi bench memory → {out}")
     table.add_column("figure", overflow="fold")
@@ -339,10 +345,7 @@ def bench_retrieval_cmd(
     result = bench_retrieval(sizes, queries, k, shards=resolve_workers(int(retrieval.get("index_shards", 4))),
                              threads=resolve_workers(int(retrieval.get("search_threads", 0))),
                              progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if as_json:
-        _emit(result, True, "")
+    if _save_benchmark(result, out, as_json):
         return
     table = Table(title=f"vimi bench retrieval (k={k}, {queries:,} captions) → {out}")
     for column in ("docs", "index/s", "augment/s", "search/s", "bm25s/s", "×bm25s", "agree", "MiB vimi/bm25s"):
