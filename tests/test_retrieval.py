@@ -22,7 +22,6 @@ from vimi import lance_io
 from vimi.errors import VimiError
 from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 from vimi.pipeline import augment_videos, build_bm25_index, generate_world, search_memory, validate_dataset
-from vimi.retrieval.augment import AUGMENTED_SCHEMA
 from vimi.retrieval.bm25 import BM25Searcher, IndexInfo, build_index
 
 

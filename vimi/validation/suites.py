@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -275,12 +276,8 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
     memory = lance.dataset(str(memory_uri), version=int(versions[0])) if versions else lance_io.open_dataset(memory_uri)
     mem = memory.to_table(columns=["id", "subject_id"]).to_pylist()
     memory_ids = [m["id"] for m in mem]
-    id_set = set(memory_ids)
     subject_of_doc = {m["id"]: m["subject_id"] for m in mem}
-    relevant: dict[str, int] = {}
-    for m in mem:
-        if m["subject_id"] is not None:
-            relevant[m["subject_id"]] = relevant.get(m["subject_id"], 0) + 1
+    relevant = Counter(m["subject_id"] for m in mem if m["subject_id"] is not None)
     clip_subject = dict(zip(*[videos.to_table(columns=["id", "subject_id"]).column(c).to_pylist() for c in (0, 1)]))
 
     def consistent(r) -> bool:
@@ -290,9 +287,9 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
         flag_ok = {"ok": n == r.k, "fewer_than_k": 0 < n < r.k, "no_hit": n == 0, "empty_caption": n == 0}.get(r.flag, False)
         return bool(shape_ok and ranks_ok and flag_ok)
 
-    def dangling(r) -> int:
+    def dangling(r) -> int:  # an id absent from the memory, or not at the row it claims
         return sum(1 for doc_id, row in zip(r.memory_ids, r.memory_rows)
-                   if doc_id not in id_set or not (0 <= row < len(memory_ids)) or memory_ids[row] != doc_id)
+                   if not (0 <= row < len(memory_ids)) or memory_ids[row] != doc_id)
 
     def own(r) -> tuple[float, float, float]:
         subject = clip_subject.get(r.clip_id)
