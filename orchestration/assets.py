@@ -85,3 +85,39 @@ def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
         metadata["recall_at_k"] = dg.MetadataValue.float(figures["recall_at_k"])
         metadata["top1_own_subject"] = dg.MetadataValue.float(figures["top1_own_subject"])
     return dg.MaterializeResult(metadata=metadata)
+
+
+def _training_metadata(meta: dict) -> dict:
+    metadata = {
+        "mlflow_run_id": dg.MetadataValue.text(str(meta["run_id"])),
+        "mlflow_run": dg.MetadataValue.url(meta["run_link"]),
+        "final_loss": dg.MetadataValue.float(float(meta["final_loss"])),
+        "clips_per_s": dg.MetadataValue.float(float(meta["clips_per_s"])),
+        "steps": dg.MetadataValue.int(int(meta["steps"])),
+        "precision": dg.MetadataValue.text(meta["mixed_precision"]),
+        "device": dg.MetadataValue.text(meta["device"]),
+        "resumed_from": dg.MetadataValue.text(str(meta.get("resumed_from") or "")),
+        "path": dg.MetadataValue.path(meta["path"]),
+    }
+    if meta.get("sample_gif"):
+        metadata["sample_gif"] = dg.MetadataValue.path(meta["sample_gif"])
+        metadata["samples"] = dg.MetadataValue.md(f"Real clips (top) and generated ones (bottom): `{meta['sample_gif']}`")
+    return metadata
+
+
+@dg.asset(deps=[image_text_memory], group_name="models", kinds={"pytorch", "mlflow"},
+          description="Image encoder aligned contrastively to all-MiniLM-L6-v2 on the memory (models/encoder/); "
+                      "MLflow experiment vimi-align.")
+def image_encoder(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.align_image_encoder(vimi.load())
+    metadata = _training_metadata(meta)
+    for key in ("caption_top1", "caption_top5", "chance_top1"):
+        metadata[key] = dg.MetadataValue.float(float(meta[key]))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=[augmented_video_dataset, image_encoder], group_name="models", kinds={"pytorch", "mlflow"},
+          description="Stage 1: the video denoiser pretrained on the retrieval-augmented dataset, conditioned by the "
+                      "multimodal encoder (models/stage1/, a ViMiPipeline directory); MLflow experiment vimi-stage1.")
+def stage1_model(vimi: VimiSettings) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_training_metadata(pipeline.train_stage1(vimi.load())))

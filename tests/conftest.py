@@ -22,7 +22,18 @@ MICRO_WORLD = {
     "num_frames": 8, "frame_size": 16, "supersample": 2, "workers": 1,
 }
 
+# Training at micro sizes: a small image encoder and denoiser, a few steps (seconds on 2 cores).
+MICRO_TRAIN = {
+    "model": {"image_size": 16, "image_channels": [16, 32],
+              "denoiser": {"layers": 2, "heads": 2, "head_dim": 16, "ffn_dim": 64, "patch_size": [2, 4, 4],
+                           "freq_dim": 32}},
+    "align": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "eval_docs": 32},
+    "stage1": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 3, "log_every": 2,
+               "sample_every": 3, "sample_prompts": 2, "sample_steps": 2},
+}
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 
 
@@ -33,6 +44,8 @@ def write_params(folder: Path, world: dict | None = None, **sections) -> Path:
     # 240 memory documents for 8 subjects and 6 scenes make a scene word less rare against a name
     # than in real profiles: BM25's recall@k is 0.93-1.0 over seeds 0-4 here, 0.9998 on tiny.
     params["retrieval"]["min_recall_at_k"] = 0.9
+    for name, values in MICRO_TRAIN.items():
+        params[name] = {**params[name], **values}
     for name, values in sections.items():
         params[name] = {**params.get(name, {}), **values}
     path = folder / "params.yaml"
@@ -46,6 +59,9 @@ def project(tmp_path, monkeypatch) -> Path:
     write_params(tmp_path)
     monkeypatch.setenv("VIMI_PARAMS", str(tmp_path / "params.yaml"))
     monkeypatch.setenv("VIMI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    (tmp_path / "mlflow").mkdir()
     return tmp_path
 
 

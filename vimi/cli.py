@@ -27,7 +27,9 @@ app.add_typer(world_app, name="world")
 app.add_typer(memory_app, name="memory")
 app.add_typer(videos_app, name="videos")
 app.add_typer(index_app, name="index")
+train_app = typer.Typer(help="Training: image-encoder alignment, stage 1 (MLflow-tracked).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(train_app, name="train")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -289,6 +291,58 @@ def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
     _emit(status, as_json, "\n".join(lines), markup=False)
 
 
+ResumeOption = typer.Option(None, "--resume/--fresh", help="--resume: continue the unfinished run from its last "
+                            "checkpoint (error when there is none); --fresh: start over. Default: resume an "
+                            "unfinished run of the same configuration, else start over.")
+
+
+def _resume_mode(resume: Optional[bool]) -> str:
+    return "auto" if resume is None else ("always" if resume else "never")
+
+
+def _training_summary(meta: dict[str, Any], what: str) -> str:
+    precision = "fp32" if meta["mixed_precision"] == "no" else meta["mixed_precision"]
+    lines = [f"{what}: {meta['steps']} steps, final loss {meta['final_loss']:.4f}, {meta['clips_per_s']:.1f} "
+             f"samples/s ({precision} on {meta['device']}) → {meta['path']}"]
+    if meta.get("resumed_from"):
+        lines.append(f"  resumed from {meta['resumed_from']}")
+    for key in ("caption_top1", "caption_top5"):
+        if key in meta:
+            lines.append(f"  {key.replace('_', ' ')} {meta[key]:.3f} (chance {meta['chance_top1']:.3f})")
+    if meta.get("sample_gif"):
+        lines.append(f"  samples (real above generated): {meta['sample_gif']}")
+    lines.append(f"  MLflow {meta['experiment']} run {meta['run_id']}: {meta['run_link']}")
+    return "\n".join(lines)
+
+
+@train_app.command("align")
+def train_align(resume: Optional[bool] = ResumeOption, profile: Optional[str] = ProfileOption,
+                as_json: bool = JsonOption) -> None:
+    """Align the image encoder to the language model on the memory (contrastive) → models/encoder/."""
+    from vimi.pipeline import align_image_encoder
+
+    meta = align_image_encoder(_settings(profile), _resume_mode(resume))
+    _emit(meta, as_json, _training_summary(meta, "Image encoder aligned"), markup=False)
+
+
+@train_app.command("stage1")
+def train_stage1_cmd(text_only: bool = typer.Option(False, "--text-only", help="The text-only baseline: the same "
+                                                    "encoder fed the clip's caption alone."),
+                     resume: Optional[bool] = ResumeOption,
+                     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the final figures "
+                                                            "(loss, clips/s, MLflow run) as JSON here (DVC metrics)."),
+                     profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Stage 1: retrieval-augmented pretraining → models/stage1/ (MLflow experiment vimi-stage1)."""
+    from vimi.pipeline import train_stage1
+
+    meta = train_stage1(_settings(profile), text_only=text_only, resume=_resume_mode(resume))
+    if metrics:
+        metrics.parent.mkdir(parents=True, exist_ok=True)
+        figures = {k: meta[k] for k in ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision")}
+        metrics.write_text(json.dumps(figures, indent=1) + "\n")
+    _emit(meta, as_json, _training_summary(meta, "Stage 1" + (" (text only)" if text_only else "")), markup=False)
+
+
 def _save_benchmark(result: dict, out: Path, as_json: bool) -> bool:
     """Write a benchmark's JSON to ``out``; print it too with --json (True: nothing more to show)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -312,12 +366,7 @@ def bench_memory_cmd(
     result = bench_memory(_settings(profile), rows=rows, clips=clips)
     if _save_benchmark(result, out, as_json):
         return
-    table = Table(title=f"vimi bench memory → {out}")
-    table.add_column("figure", overflow="fold")
-    table.add_column("value", justify="right")
-    for key, value in _flatten(result).items():
-        table.add_row(key, f"{value:,.1f}" if isinstance(value, float) else str(value))
-    out_console.print(table)
+    _figure_table(f"vimi bench memory → {out}", result)
 
 
 @bench_app.command("retrieval")
@@ -358,6 +407,45 @@ def bench_retrieval_cmd(
                       f"{size['agreement_vimi_bm25s']['tie_aware_agreement']:.3f}",
                       f"{v['peak_rss_mb']:,.0f} / {b['peak_rss_mb']:,.0f}")
     out_console.print(table)
+
+
+def _figure_table(title: str, result: dict) -> None:
+    table = Table(title=title)
+    table.add_column("figure", overflow="fold")
+    table.add_column("value", justify="right")
+    for key, value in _flatten(result).items():
+        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+    out_console.print(table)
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    steps: int = typer.Option(5, min=1, help="Timed training steps (best one counts)."),
+    out: Path = typer.Option(Path("benchmarks/train.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Stage-1 training step: clips/s and FLOP/s against the matmul peak, vs diffusers' stock UNet3D; loader speed."""
+    from vimi.train.bench import bench_train
+
+    result = bench_train(_settings(profile), steps=steps)
+    if not _save_benchmark(result, out, as_json):
+        _figure_table(f"vimi bench train → {out}", result)
+
+
+@bench_app.command("sample")
+def bench_sample_cmd(
+    steps: int = typer.Option(25, min=1, help="DDIM steps."),
+    out: Path = typer.Option(Path("benchmarks/sample.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Sampling: seconds per clip for 25 DDIM steps with classifier-free guidance, batched (models/stage1)."""
+    from vimi.train.bench import bench_sample
+
+    result = bench_sample(_settings(profile), steps=steps)
+    if not _save_benchmark(result, out, as_json):
+        _figure_table(f"vimi bench sample → {out}", result)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:

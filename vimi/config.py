@@ -117,6 +117,10 @@ class Settings:
     def profile(self) -> str:
         return str(self.params["profile"])
 
+    def model_path(self, name: str) -> Path:
+        """A pipeline or model directory under <root>/models (DVC outs); checkpoints in models/.checkpoints."""
+        return self.root / "models" / name
+
     def path(self, name: str) -> Path:
         """Location of a named dataset (see DATASET_FILES) under the data directory."""
         return self.data_dir / DATASET_FILES[name]

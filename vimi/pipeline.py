@@ -7,6 +7,7 @@ of what a person wants to know about the result (it becomes CLI output and asset
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,56 @@ def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[s
         if dataset is None or ds_name == str(dataset):
             counts[reason] = counts.get(reason, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def _lance_input(uri: Path, name: str) -> tuple[Path, str, int, str]:
+    ds = lance_io.open_dataset(uri, name)
+    return uri, name, ds.version, lance_io.fingerprint(uri)
+
+
+def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, Any]:
+    """The image encoder, aligned contrastively to the language model on the memory (models/encoder/)."""
+    from vimi.train.align import AlignTask
+    from vimi.train.loop import LoopConfig, train
+    from vimi.train.tracking import mlflow_tracker, ui_link
+
+    section = settings.params.get("align", {})
+    cfg = LoopConfig.from_params(section, settings.seed, "align")
+    task = AlignTask(settings.path("memory"), settings.params.get("model", {}), section, settings.seed)
+    tracker = mlflow_tracker(settings, "vimi-align", "align-image-encoder",
+                             [_lance_input(settings.path("memory"), "memory")], log_model=False)
+    out = settings.model_path("encoder")
+    summary = train(task, cfg, settings.model_path(".checkpoints") / "encoder", out, tracker, resume)
+    quality = task.evaluate(task.model)
+    (out / "alignment.json").write_text(json.dumps(quality, indent=1))
+    return summary | quality | {"path": str(out), "experiment": "vimi-align",
+                                "run_link": ui_link(settings, _experiment_id(settings, "vimi-align"), summary["run_id"])}
+
+
+def train_stage1(settings: Settings, text_only: bool = False, resume: str = "auto") -> dict[str, Any]:
+    """Stage 1, retrieval-augmented pretraining (models/stage1/, or models/stage1-text-only/ for the
+    text-only baseline); tracked in the MLflow experiment vimi-stage1."""
+    from vimi.train.loop import LoopConfig, train
+    from vimi.train.stage1 import Stage1Task
+    from vimi.train.tracking import mlflow_tracker, ui_link
+
+    section = settings.params.get("stage1", {})
+    cfg = LoopConfig.from_params(section, settings.seed, "stage1")
+    task = Stage1Task(settings.params, settings.path("augmented"), settings.path("videos"),
+                      settings.model_path("encoder"), text_only=text_only)
+    inputs = [_lance_input(settings.path("augmented"), "augmented"), _lance_input(settings.path("videos"), "videos")]
+    if not text_only:
+        inputs.append(_lance_input(settings.path("memory"), "memory"))
+    tracker = mlflow_tracker(settings, "vimi-stage1", task.name, inputs,
+                             tags={"vimi.stage": "1", "vimi.text_only": str(text_only).lower(),
+                                   "vimi.profile": settings.profile})
+    out = settings.model_path(task.name)
+    summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
+    return summary | {"path": str(out), "experiment": "vimi-stage1", "text_only": text_only,
+                      "run_link": ui_link(settings, _experiment_id(settings, "vimi-stage1"), summary["run_id"])}
+
+
+def _experiment_id(settings: Settings, name: str) -> str:
+    from vimi.train.tracking import experiment_id
+
+    return experiment_id(settings, name)

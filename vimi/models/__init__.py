@@ -1,0 +1,1 @@
+"""Models: the multimodal encoder (image tokens in a language model), the video denoiser, ViMiPipeline."""

@@ -1,0 +1,154 @@
+"""ViMiPipeline: diffusers-style grounded video generation.
+
+Components (each saved by its own library, safetensors): `tokenizer` and `language_model`
+(all-MiniLM-L6-v2), `vision` (ImageTokenizer), `transformer` (the video denoiser) and `scheduler`
+(DDIM for sampling). One `__call__` takes a prompt with `<image>` placeholders and its images, or an
+interleaved list of strings and images, and returns frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from vimi.errors import VimiError
+from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
+from vimi.models.denoiser import denoise
+
+
+@dataclass
+class ViMiPipelineOutput(BaseOutput):
+    frames: np.ndarray   # B×T×H×W×3 uint8 (output_type="np") or B×3×T×H×W float in [-1, 1] ("pt")
+
+
+def normalize_prompts(prompt: Any, images: Any = None) -> list[Prompt]:
+    """One prompt or a batch, each either text with `<image>` placeholders (+ its images) or an
+    interleaved list of strings and images → a batch of interleaved prompts."""
+    if isinstance(prompt, str):
+        return [interleave(prompt, images)]
+    if isinstance(prompt, (list, tuple)):
+        if prompt and all(isinstance(p, (list, tuple)) for p in prompt):      # batch of interleaved prompts
+            if images is not None:
+                raise VimiError("Pass images inside interleaved prompts, or use text prompts with `images`.")
+            return [list(p) for p in prompt]
+        if prompt and all(isinstance(p, str) for p in prompt):                # batch of text prompts
+            per_prompt = images if images is not None else [None] * len(prompt)
+            if len(per_prompt) != len(prompt):
+                raise VimiError(f"{len(prompt)} prompts but {len(per_prompt)} image lists.")
+            return [interleave(p, ims) for p, ims in zip(prompt, per_prompt)]
+        if images is not None:
+            raise VimiError("Pass images inside the interleaved prompt, or use a text prompt with `images`.")
+        return [list(prompt)]                                                  # one interleaved prompt
+    raise VimiError(f"A prompt must be a string or a list, got {type(prompt).__name__}.")
+
+
+class ViMiPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "language_model->vision->transformer"
+
+    def __init__(self, tokenizer, language_model, vision, transformer, scheduler, num_frames: int = 8,
+                 frame_size: int = 32, max_tokens: int = 256, max_segment_tokens: int = 48,
+                 guidance_scale: float = 3.0):
+        super().__init__()
+        self.register_modules(tokenizer=tokenizer, language_model=language_model, vision=vision,
+                              transformer=transformer, scheduler=scheduler)
+        self.register_to_config(num_frames=num_frames, frame_size=frame_size, max_tokens=max_tokens,
+                                max_segment_tokens=max_segment_tokens, guidance_scale=guidance_scale)
+
+    @property
+    def encoder(self) -> MultimodalEncoder:
+        return MultimodalEncoder(self.tokenizer, self.language_model, self.vision,
+                                 self.config.max_tokens, self.config.max_segment_tokens)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        return self.encoder(prompts).hidden_states
+
+    @torch.no_grad()
+    def __call__(self, prompt: Any, images: Any = None, num_frames: int | None = None,
+                 num_inference_steps: int = 25, guidance_scale: float | None = None,
+                 generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True,
+                 show_progress: bool = False):
+        prompts = normalize_prompts(prompt, images)
+        num_frames = int(num_frames or self.config.num_frames)
+        size = int(self.config.frame_size)
+        scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
+        if num_inference_steps < 1:
+            raise VimiError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        pt = self.transformer.config.patch_size[0]
+        if num_frames % pt:
+            raise VimiError(f"num_frames must be a multiple of the denoiser's temporal patch ({pt}), got {num_frames}.")
+        device, dtype = self.transformer.device, self.transformer.dtype
+        context = self.encode(prompts).to(dtype)
+        use_cfg = scale > 1.0
+        if use_cfg:  # the unconditional context: the empty prompt, as dropped in training
+            uncond = self.encode([[]] * len(prompts)).to(dtype)
+            length = max(context.shape[1], uncond.shape[1])
+            context = torch.cat([_pad(uncond, length), _pad(context, length)])
+        shape = (len(prompts), 3, num_frames, size, size)
+        sample = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu",
+                             dtype=torch.float32).to(device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        sample = sample * self.scheduler.init_noise_sigma
+        for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
+            model_in = torch.cat([sample, sample]) if use_cfg else sample
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            timesteps = t.expand(model_in.shape[0]).to(device)
+            pred = denoise(self.transformer, model_in.to(dtype), timesteps, context).float()
+            if use_cfg:
+                uncond_pred, cond_pred = pred.chunk(2)
+                pred = uncond_pred + scale * (cond_pred - uncond_pred)
+            sample = self.scheduler.step(pred, t, sample, generator=generator).prev_sample
+        sample = sample.clamp(-1, 1)
+        frames = to_uint8_frames(sample) if output_type == "np" else sample
+        return ViMiPipelineOutput(frames=frames) if return_dict else (frames,)
+
+
+def _pad(context: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(context, (0, 0, 0, length - context.shape[1]))
+
+
+def to_uint8_frames(sample: torch.Tensor) -> np.ndarray:
+    """B×3×T×H×W in [-1, 1] → B×T×H×W×3 uint8."""
+    return ((sample.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu().numpy()
+
+
+def to_model_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """B×T×H×W×3 uint8 → B×3×T×H×W float in [-1, 1]."""
+    return torch.as_tensor(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+
+
+def save_videos(frames: np.ndarray, out: str | Path, fps: float = 8.0, formats: Sequence[str] = ("mp4", "gif"),
+                grid: bool = False) -> list[Path]:
+    """Write generated frames (B×T×H×W×3 or T×H×W×3) as MP4 and/or GIF; `grid` tiles a batch side
+    by side into one video. Returns the paths written."""
+    from vimi.data.video_io import write_video
+
+    frames = np.asarray(frames)
+    if frames.ndim == 4:
+        frames = frames[None]
+    out = Path(out)
+    stem = out.with_suffix("") if out.suffix else out
+    if grid:
+        frames = np.concatenate(list(frames), axis=2)[None]
+    paths = []
+    for i, clip in enumerate(frames):
+        base = stem if len(frames) == 1 else stem.with_name(f"{stem.name}-{i}")
+        for fmt in formats:
+            paths.append(write_video(clip, base.with_suffix(f".{fmt}"), fps=fps))
+    return paths
+
+
+def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ViMiPipeline:
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise VimiError(f"{path} is not a ViMi pipeline directory (no model_index.json). Train one first "
+                        "(vimi train stage1).")
+    pipe = ViMiPipeline.from_pretrained(str(path), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

@@ -1,0 +1,352 @@
+"""The one training loop (accelerate): image-encoder alignment, stage 1 and stage 2 plug a Task in.
+
+- The same code runs on CPU, one GPU or many (`accelerate launch -m vimi.cli train stage1`): each
+  process takes its slice of every global batch.
+- Every micro-batch draws its randomness (noise, timesteps, dropped conditioning) from a generator
+  seeded by (seed, micro-batch index), and the data order is a per-epoch permutation of the seed:
+  a run resumed from a checkpoint continues exactly as if it had never stopped.
+- Checkpoints (safetensors weights and EMA; optimizer/scheduler state loaded with
+  weights_only=True) are written aside and renamed into place, the last `keep_checkpoints` kept.
+- A loss that is not finite stops the run with the step and the last good checkpoint named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from vimi.errors import VimiError
+from vimi.progress import counter
+
+RESUME_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: str = "auto"
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sample_every: int = 100
+    num_workers: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any], seed: int, where: str) -> "LoopConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in section.items() if k in known}
+        try:
+            cfg = cls(**{**values, "seed": int(seed)})
+            for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
+                         "sample_every", "warmup_steps", "num_workers"):
+                setattr(cfg, name, int(getattr(cfg, name)))
+            for name in ("lr", "weight_decay", "max_grad_norm", "ema_decay"):
+                setattr(cfg, name, float(getattr(cfg, name)))
+        except (TypeError, ValueError) as exc:
+            raise VimiError(f"params.yaml {where}: {exc}") from None
+        checks = [(cfg.steps >= 1, "steps >= 1"), (cfg.batch_size >= 1, "batch_size >= 1"),
+                  (cfg.grad_accum >= 1, "grad_accum >= 1"), (cfg.checkpoint_every >= 1, "checkpoint_every >= 1"),
+                  (cfg.keep_checkpoints >= 1, "keep_checkpoints >= 1"), (cfg.log_every >= 1, "log_every >= 1"),
+                  (cfg.sample_every >= 0, "sample_every >= 0 (0 = only at the end)"),
+                  (math.isfinite(cfg.lr) and cfg.lr > 0, "lr > 0"), (0 <= cfg.ema_decay < 1, "0 <= ema_decay < 1"),
+                  (cfg.max_grad_norm > 0, "max_grad_norm > 0"), (cfg.warmup_steps >= 0, "warmup_steps >= 0"),
+                  (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision in auto|no|bf16|fp16"),
+                  (cfg.lr_schedule in ("cosine", "constant", "constant_with_warmup", "linear"),
+                   "lr_schedule in cosine|constant|constant_with_warmup|linear")]
+        bad = [need for ok, need in checks if not ok]
+        if bad:
+            raise VimiError(f"params.yaml {where} is out of range: need {', '.join(bad)}.")
+        return cfg
+
+
+class Task(Protocol):
+    """What a stage plugs into the loop."""
+
+    name: str
+    model: torch.nn.Module          # the trainable module
+    dataset: Any                    # map-style, with __getitems__(indices) -> batch
+
+    def to(self, device: torch.device) -> None: ...
+    def loss(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor: ...
+    def samples(self, model: torch.nn.Module) -> np.ndarray | None: ...
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None: ...
+    def fingerprint(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Tracker:
+    """Callbacks into experiment tracking (MLflow) so the loop stays independent of it."""
+
+    start: Callable[[str | None], str]                 # run id to resume (or None) -> run id
+    metrics: Callable[[dict[str, float], int], None]
+    sample: Callable[[np.ndarray, int], Path | None]   # frames, step -> local file logged
+    finish: Callable[[Path, dict[str, Any]], None]     # final pipeline dir, summary
+    fail: Callable[[str], None]
+
+
+def resolve_precision(requested: str) -> str:
+    """`auto`: bf16 where the hardware has fast bf16 (CUDA, or a CPU with AVX512-BF16/AMX), else fp32.
+    On CPUs without it, bf16 matmuls fall back to a slow path (measured: ~10× slower than fp32)."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def micro_generator(seed: int, micro: int, process: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:{micro}:{process}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+class MicroBatches(torch.utils.data.Sampler):
+    """Index lists of this process' part of every global batch, from micro-batch `start` on."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, process: int = 0,
+                 processes: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start, self.stop, self.process, self.processes = start, stop, process, processes
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        global_batch = self.batch_size * self.processes
+        for micro in range(self.start, self.stop):
+            first = micro * global_batch + self.process * self.batch_size
+            yield [int(self._order((first + j) // self.n)[(first + j) % self.n]) for j in range(self.batch_size)]
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
+
+
+def _save_checkpoint(root: Path, step: int, model, ema, optimizer, scheduler, state: dict[str, Any],
+                     keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+    ema_state = ema.state_dict()
+    shadow = ema_state.pop("shadow_params")
+    save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(shadow)}, tmp / "ema.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema": ema_state},
+               tmp / "trainer_state.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in _checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(path: Path, model, ema, optimizer, scheduler) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    trainer = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    shadow = load_file(path / "ema.safetensors")
+    ema.load_state_dict({**trainer["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
+    return json.loads((path / "state.json").read_text())
+
+
+def _fingerprint(task: Task, cfg: LoopConfig) -> str:
+    config = {"task": task.fingerprint(), "loop": {k: v for k, v in asdict(cfg).items()
+                                                   if k not in ("num_workers", "log_every", "sample_every")}}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, tracker: Tracker | None = None,
+          resume: str = "auto") -> dict[str, Any]:
+    """Train task.model for cfg.steps optimizer steps; write the final pipeline to out_dir (atomically)."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    if resume not in RESUME_MODES:
+        raise VimiError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}.")
+    precision = resolve_precision(cfg.mixed_precision)
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    device = accelerator.device
+    task.to(device)
+    fingerprint = _fingerprint(task, cfg)
+    checkpoint_dir = Path(checkpoint_dir)
+    run_file = checkpoint_dir / "run.json"
+
+    # What to resume: an unfinished run of the same configuration.
+    run_info = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    resumable = (run_info.get("fingerprint") == fingerprint and not run_info.get("finished")
+                 and bool(_checkpoints(checkpoint_dir)))
+    if resume == "always" and not resumable:
+        why = ("its configuration changed" if run_info.get("fingerprint") not in (None, fingerprint)
+               else "it finished" if run_info.get("finished") else "there is no checkpoint")
+        raise VimiError(f"Nothing to resume in {checkpoint_dir}: {why}. Run without --resume to start afresh.")
+    if not (resume != "never" and resumable):
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        run_info = {}
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    model = task.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+                              num_training_steps=cfg.steps * accelerator.num_processes)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
+    start_step, resumed_from = 0, None
+    if run_info:
+        last = _checkpoints(checkpoint_dir)[-1]
+        state = _load_checkpoint(last, model, ema, optimizer, scheduler)
+        start_step, resumed_from = int(state["step"]), str(last)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema.to(device)
+
+    run_id = tracker.start(run_info.get("run_id")) if tracker and accelerator.is_main_process else None
+    run_info = {"fingerprint": fingerprint, "run_id": run_id, "finished": False, "task": task.name}
+    if accelerator.is_main_process:
+        run_file.write_text(json.dumps(run_info, indent=1))
+
+    sampler = MicroBatches(len(task.dataset), cfg.batch_size, cfg.seed, start_step * cfg.grad_accum,
+                           cfg.steps * cfg.grad_accum, accelerator.process_index, accelerator.num_processes)
+    from vimi.data.clips import collate_batch
+
+    loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=sampler, collate_fn=collate_batch,
+                                         num_workers=cfg.num_workers)
+    clips_per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
+    losses: list[float] = []
+    last_loss, last_good = float("nan"), (_checkpoints(checkpoint_dir)[-1].name if resumed_from else None)
+    step, micro = start_step, start_step * cfg.grad_accum
+    window_start, window_steps, load_seconds, compute_seconds = time.perf_counter(), 0, 0.0, 0.0
+    busy_seconds = 0.0   # loading + stepping, without checkpoints and samples
+    grad_norm = torch.tensor(0.0)
+    model.train()
+    bars = ExitStack()
+    tick = bars.enter_context(counter(cfg.steps - start_step, f"training {task.name}", "step")) \
+        if accelerator.is_main_process else (lambda n: None)
+    batches = iter(loader)
+    try:
+        while step < cfg.steps:
+            t_load = time.perf_counter()
+            batch = next(batches)
+            t_compute = time.perf_counter()
+            load_seconds += t_compute - t_load
+            generator = micro_generator(cfg.seed, micro, accelerator.process_index)
+            torch.manual_seed(generator.initial_seed() % (2**63))
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss = task.loss(model, batch, generator)
+                if not torch.isfinite(loss.detach()):
+                    where = f"; the last good checkpoint ({last_good}) is kept in {checkpoint_dir}" if last_good \
+                        else "; no checkpoint had been written yet"
+                    raise VimiError(f"Training {task.name} diverged: the loss is {loss.item()} at step {step + 1}"
+                                    f"{where}. Lower the learning rate (params.yaml) and resume with --resume.")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            compute_seconds += time.perf_counter() - t_compute
+            busy_seconds += time.perf_counter() - t_load
+            micro += 1
+            losses.append(float(loss.detach()))
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            ema.step(params)
+            last_loss = float(np.mean(losses[-cfg.grad_accum:]))
+            window_steps += 1
+            tick(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {"loss": float(np.mean(losses[-cfg.log_every * cfg.grad_accum:])),
+                           "lr": float(scheduler.get_last_lr()[0]), "grad_norm": float(grad_norm),
+                           "clips_per_s": window_steps * clips_per_step / max(elapsed, 1e-9),
+                           "loader_share": load_seconds / max(load_seconds + compute_seconds, 1e-9),
+                           "ema_decay": float(ema.cur_decay_value or 0.0)}
+                if tracker and accelerator.is_main_process:
+                    tracker.metrics(metrics, step)
+                window_start, window_steps, load_seconds, compute_seconds = time.perf_counter(), 0, 0.0, 0.0
+            if step % cfg.checkpoint_every == 0 and step < cfg.steps and accelerator.is_main_process:
+                last_good = _save_checkpoint(checkpoint_dir, step, accelerator.unwrap_model(model), ema, optimizer,
+                                             scheduler, {"loss": last_loss, "run_id": run_id},
+                                             cfg.keep_checkpoints).name
+            if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps and tracker \
+                    and accelerator.is_main_process:
+                frames = _ema_samples(task, accelerator.unwrap_model(model), ema, params)
+                if frames is not None:
+                    tracker.sample(frames, step)
+                model.train()
+    except VimiError as exc:
+        if tracker and accelerator.is_main_process:
+            tracker.fail(str(exc))
+        raise
+    finally:
+        bars.close()
+
+    summary: dict[str, Any] = {"steps": cfg.steps, "final_loss": round(last_loss, 6), "resumed_from": resumed_from,
+                               "mixed_precision": precision, "device": str(device), "run_id": run_id,
+                               "processes": accelerator.num_processes, "clips_per_step": clips_per_step,
+                               "checkpoint_dir": str(checkpoint_dir),
+                               "clips_per_s": round((cfg.steps - start_step) * clips_per_step / max(busy_seconds, 1e-9), 2)}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        ema.store(params)
+        ema.copy_to(params)     # the pipeline ships the EMA weights
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        task.save(unwrapped, tmp)
+        frames = task.samples(unwrapped)
+        if frames is not None:
+            from vimi.models.pipeline import save_videos
+
+            summary["sample_gif"] = str(out_dir / "samples" / "final.gif")
+            save_videos(frames, tmp / "samples" / "final", formats=("gif", "mp4"))
+            if tracker:
+                tracker.sample(frames, cfg.steps)
+        (tmp / "training.json").write_text(json.dumps(summary, indent=1))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
+        ema.restore(params)
+        run_file.write_text(json.dumps({**run_info, "finished": True}, indent=1))
+        if tracker:
+            tracker.finish(out_dir, summary)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _ema_samples(task: Task, model, ema, params) -> np.ndarray | None:
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        model.eval()
+        return task.samples(model)
+    finally:
+        ema.restore(params)

@@ -1,0 +1,154 @@
+"""Stage 1: retrieval-augmented pretraining of the video denoiser (DESIGN.md §5–6).
+
+Each training clip's prompt interleaves its retrieved memory documents (image, then caption, best
+first) with its own caption; the frozen multimodal encoder turns it into the cross-attention
+context. Conditioning is dropped entirely with probability `cfg_dropout` (classifier-free
+guidance) and each retrieved document with probability `doc_dropout` (so the model also works
+with fewer documents, or none). DDPM noise-prediction loss in pixel space.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vimi.data.clips import AugmentedClips, ClipBatch
+from vimi.errors import VimiError
+from vimi.models.denoiser import build_denoiser, denoise
+from vimi.models.encoder import MultimodalEncoder, Prompt, load_language_model, stage1_prompt
+from vimi.models.pipeline import ViMiPipeline, to_model_frames
+from vimi.models.vision import ImageTokenizer
+
+
+def noise_schedulers(diffusion: dict[str, Any]):
+    """(DDPM for training, DDIM for sampling) from params.yaml's diffusion section."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    prediction = diffusion.get("prediction_type", "epsilon")
+    if prediction not in ("epsilon", "v_prediction"):
+        raise VimiError(f"params.yaml diffusion.prediction_type must be epsilon or v_prediction, got {prediction!r}.")
+    steps = int(diffusion.get("train_timesteps", 1000))
+    if steps < 2:
+        raise VimiError(f"params.yaml diffusion.train_timesteps must be >= 2, got {steps}.")
+    ddpm = DDPMScheduler(num_train_timesteps=steps, beta_schedule=diffusion.get("beta_schedule", "squaredcos_cap_v2"),
+                         prediction_type=prediction, clip_sample=False)
+    ddim = DDIMScheduler.from_config(ddpm.config, set_alpha_to_one=True, timestep_spacing="trailing")
+    return ddpm, ddim
+
+
+def file_digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+def load_vision(encoder_dir: Path) -> ImageTokenizer:
+    path = Path(encoder_dir) / "vision"
+    if not (path / "config.json").is_file():
+        raise VimiError(f"No aligned image encoder at {path}. Train it first: vimi train align.")
+    return ImageTokenizer.from_pretrained(str(path))
+
+
+class Stage1Task:
+    def __init__(self, params: dict[str, Any], augmented_uri: Path, videos_uri: Path, encoder_dir: Path,
+                 text_only: bool = False):
+        self.name = "stage1-text-only" if text_only else "stage1"
+        self.text_only = text_only
+        model_params, stage, world = params.get("model", {}), params.get("stage1", {}), params.get("world", {})
+        self.cfg_dropout = float(stage.get("cfg_dropout", 0.1))
+        self.doc_dropout = float(stage.get("doc_dropout", 0.3))
+        for name, value in (("cfg_dropout", self.cfg_dropout), ("doc_dropout", self.doc_dropout)):
+            if not 0 <= value < 1:
+                raise VimiError(f"params.yaml stage1.{name} must be in [0, 1), got {value}.")
+        self.max_docs = int(stage.get("max_docs", params.get("retrieval", {}).get("k", 4)))
+        self.sample_prompts = int(stage.get("sample_prompts", 4))
+        self.sample_steps = int(stage.get("sample_steps", 10))
+        self.num_frames, self.frame_size = int(world.get("num_frames", 8)), int(world.get("frame_size", 32))
+        self.tokenizer, self.language_model = load_language_model()
+        self.vision = load_vision(encoder_dir)
+        self.vision_digest = file_digest(Path(encoder_dir) / "vision" / "diffusion_pytorch_model.safetensors")
+        for frozen in (self.language_model, self.vision):
+            frozen.requires_grad_(False).eval()
+        self.max_tokens = int(model_params.get("max_tokens", 256))
+        self.max_segment_tokens = int(model_params.get("max_segment_tokens", 48))
+        self.encoder = MultimodalEncoder(self.tokenizer, self.language_model, self.vision, self.max_tokens,
+                                         self.max_segment_tokens)
+        torch.manual_seed(int(params.get("seed", 0)))   # initial weights follow the seed, whatever ran before
+        self.model = build_denoiser(model_params.get("denoiser", {}), self.num_frames, self.frame_size,
+                                    self.language_model.config.hidden_size)
+        self.diffusion = params.get("diffusion", {})
+        self.train_scheduler, self.sample_scheduler = noise_schedulers(self.diffusion)
+        self.guidance_scale = float(self.diffusion.get("guidance_scale", 3.0))
+        self.dataset = AugmentedClips(augmented_uri, videos_uri, self.num_frames, self.frame_size,
+                                      self.vision.config.image_size, max_docs=self.max_docs, with_docs=not text_only)
+        self._model_params = model_params
+
+    def to(self, device: torch.device) -> None:
+        self.language_model.to(device)
+        self.vision.to(device)
+        self.model.to(device)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "model": self._model_params, "diffusion": self.diffusion,
+                "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs],
+                "data": [str(self.dataset.videos_uri), self.dataset.augmented_version, self.dataset.videos_version,
+                         self.dataset.memory_version], "clip": [self.num_frames, self.frame_size],
+                "vision": self.vision_digest}
+
+    def prompts(self, batch: ClipBatch, generator: torch.Generator | None = None) -> list[Prompt]:
+        """The conditioning of each clip; with a generator, training's random dropping applied."""
+        prompts = []
+        for i in range(len(batch)):
+            if generator is not None and float(torch.rand(1, generator=generator)) < self.cfg_dropout:
+                prompts.append([])
+                continue
+            if self.text_only:
+                prompts.append(stage1_prompt(batch.captions[i], [], []))
+                continue
+            images, captions = batch.doc_images[i], batch.doc_captions[i]
+            if generator is not None:
+                keep = (torch.rand(len(images), generator=generator) >= self.doc_dropout).tolist()
+                images = [im for im, k in zip(images, keep) if k]
+                captions = [c for c, k in zip(captions, keep) if k]
+            prompts.append(stage1_prompt(batch.captions[i], images, captions))
+        return prompts
+
+    def loss(self, model, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
+        device = next(model.parameters()).device
+        prompts = self.prompts(batch, generator)
+        with torch.no_grad():
+            context = self.encoder(prompts).hidden_states
+        clean = to_model_frames(batch.frames)
+        noise = torch.randn(clean.shape, generator=generator)
+        timesteps = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (len(batch),), generator=generator)
+        noisy = self.train_scheduler.add_noise(clean, noise, timesteps)
+        target = noise if self.train_scheduler.config.prediction_type == "epsilon" else \
+            self.train_scheduler.get_velocity(clean, noise, timesteps)
+        pred = denoise(model, noisy.to(device), timesteps.to(device), context)
+        return torch.nn.functional.mse_loss(pred.float(), target.to(device))
+
+    def pipeline(self, model) -> ViMiPipeline:
+        pipe = ViMiPipeline(self.tokenizer, self.language_model, self.vision, model, self.sample_scheduler,
+                            num_frames=self.num_frames, frame_size=self.frame_size, max_tokens=self.max_tokens,
+                            max_segment_tokens=self.max_segment_tokens, guidance_scale=self.guidance_scale)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def samples(self, model) -> np.ndarray:
+        """Fixed prompts (the first clips, all their documents) → one grid: each clip's real frames
+        above the generated ones, prompts side by side."""
+        n = min(self.sample_prompts, len(self.dataset))
+        batch = self.dataset.__getitems__(list(range(n)))
+        generator = torch.Generator().manual_seed(0)
+        generated = self.pipeline(model)(self.prompts(batch), num_inference_steps=self.sample_steps,
+                                         generator=generator).frames
+        stacked = np.concatenate([batch.frames, generated], axis=2)      # real over generated
+        return np.concatenate(list(stacked), axis=2)                      # prompts side by side
+
+    def save(self, model, out_dir: Path) -> None:
+        self.pipeline(model).save_pretrained(str(out_dir))

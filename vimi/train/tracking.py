@@ -1,0 +1,137 @@
+"""MLflow tracking: where runs go, what a run records, resuming a run by id.
+
+The tracking URI is MLFLOW_TRACKING_URI, else a sqlite store in <root>/mlflow/ with artifacts
+beside it (MLflow 3 refuses plain file stores). Experiments are created with their artifact
+location under mlflow/artifacts/, so nothing lands in a ./mlruns of whatever directory ran it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from vimi.config import Settings
+
+# What `pip install` needs to load a logged pipeline (passed, so MLflow does not spend seconds inferring it).
+PIP_REQUIREMENTS = ["torch==2.14.1", "diffusers==0.42.1", "transformers==5.24.0", "safetensors",
+                    "numpy", "pillow", "av==18.1.0"]
+
+
+def tracking_uri(settings: Settings) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    folder = settings.root / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def artifact_root(settings: Settings) -> Path:
+    return settings.root / "mlflow" / "artifacts"
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(settings))
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri(settings).startswith("sqlite:"):
+        location = (artifact_root(settings) / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def ui_link(settings: Settings, experiment: str, run_id: str) -> str:
+    """Link to the run in `make mlflow-ui` (or the tracking server when it is http)."""
+    uri = tracking_uri(settings)
+    base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """params.yaml, flattened (profiles left out: the chosen one is already merged in)."""
+    import mlflow
+
+    flat = flatten({k: v for k, v in params.items() if k != "profiles"})
+    mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
+
+
+def log_lance_input(uri: Path, name: str, version: int, digest: str, context: str = "training") -> None:
+    """A Lance dataset as a run input: its path, version and fingerprint, nothing loaded."""
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    source = LocalArtifactDatasetSource(f"{Path(uri).resolve()}?version={version}")
+    mlflow.log_input(MetaDataset(source, name=f"{name}@v{version}", digest=digest[:36]), context=context)
+
+
+def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: list[tuple[Path, str, int, str]],
+                   tags: dict[str, str] | None = None, log_model: bool = True):
+    """A loop Tracker writing to MLflow: params.yaml flattened, the Lance inputs, metrics, sample
+    GIFs, and at the end the pipeline directory (as an MLflow pyfunc model with its pip
+    requirements given). The run stays open between start and finish/fail."""
+    import tempfile
+
+    import mlflow
+
+    from vimi.train.loop import Tracker
+
+    state: dict[str, Any] = {}
+
+    def start(resume_run_id: str | None) -> str:
+        exp = experiment_id(settings, experiment)
+        if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+            mlflow.set_system_metrics_sampling_interval(5)
+        mlflow.set_system_metrics_samples_before_logging(1)
+        active = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else exp,
+                                  run_name=None if resume_run_id else run_name, log_system_metrics=True,
+                                  tags=None if resume_run_id else tags)
+        state["run"] = active
+        if resume_run_id is None:
+            log_params(settings.params)
+            for uri, name, version, digest in inputs:
+                log_lance_input(uri, name, version, digest)
+        else:
+            mlflow.set_tag("vimi.resumed", "true")
+        return active.info.run_id
+
+    def metrics(values: dict[str, float], step: int) -> None:
+        mlflow.log_metrics(values, step=step)
+
+    def sample(frames, step: int) -> Path | None:
+        from vimi.models.pipeline import save_videos
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_videos(frames, Path(tmp) / f"step-{step:07d}", formats=("gif",))[0]
+            mlflow.log_artifact(str(path), "samples")
+        return path
+
+    def finish(out_dir: Path, summary: dict[str, Any]) -> None:
+        mlflow.log_metrics({"final_loss": float(summary["final_loss"])}, step=int(summary["steps"]))
+        if log_model:
+            mlflow.pyfunc.log_model(name="pipeline", python_model=str(Path(__file__).parent / "pyfunc_model.py"),
+                                    artifacts={"pipeline": str(out_dir)}, pip_requirements=PIP_REQUIREMENTS)
+        else:
+            mlflow.log_artifacts(str(out_dir), "pipeline")
+        mlflow.end_run(status="FINISHED")
+
+    def fail(message: str) -> None:
+        mlflow.set_tag("vimi.failure", message[:5000])
+        mlflow.end_run(status="FAILED")
+
+    return Tracker(start=start, metrics=metrics, sample=sample, finish=finish, fail=fail)
