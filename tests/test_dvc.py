@@ -40,6 +40,7 @@ def repo_copy(tmp_path) -> tuple[Path, dict]:
     write_params(root)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIMI_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
                GIT_COMMITTER_EMAIL="t@example.org")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
@@ -57,8 +58,12 @@ def dvc(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.Com
 def test_repro_twice_push_pull_and_experiment(repo_copy):
     root, env = repo_copy
     first = dvc(root, env, "repro")
-    for stage in ("world", "memory", "videos", "eval_videos", "validate", "index", "augment", "validate_retrieval"):
+    for stage in ("world", "memory", "videos", "eval_videos", "validate", "index", "augment", "validate_retrieval",
+                  "align", "stage1"):
         assert f"Running stage '{stage}'" in first.stdout
+    stage1 = json.loads((root / "reports" / "stage1.json").read_text())
+    assert stage1["steps"] == 6 and stage1["final_loss"] > 0
+    assert (root / "models" / "stage1" / "model_index.json").is_file()
     metrics = json.loads((root / "reports" / "retrieval.json").read_text())
     assert metrics["success"] is True and metrics["coverage"] == 1.0
     shown = dvc(root, env, "metrics", "show", "--json")
@@ -89,6 +94,7 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     # a retrieval parameter re-runs retrieval only
     exp = dvc(root, env, "exp", "run", "-S", "retrieval.k=3")
     assert "Running stage 'augment'" in exp.stdout and "Running stage 'memory'" not in exp.stdout
+    assert "Running stage 'stage1'" in exp.stdout and "Running stage 'align'" not in exp.stdout
     assert lance_io.fingerprint(memory) != fingerprint
     shown = dvc(root, env, "exp", "show", "--csv", "--no-pager").stdout.splitlines()
     header = shown[0].split(",")

@@ -15,7 +15,7 @@ from orchestration.resources import VimiSettings
 from tests.conftest import REPO, write_params
 
 ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
-          "augmented_video_dataset"}
+          "augmented_video_dataset", "image_encoder", "stage1_model"}
 CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality"}
 
 
@@ -29,6 +29,8 @@ def test_definitions_hold_the_graph():
     augmented = graph.get(dg.AssetKey("augmented_video_dataset"))
     assert {p.to_user_string() for p in augmented.parent_keys} == {"bm25_index", "video_corpus"}
     assert graph.get(dg.AssetKey("bm25_index")).parent_keys == {dg.AssetKey("image_text_memory")}
+    stage1 = graph.get(dg.AssetKey("stage1_model"))
+    assert {p.to_user_string() for p in stage1.parent_keys} == {"augmented_video_dataset", "image_encoder"}
 
 
 def materialize(project, extra=(), **resource):
@@ -59,6 +61,12 @@ def test_materialize_in_process(project):
     assert augmented["recall_at_k"].value >= 0.9 and "←" not in augmented["examples"].value
     assert augmented["examples"].value.startswith("**")
     assert mats["bm25_index"]["docs"].value == 240 and mats["bm25_index"]["shards"].value == 4
+    stage1 = mats["stage1_model"]
+    assert stage1["steps"].value == 6 and stage1["final_loss"].value > 0 and stage1["clips_per_s"].value > 0
+    assert len(stage1["mlflow_run_id"].value) == 32 and stage1["mlflow_run"].url.endswith(stage1["mlflow_run_id"].value)
+    assert os.path.getsize(stage1["sample_gif"].path) > 0
+    assert (project / "models" / "stage1" / "model_index.json").is_file()
+    assert 0 <= mats["image_encoder"]["caption_top1"].value <= 1
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
     assert all(e.passed for e in evaluations)
@@ -102,22 +110,15 @@ def test_memory_from_configured_sources(project, tmp_path):
     assert memory.metadata["source"].value == "ingest"
 
 
-@dg.asset(deps=["augmented_video_dataset"])
-def training_stand_in() -> None:
-    """What stage-1 training will be: anything downstream of the augmented dataset."""
-
-
-def test_failing_retrieval_gate_blocks_downstream(project):
+def test_failing_retrieval_gate_blocks_stage1(project):
     write_params(project, retrieval={"min_recall_at_k": 1.01})
-    result = materialize(project, extra=[training_stand_in])
+    result = materialize(project)
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["retrieval_quality"].passed
     assert evaluations["retrieval_quality"].metadata["recall_at_k"].value < 1.01
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "augmented_video_dataset" in done and "training_stand_in" not in done
-    write_params(project)  # the default threshold: the gate passes and training runs
-    assert "training_stand_in" in {e.asset_key.to_user_string()
-                                   for e in materialize(project, extra=[training_stand_in]).get_asset_materialization_events()}
+    assert {"augmented_video_dataset", "image_encoder"} <= done and "stage1_model" not in done
+    assert not (project / "models" / "stage1").exists()
 
 
 @pytest.mark.slow

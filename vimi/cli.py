@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from vimi import lance_io
+from vimi.config import flatten
 from vimi.errors import VimiError
 
 app = typer.Typer(help="ViMi: retrieval-augmented, multimodal-instruction video generation as a pipeline.",
@@ -288,6 +289,10 @@ def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
         else:
             quarantined = ", ".join(f"{k} {v}" for k, v in meta["quarantined"].items()) or "none"
             lines.append(f"  {name}: {meta['rows']} rows, version {meta['version']}, quarantined: {quarantined}")
+    for name, meta in status["models"].items():
+        if meta is not None:
+            lines.append(f"  models/{name}: {meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
+                         f"MLflow run {meta['run_id']}")
     _emit(status, as_json, "\n".join(lines), markup=False)
 
 
@@ -413,7 +418,7 @@ def _figure_table(title: str, result: dict) -> None:
     table = Table(title=title)
     table.add_column("figure", overflow="fold")
     table.add_column("value", justify="right")
-    for key, value in _flatten(result).items():
+    for key, value in flatten(result).items():
         table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
     out_console.print(table)
 
@@ -446,16 +451,6 @@ def bench_sample_cmd(
     result = bench_sample(_settings(profile), steps=steps)
     if not _save_benchmark(result, out, as_json):
         _figure_table(f"vimi bench sample → {out}", result)
-
-
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def main() -> None:

@@ -60,6 +60,17 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}: MLflow params, benchmark tables."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_params(path: Path | None = None, profile: str | None = None) -> dict[str, Any]:
     """params.yaml with the chosen profile's overrides applied (the profile key is kept)."""
     path = path or find_params_file()

@@ -208,7 +208,13 @@ def data_status(settings: Settings) -> dict[str, Any]:
                               "quarantined": quarantine_counts(settings, uri)}
         else:
             datasets[name] = None
-    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets}
+    models: dict[str, Any] = {}
+    for name in ("encoder", "stage1", "stage1-text-only"):
+        summary = settings.model_path(name) / "training.json"
+        models[name] = ({k: v for k, v in json.loads(summary.read_text()).items()
+                         if k in ("steps", "final_loss", "clips_per_s", "run_id")} | {"path": str(summary.parent)}
+                        if summary.is_file() else None)
+    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets, "models": models}
 
 
 def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:

@@ -12,7 +12,7 @@ class ViMiPyfunc(PythonModel):
 
         self.pipeline = load_pipeline(context.artifacts["pipeline"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: list[str], params: dict | None = None) -> list:
         import torch
 
         params = params or {}

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vimi.config import Settings
+from vimi.config import Settings, flatten
 
 # What `pip install` needs to load a logged pipeline (passed, so MLflow does not spend seconds inferring it).
 PIP_REQUIREMENTS = ["torch==2.14.1", "diffusers==0.42.1", "transformers==5.24.0", "safetensors",
@@ -49,17 +49,6 @@ def ui_link(settings: Settings, experiment: str, run_id: str) -> str:
     uri = tracking_uri(settings)
     base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
     return f"{base}/#/experiments/{experiment}/runs/{run_id}"
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def log_params(params: dict[str, Any]) -> None:
