@@ -248,7 +248,9 @@ def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, A
                              [_lance_input(settings.path("memory"), "memory")], log_model=False)
     out = settings.model_path("encoder")
     summary = train(task, cfg, settings.model_path(".checkpoints") / "encoder", out, tracker, resume)
-    quality = task.evaluate(task.model)
+    from vimi.train.stage1 import load_vision
+
+    quality = task.evaluate(load_vision(out).to(task.language_model.device))   # what was saved: the EMA weights
     (out / "alignment.json").write_text(json.dumps(quality, indent=1))
     return summary | quality | {"path": str(out), "experiment": "vimi-align",
                                 "run_link": ui_link(settings, _experiment_id(settings, "vimi-align"), summary["run_id"])}
