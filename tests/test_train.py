@@ -101,6 +101,23 @@ def test_text_only_prompts_carry_no_images(trained):
     assert sum(not isinstance(x, str) for x in prompts[0]) == s.params["retrieval"]["k"]
 
 
+def test_real_clips_are_fitted_to_the_training_shape():
+    from tests.conftest import real_clip_frames
+    from vimi.data.clips import fit_clip
+
+    clip = real_clip_frames("bikes", frames=16, max_side=96)            # 16 × 41 × 96 × 3, a real video
+    fitted = fit_clip(clip, 8, 16)
+    assert fitted.shape == (8, 16, 16, 3) and fitted.dtype == np.uint8
+    h, w = clip.shape[1:3]
+    left = (w - h) // 2                                                 # centre square crop
+    from PIL import Image
+
+    expected_last = np.asarray(Image.fromarray(clip[15][:, left:left + h]).resize((16, 16), Image.Resampling.BICUBIC))
+    assert np.array_equal(fitted[-1], expected_last)                    # frames 0, 2, 4, ..., 15: evenly spread
+    short = fit_clip(clip[:3], 8, 16)                                   # too short: the last frame repeats
+    assert np.array_equal(short[3], short[7]) and not np.array_equal(short[0], short[2])
+
+
 # ---- the pipeline -------------------------------------------------------------------------------
 
 def test_save_and_load_give_identical_samples(trained, tmp_path):

@@ -34,12 +34,9 @@ def fit_clip(frames: np.ndarray, num_frames: int, size: int) -> np.ndarray:
         frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - t, axis=0)])
     if (h, w) == (size, size):
         return np.ascontiguousarray(frames)
-    from PIL import Image
+    from vimi.models.encoder import to_image_array
 
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    crop = frames[:, top:top + side, left:left + side]
-    return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC)) for f in crop])
+    return np.stack([to_image_array(frame, size) for frame in frames])
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:
