@@ -7,9 +7,8 @@ The language model is the real all-MiniLM-L6-v2 shipped inside the `gt-all-minil
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +17,7 @@ from vimi.errors import VimiError
 from vimi.models.vision import ImageTokenizer, to_model_images
 
 IMAGE_PLACEHOLDER = "<image>"
-PromptItem = Union[str, np.ndarray, Any]     # text, H×W×3 uint8 array, or PIL image
-Prompt = list  # interleaved: [str | image, ...]
+Prompt = list  # interleaved: [str | image, ...], an image being an H×W×3 uint8 array or a PIL image
 
 
 def language_model_path() -> str:
@@ -175,7 +173,3 @@ def stage1_prompt(caption: str, doc_images: Sequence[Any], doc_captions: Sequenc
     if caption.strip():
         items.append(caption.strip())
     return items
-
-
-def describe_prompt(prompt: Prompt) -> str:
-    return re.sub(r"\s+", " ", " ".join(IMAGE_PLACEHOLDER if _is_image(i) else i for i in prompt)).strip()
