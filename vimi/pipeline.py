@@ -230,9 +230,8 @@ def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[s
     return dict(sorted(counts.items()))
 
 
-def _lance_input(uri: Path, name: str) -> tuple[Path, str, int, str]:
-    ds = lance_io.open_dataset(uri, name)
-    return uri, name, ds.version, lance_io.fingerprint(uri)
+def _lance_input(uri: Path, name: str) -> tuple[Path, str, int]:
+    return uri, name, lance_io.open_dataset(uri, name).version
 
 
 def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, Any]:

@@ -59,17 +59,18 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
 
 
-def log_lance_input(uri: Path, name: str, version: int, digest: str, context: str = "training") -> None:
-    """A Lance dataset as a run input: its path, version and fingerprint, nothing loaded."""
+def log_lance_input(uri: Path, name: str, version: int, context: str = "training") -> None:
+    """A Lance dataset as a run input: its path and version, nothing read (a Lance version is
+    immutable, so path + version identify the content; MLflow digests that)."""
     import mlflow
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
     source = LocalArtifactDatasetSource(f"{Path(uri).resolve()}?version={version}")
-    mlflow.log_input(MetaDataset(source, name=f"{name}@v{version}", digest=digest[:36]), context=context)
+    mlflow.log_input(MetaDataset(source, name=f"{name}@v{version}"), context=context)
 
 
-def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: list[tuple[Path, str, int, str]],
+def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: list[tuple[Path, str, int]],
                    tags: dict[str, str] | None = None, log_model: bool = True):
     """A loop Tracker writing to MLflow: params.yaml flattened, the Lance inputs, metrics, sample
     GIFs, and at the end the pipeline directory (as an MLflow pyfunc model with its pip
@@ -93,8 +94,8 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
         state["run"] = active
         if resume_run_id is None:
             log_params(settings.params)
-            for uri, name, version, digest in inputs:
-                log_lance_input(uri, name, version, digest)
+            for uri, name, version in inputs:
+                log_lance_input(uri, name, version)
         else:
             mlflow.set_tag("vimi.resumed", "true")
         return active.info.run_id
