@@ -252,7 +252,7 @@ def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, A
     quality = task.evaluate(load_vision(out).to(task.language_model.device))   # what was saved: the EMA weights
     (out / "alignment.json").write_text(json.dumps(quality, indent=1))
     return summary | quality | {"path": str(out), "experiment": "vimi-align",
-                                "run_link": ui_link(settings, _experiment_id(settings, "vimi-align"), summary["run_id"])}
+                                "run_link": ui_link(settings, "vimi-align", summary["run_id"])}
 
 
 def train_stage1(settings: Settings, text_only: bool = False, resume: str = "auto") -> dict[str, Any]:
@@ -275,10 +275,4 @@ def train_stage1(settings: Settings, text_only: bool = False, resume: str = "aut
     out = settings.model_path(task.name)
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
     return summary | {"path": str(out), "experiment": "vimi-stage1", "text_only": text_only,
-                      "run_link": ui_link(settings, _experiment_id(settings, "vimi-stage1"), summary["run_id"])}
-
-
-def _experiment_id(settings: Settings, name: str) -> str:
-    from vimi.train.tracking import experiment_id
-
-    return experiment_id(settings, name)
+                      "run_link": ui_link(settings, "vimi-stage1", summary["run_id"])}

@@ -45,10 +45,10 @@ def experiment_id(settings: Settings, name: str) -> str:
 
 
 def ui_link(settings: Settings, experiment: str, run_id: str) -> str:
-    """Link to the run in `make mlflow-ui` (or the tracking server when it is http)."""
+    """Link to a run of the named experiment in `make mlflow-ui` (or the tracking server when it is http)."""
     uri = tracking_uri(settings)
     base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
-    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id(settings, experiment)}/runs/{run_id}"
 
 
 def log_params(params: dict[str, Any]) -> None:
