@@ -28,6 +28,7 @@ DATASET_FILES = {
     "quarantine": "quarantine.lance",
     "bm25": "bm25",
     "augmented": "augmented.lance",
+    "instructions": "instructions.lance",
 }
 
 
