@@ -205,3 +205,17 @@ def test_tiny_world_end_to_end(tmp_path, monkeypatch):
         report = validate_dataset(settings, which)
         assert report.success, report.to_text()
     assert lance_io.fingerprint(tmp_path / "memory.lance") == results["memory"]["fingerprint"]
+
+
+def test_fingerprint_ignores_the_order_of_schema_metadata(tmp_path):
+    """Lance hands schema metadata back with its keys in no fixed order; the fingerprint is of rows."""
+    import pyarrow as pa
+
+    from vimi import lance_io
+
+    table = pa.table({"x": list(range(10))}).replace_schema_metadata({f"key{i}": str(i) for i in range(8)})
+    lance.write_dataset(table, str(tmp_path / "meta.lance"))
+    prints = {lance_io.fingerprint(tmp_path / "meta.lance") for _ in range(6)}
+    assert len(prints) == 1
+    lance.write_dataset(table.replace_schema_metadata(None), str(tmp_path / "plain.lance"))
+    assert prints == {lance_io.fingerprint(tmp_path / "plain.lance")}
