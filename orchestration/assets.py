@@ -121,3 +121,52 @@ def image_encoder(vimi: VimiSettings) -> dg.MaterializeResult:
                       "multimodal encoder (models/stage1/, a ViMiPipeline directory); MLflow experiment vimi-stage1.")
 def stage1_model(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=_training_metadata(pipeline.train_stage1(vimi.load())))
+
+
+@dg.asset(deps=[augmented_video_dataset, eval_video_corpus, image_text_memory], group_name="instructions",
+          kinds={"lance"},
+          description="Stage-2 instruction dataset (data/instructions.lance): subject-driven (reference images of the "
+                      "subject from the memory), video prediction (first frames given), text-to-video; training rows "
+                      "from the training clips, evaluation rows (unseen subjects included) from the evaluation split.")
+def instruction_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.build_instruction_dataset(vimi.load())
+    metadata = dataset_metadata(meta)
+    metadata["tasks"] = dg.MetadataValue.json(meta["tasks"])
+    metadata["subject_unavailable"] = dg.MetadataValue.json(meta.get("subject_unavailable", {}))
+    metadata["reference_source"] = dg.MetadataValue.json(meta.get("reference_source", {}))
+    examples = meta.get("examples") or []
+    if examples:
+        metadata["examples"] = dg.MetadataValue.md("\n".join(
+            f"**{e['task']}**: `{e['instruction']}`\n" + "\n".join(f"- {s}" for s in e.get("sources", [])) + "\n"
+            for e in examples))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=[stage1_model, instruction_dataset], group_name="models", kinds={"pytorch", "mlflow"},
+          description="Stage 2: the stage-1 pipeline instruction-tuned on the three tasks (models/stage2/); MLflow "
+                      "experiment vimi-stage2; registered as a new version of vimi-video-generator with alias @candidate.")
+def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.train_stage2(vimi.load())
+    metadata = _training_metadata(meta)
+    metadata["init_model"] = dg.MetadataValue.text(meta["init_model"])
+    metadata["lineage"] = dg.MetadataValue.json(meta["lineage"])
+    registered = meta.get("registered")
+    if registered:
+        metadata["registered_model"] = dg.MetadataValue.text(registered["uri"])
+        metadata["registered_version"] = dg.MetadataValue.int(int(registered["version"]))
+        metadata["checks"] = dg.MetadataValue.text(f"{registered['checks']}: {registered['checks_detail']}")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=[stage2_model], group_name="models", kinds={"mlflow"},
+          description="The registry's @champion: the promotion policy applied to the newest @candidate "
+                      "(`vimi promote`); the decision and its reason are tagged on the version.")
+def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
+    decision = pipeline.promote_model(vimi.load())
+    return dg.MaterializeResult(metadata={
+        "promoted": dg.MetadataValue.bool(bool(decision["promoted"])),
+        "reason": dg.MetadataValue.text(decision["reason"]),
+        "candidate_version": dg.MetadataValue.text(decision["candidate"]),
+        "champion_version": dg.MetadataValue.text(str(decision["champion"])),
+        "champion_uri": dg.MetadataValue.text(f"models:/{decision['name']}@champion"),
+    })

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.assets import augmented_video_dataset, eval_video_corpus, image_text_memory, video_corpus
+from orchestration.assets import (
+    augmented_video_dataset, eval_video_corpus, image_text_memory, instruction_dataset, video_corpus,
+)
 from orchestration.metadata import check_metadata
 from orchestration.resources import VimiSettings
 from vimi import pipeline
@@ -38,3 +40,11 @@ def eval_videos_suite(vimi: VimiSettings) -> dg.AssetCheckResult:
                             "no dangling ids, coverage and recall@k above params.yaml's thresholds.")
 def retrieval_quality(vimi: VimiSettings) -> dg.AssetCheckResult:
     return _result(vimi, "retrieval")
+
+
+@dg.asset_check(asset=instruction_dataset, blocking=True,
+                description="GE: one <image> per image source, given frames only for video prediction, subject "
+                            "references from the memory (never the target clip), no dangling ids, no unseen subject "
+                            "in training rows.")
+def instructions_suite(vimi: VimiSettings) -> dg.AssetCheckResult:
+    return _result(vimi, "instructions")

@@ -30,6 +30,7 @@ MICRO_TRAIN = {
     "align": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "eval_docs": 32},
     "stage1": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 3, "log_every": 2,
                "sample_every": 3, "sample_prompts": 2, "sample_steps": 2},
+    "stage2": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "sample_steps": 2},
 }
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -15,8 +15,9 @@ from orchestration.resources import VimiSettings
 from tests.conftest import REPO, write_params
 
 ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
-          "augmented_video_dataset", "image_encoder", "stage1_model"}
-CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality"}
+          "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
+          "champion_model"}
+CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality", "instructions_suite"}
 
 
 def test_definitions_hold_the_graph():
@@ -31,6 +32,12 @@ def test_definitions_hold_the_graph():
     assert graph.get(dg.AssetKey("bm25_index")).parent_keys == {dg.AssetKey("image_text_memory")}
     stage1 = graph.get(dg.AssetKey("stage1_model"))
     assert {p.to_user_string() for p in stage1.parent_keys} == {"augmented_video_dataset", "image_encoder"}
+    stage2 = graph.get(dg.AssetKey("stage2_model"))
+    assert {p.to_user_string() for p in stage2.parent_keys} == {"stage1_model", "instruction_dataset"}
+    instructions = graph.get(dg.AssetKey("instruction_dataset"))
+    assert {p.to_user_string() for p in instructions.parent_keys} == {"augmented_video_dataset", "eval_video_corpus",
+                                                                        "image_text_memory"}
+    assert graph.get(dg.AssetKey("champion_model")).parent_keys == {dg.AssetKey("stage2_model")}
 
 
 def materialize(project, extra=(), **resource):
@@ -67,6 +74,16 @@ def test_materialize_in_process(project):
     assert os.path.getsize(stage1["sample_gif"].path) > 0
     assert (project / "models" / "stage1" / "model_index.json").is_file()
     assert 0 <= mats["image_encoder"]["caption_top1"].value <= 1
+    instructions = mats["instruction_dataset"]
+    assert instructions["dagster/row_count"].value == 24 * 2 + 8 * 3      # train: 2 per clip; eval: all 3 tasks
+    assert sum(instructions["tasks"].value["train"].values()) == 48
+    assert "<image>" in instructions["examples"].value
+    stage2 = mats["stage2_model"]
+    assert stage2["steps"].value == 4 and stage2["registered_version"].value == 1
+    assert stage2["registered_model"].value == "models:/vimi-video-generator/1"
+    assert stage2["checks"].value.startswith("passed")
+    champion = mats["champion_model"]
+    assert champion["promoted"].value and champion["champion_version"].value == "1"
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
     assert all(e.passed for e in evaluations)

@@ -4,6 +4,7 @@ diffusers models, real Lance data and a real sqlite MLflow store throughout."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import lance
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 import torch
@@ -21,6 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from vimi.config import Settings
+from vimi.data.video_io import decode_container
 from vimi.errors import VimiError
 from vimi.pipeline import align_image_encoder, augment_videos, build_bm25_index, generate_world, train_stage1
 from tests.conftest import MICRO_WORLD, write_params
@@ -297,5 +300,7 @@ def test_mlflow_run_holds_params_metrics_inputs_and_artifacts(trained):
     files = {f.path for f in client.list_artifacts(run.info.run_id, "pipeline")}
     assert "pipeline/MLmodel" in files
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/pipeline")
-    frames = model.predict(["a star bounces on the beach"], params={"num_inference_steps": 2})
-    assert np.asarray(frames[0]).shape == (8, 16, 16, 3)
+    out = model.predict(pd.DataFrame({"prompt": ["a star bounces on the beach"]}), params={"num_inference_steps": 2})
+    assert list(out["format"]) == ["mp4"] and list(out["num_frames"]) == [8]
+    frames, _ = decode_container(base64.b64decode(out["video"][0]))
+    assert frames.shape == (8, 16, 16, 3)

@@ -28,7 +28,11 @@ app.add_typer(world_app, name="world")
 app.add_typer(memory_app, name="memory")
 app.add_typer(videos_app, name="videos")
 app.add_typer(index_app, name="index")
-train_app = typer.Typer(help="Training: image-encoder alignment, stage 1 (MLflow-tracked).", no_args_is_help=True)
+instructions_app = typer.Typer(help="The stage-2 instruction dataset (data/instructions.lance): subject-driven "
+                               "generation, video prediction and text-to-video samples.", no_args_is_help=True)
+app.add_typer(instructions_app, name="instructions")
+train_app = typer.Typer(help="Training: image-encoder alignment, stage 1, stage 2 (MLflow-tracked).",
+                        no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(train_app, name="train")
 
@@ -54,6 +58,7 @@ class Suite(str, Enum):
     videos = "videos"
     eval_videos = "eval_videos"
     retrieval = "retrieval"
+    instructions = "instructions"
 
 
 class Split(str, Enum):
@@ -182,8 +187,9 @@ def videos_build(split: Split = typer.Option(Split.train, "--split", help="train
 
 @app.command("validate")
 def validate_cmd(
-    suite: Suite = typer.Argument(..., help="Which suite: memory, videos, eval_videos, or retrieval (the "
-                                  "retrieval-quality gate over the augmented dataset)."),
+    suite: Suite = typer.Argument(..., help="Which suite: memory, videos, eval_videos, retrieval (the "
+                                  "retrieval-quality gate over the augmented dataset), or instructions (the "
+                                  "stage-2 instruction dataset)."),
     path: Optional[Path] = typer.Option(None, "--path", help="Dataset to check (default: the data directory's)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the JSON report to this file."),
     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the headline figures (success, "
@@ -275,6 +281,28 @@ def augment_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOpti
     _emit(meta, as_json, "\n".join(lines), markup=False)
 
 
+@instructions_app.command("build")
+def instructions_build(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Pipeline step: write the stage-2 instructions (params.yaml `instructions`) for every training clip of the
+    augmented dataset and every evaluation clip → data/instructions.lance. Memory and clips are read at the
+    versions the augmented dataset recorded; subject references come from the memory, never the clip."""
+    from vimi.pipeline import build_instruction_dataset
+
+    meta = build_instruction_dataset(_settings(profile))
+    lines = [f"Instructions: {meta['rows']} rows in {meta['seconds']:.1f} s → {meta['path']} "
+             f"(Lance version {meta['version']}; memory version {meta['memory_version']}, videos version "
+             f"{meta['videos_version']})"]
+    for split, counts in meta["tasks"].items():
+        lines.append(f"  {split}: " + ", ".join(f"{task} {n}" for task, n in counts.items()))
+    references = ", ".join(f"{k} {v}" for k, v in meta["reference_source"].items()) or "none"
+    unavailable = ", ".join(f"{k} {v}" for k, v in meta["subject_unavailable"].items())
+    lines.append(f"  subject references: {references}; clips with no reference image: {unavailable}")
+    for example in meta["examples"][:1]:
+        lines.append(f"  e.g. {example['task']}: {example['instruction']!r}")
+        lines += [f"      <image> = {source}" for source in example["sources"]]
+    _emit(meta, as_json, "\n".join(lines), markup=False)
+
+
 @app.command("status")
 def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
     """Where the data lives and what is there: rows, Lance version and quarantine counts per dataset."""
@@ -293,6 +321,14 @@ def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
         if meta is not None:
             lines.append(f"  models/{name}: {meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
                          f"MLflow run {meta['run_id']}")
+    registry = status.get("registry")
+    if registry and "versions" in registry:
+        for v in registry["versions"]:
+            aliases = " ".join(f"@{a}" for a in v["aliases"])
+            lines.append(f"  registry {registry['name']} v{v['version']} {aliases}: checks {v['checks']}"
+                         + (f"; {v['promotion']}" if v.get("promotion") else ""))
+    elif registry and "error" in registry:
+        lines.append(f"  registry: {registry['error']}")
     _emit(status, as_json, "\n".join(lines), markup=False)
 
 
@@ -320,6 +356,12 @@ def _training_summary(meta: dict[str, Any], what: str) -> str:
     return "\n".join(lines)
 
 
+def _write_metrics(path: Optional[Path], meta: dict[str, Any], keys: tuple[str, ...]) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({k: meta[k] for k in keys if k in meta}, indent=1) + "\n")
+
+
 @train_app.command("align")
 def train_align(resume: Optional[bool] = ResumeOption, profile: Optional[str] = ProfileOption,
                 as_json: bool = JsonOption) -> None:
@@ -341,11 +383,87 @@ def train_stage1_cmd(text_only: bool = typer.Option(False, "--text-only", help="
     from vimi.pipeline import train_stage1
 
     meta = train_stage1(_settings(profile), text_only=text_only, resume=_resume_mode(resume))
-    if metrics:
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        figures = {k: meta[k] for k in ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision")}
-        metrics.write_text(json.dumps(figures, indent=1) + "\n")
+    _write_metrics(metrics, meta, ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision"))
     _emit(meta, as_json, _training_summary(meta, "Stage 1" + (" (text only)" if text_only else "")), markup=False)
+
+
+@train_app.command("stage2")
+def train_stage2_cmd(init: Optional[str] = typer.Option(None, "--from", help="The stage-1 model to start from: a "
+                                                        "pipeline directory, runs:/<id>/pipeline or models:/<name>"
+                                                        "@<alias>|/<version> (default: params.yaml stage2.init)."),
+                     resume: Optional[bool] = ResumeOption,
+                     register: bool = typer.Option(True, "--register/--no-register", help="Register the result as a "
+                                                   "new `candidate` version of the model (default) or not."),
+                     metrics: Optional[Path] = typer.Option(None, "--metrics", help="Also write the final figures "
+                                                            "(loss, clips/s, MLflow run, version) as JSON here."),
+                     profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Stage 2: multimodal instruction tuning (subject-driven, video prediction, text-to-video) → models/stage2/
+    (MLflow experiment vimi-stage2), registered as a `candidate` version."""
+    from vimi.pipeline import train_stage2
+
+    meta = train_stage2(_settings(profile), init=init, resume=_resume_mode(resume), register=register)
+    if meta.get("registered"):
+        meta["registered_version"] = meta["registered"]["version"]
+        meta["checks"] = meta["registered"]["checks"]
+    _write_metrics(metrics, meta, ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision",
+                                   "registered_version", "checks"))
+    human = _training_summary(meta, "Stage 2") + f"\n  started from {meta['init_model']}"
+    if meta.get("registered"):
+        r = meta["registered"]
+        human += f"\n  registered {r['uri']} @{r['alias']}; checks {r['checks']} ({r['checks_detail']})"
+    _emit(meta, as_json, human, markup=False)
+
+
+@app.command("promote")
+def promote_cmd(version: Optional[str] = typer.Option(None, "--version", help="The version to consider (default: "
+                                                      "the one with alias @candidate)."),
+                report: Optional[Path] = typer.Option(None, "--report", help="Also write the decision as JSON here."),
+                profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """Move the registry's @champion alias to the candidate if the promotion policy says so; tag the reason."""
+    from vimi.pipeline import promote_model
+
+    decision = promote_model(_settings(profile), version)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(decision, indent=1) + "\n")
+    verdict = "promoted to @champion" if decision["promoted"] else "not promoted"
+    _emit(decision, as_json, f"{decision['name']} version {decision['candidate']}: {verdict}, because "
+          f"{decision['reason']}. Champion: {decision['champion'] or 'none'}.", markup=False)
+
+
+@app.command("generate")
+def generate_cmd(
+    prompt: str = typer.Option(..., "--prompt", help="Text, with one <image> placeholder per --image (in order)."),
+    out: Path = typer.Option(..., "--out", help="The video to write: .mp4 or .gif (a JSON sidecar goes beside it)."),
+    model: Optional[str] = typer.Option(None, "--model", help="models:/<name>@<alias>, models:/<name>/<version>, "
+                                        "runs:/<id>/pipeline or a pipeline directory (default: "
+                                        "models:/vimi-video-generator@champion)."),
+    image: Optional[List[Path]] = typer.Option(None, "--image", help="A reference image (repeat for several)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="Video prediction: the clip whose first frames "
+                                         "are given."),
+    context_frames: Optional[int] = typer.Option(None, "--context-frames", help="How many first frames of --video "
+                                                 "are given (default: params.yaml instructions.context_frames)."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="Frames to generate (default: the model's)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the sampler."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale "
+                                             "(default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: params.yaml "
+                                        "diffusion.inference_steps)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, ... (default: cuda if there)."),
+    profile: Optional[str] = ProfileOption, as_json: bool = JsonOption,
+) -> None:
+    """Generate a video from a registered model (or a run, or a directory), grounded in images and/or given frames."""
+    from vimi.generate import generate_video, sidecar_path
+    from vimi.registry import CHAMPION, model_name
+
+    settings = _settings(profile)
+    meta = generate_video(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", prompt, out, images=image or [], video=video,
+                          context_frames=context_frames, num_frames=frames, seed=seed, guidance_scale=guidance,
+                          steps=steps, device=device)
+    version = meta["model"].get("version")
+    source = f"{meta['model']['name']} version {version}" if version else meta["model"]["uri"]
+    _emit(meta, as_json, f"Wrote {meta['video']} ({meta['num_frames']} frames, {meta['width']}×{meta['height']}, "
+          f"{meta['seconds']:.1f} s) from {source}; provenance in {sidecar_path(out)}", markup=False)
 
 
 def _save_benchmark(result: dict, out: Path, as_json: bool) -> bool:

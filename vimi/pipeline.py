@@ -185,22 +185,38 @@ def augment_videos(settings: Settings) -> dict[str, Any]:
     return meta
 
 
+def build_instruction_dataset(settings: Settings) -> dict[str, Any]:
+    """The stage-2 instruction dataset (data/instructions.lance): subject-driven generation, video
+    prediction and text-to-video samples for the training clips and the evaluation split."""
+    from vimi.data.instructions import InstructionParams, build_instructions
+
+    params = InstructionParams.from_params(settings.params)
+    eval_videos = settings.path("eval_videos")
+    return build_instructions(settings.path("memory"), settings.path("videos"),
+                              eval_videos if lance_io.exists(eval_videos) else None, settings.path("augmented"),
+                              settings.path("instructions"), params, settings.seed)
+
+
 def validate_dataset(settings: Settings, which: str, uri: Path | None = None) -> ValidationReport:
-    """Run the Great Expectations suite of a dataset (memory, videos, eval_videos, retrieval)."""
+    """Run the Great Expectations suite of a dataset (memory, videos, eval_videos, retrieval, instructions)."""
     if which == "retrieval":
         from vimi.validation.suites import validate_retrieval
 
         return validate_retrieval(uri or settings.path("augmented"), settings.path("videos"),
                                   settings.path("memory"), settings.params)
+    if which == "instructions":
+        from vimi.validation.suites import validate_instructions
+
+        return validate_instructions(uri or settings.path("instructions"), settings.params)
     if which not in ("memory", "videos", "eval_videos"):
-        raise VimiError(f"Unknown dataset {which!r}; validate memory, videos, eval_videos or retrieval.")
+        raise VimiError(f"Unknown dataset {which!r}; validate memory, videos, eval_videos, retrieval or instructions.")
     return validate(which, uri or settings.path(which), settings.params)
 
 
 def data_status(settings: Settings) -> dict[str, Any]:
     """Rows, version and quarantine counts of every dataset under the data directory."""
     datasets: dict[str, Any] = {}
-    for name in ("memory", "videos", "eval_videos", "augmented"):
+    for name in ("memory", "videos", "eval_videos", "augmented", "instructions"):
         uri = settings.path(name)
         if lance_io.exists(uri):
             meta = lance_io.summary(uri, n_samples=0)
@@ -209,12 +225,19 @@ def data_status(settings: Settings) -> dict[str, Any]:
         else:
             datasets[name] = None
     models: dict[str, Any] = {}
-    for name in ("encoder", "stage1", "stage1-text-only"):
+    for name in ("encoder", "stage1", "stage1-text-only", "stage2"):
         summary = settings.model_path(name) / "training.json"
         models[name] = ({k: v for k, v in json.loads(summary.read_text()).items()
                          if k in ("steps", "final_loss", "clips_per_s", "run_id")} | {"path": str(summary.parent)}
                         if summary.is_file() else None)
-    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets, "models": models}
+    from vimi.registry import describe
+
+    try:
+        registry = describe(settings)
+    except Exception as exc:   # status reports, it does not fail on an unreachable tracking server
+        registry = {"error": str(exc).splitlines()[0]}
+    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets, "models": models,
+            "registry": registry}
 
 
 def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:
@@ -276,3 +299,77 @@ def train_stage1(settings: Settings, text_only: bool = False, resume: str = "aut
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
     return summary | {"path": str(out), "experiment": "vimi-stage1", "text_only": text_only,
                       "run_link": ui_link(settings, "vimi-stage1", summary["run_id"])}
+
+
+def _lineage_tags(settings: Settings, instructions: Any, init: Any) -> dict[str, str]:
+    """Where a stage-2 model came from: data versions, index, code, the model it started from."""
+    from vimi.registry import git_commit
+
+    tags = {"vimi.instructions": f"{settings.path('instructions')}@v{instructions.version}",
+            "vimi.profile": settings.profile, "vimi.git_commit": git_commit(settings.root),
+            "vimi.init_model": init.uri}
+    for name, versions in (("videos", instructions.versions()["videos"]), ("memory", instructions.versions()["memory"])):
+        tags[f"vimi.{name}"] = ", ".join(v.replace("@", "@v") for v in versions)
+    if lance_io.exists(settings.path("augmented")):
+        aug = lance_io.open_dataset(settings.path("augmented"))
+        tags["vimi.augmented"] = f"{settings.path('augmented')}@v{aug.version}"
+        tags["vimi.index_id"] = aug.to_table(columns=["index_id"], limit=1).column("index_id")[0].as_py()
+    stage1_run = init.run_id
+    summary = Path(init.path) / "training.json"
+    if stage1_run is None and summary.is_file():
+        stage1_run = json.loads(summary.read_text()).get("run_id")
+    if stage1_run:
+        tags["vimi.stage1_run_id"] = str(stage1_run)
+    return tags
+
+
+def _input_example(dataset: Any) -> tuple[Any, dict[str, Any]] | None:
+    """A served request built from the first subject-driven instruction: its text and reference image(s)."""
+    import base64
+
+    import pandas as pd
+
+    row = next((r for r in dataset.rows if r["task"] == "subject"), None)
+    if row is None:
+        return None
+    memory = lance_io.open_dataset(row["memory_path"]).checkout_version(row["memory_version"])
+    rows = [s["row"] for s in row["image_sources"]]
+    images = [base64.b64encode(b).decode("ascii") for b in memory.take(rows, columns=["image"]).column("image").to_pylist()]
+    return pd.DataFrame({"prompt": [row["instruction"]], "images": [images]}), {"num_inference_steps": 2, "seed": 0}
+
+
+def train_stage2(settings: Settings, init: str | None = None, resume: str = "auto",
+                 register: bool = True) -> dict[str, Any]:
+    """Stage 2, multimodal instruction tuning from a stage-1 pipeline (models/stage2/); tracked in the
+    MLflow experiment vimi-stage2 and registered as a new `candidate` version of the model."""
+    from vimi.registry import register_pipeline, resolve_model
+    from vimi.train.loop import LoopConfig, train
+    from vimi.train.stage2 import Stage2Task
+    from vimi.train.tracking import mlflow_tracker, ui_link
+
+    section = settings.params.get("stage2", {})
+    cfg = LoopConfig.from_params(section, settings.seed, "stage2")
+    source = resolve_model(settings, init) if init else \
+        resolve_model(settings, str(section.get("init", "models/stage1")), base=settings.root)
+    task = Stage2Task(settings.params, settings.path("instructions"), source.path)
+    inputs = [_lance_input(settings.path("instructions"), "instructions")]
+    inputs += [(Path(p), name, int(v)) for name, keys in (("videos", task.dataset.videos), ("memory", task.dataset.memory))
+               for p, v in keys]
+    lineage = _lineage_tags(settings, task.dataset, source)
+    tracker = mlflow_tracker(settings, "vimi-stage2", task.name, inputs,
+                             tags={"vimi.stage": "2", **lineage}, input_example=_input_example(task.dataset))
+    out = settings.model_path(task.name)
+    summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
+    meta = summary | {"path": str(out), "experiment": "vimi-stage2", "init_model": source.uri,
+                      "run_link": ui_link(settings, "vimi-stage2", summary["run_id"]), "lineage": lineage}
+    if register:
+        meta["registered"] = register_pipeline(settings, summary["model_uri"], out, lineage,
+                                               {"final_loss": summary["final_loss"], "clips_per_s": summary["clips_per_s"]})
+    return meta
+
+
+def promote_model(settings: Settings, version: str | None = None) -> dict[str, Any]:
+    """Apply the promotion policy to the registry's candidate (or a version): champion moves or not, and why."""
+    from vimi.registry import promote
+
+    return promote(settings, version)

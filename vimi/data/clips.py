@@ -1,4 +1,5 @@
-"""Torch datasets over Lance: training clips with their retrieved memory documents.
+"""Torch datasets over Lance: training clips with their retrieved memory documents (stage 1), and
+instruction samples with their reference images and given frames (stage 2).
 
 Batches are fetched whole (`__getitems__`: one Lance `take` for the clips, one for the documents),
 so the loader reads in batches, not row by row (NOTES: 3.9k rows/s one at a time, 57k/s in 256s).
@@ -48,6 +49,23 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         return to_image_array(img.convert("RGB"), size)
 
 
+def open_version(uri: Path | str, version: int, what: str, who: str, hint: str) -> lance.LanceDataset:
+    """A Lance dataset at the version a derived dataset recorded (a rebuilt input must not shift rows)."""
+    ds = lance_io.open_dataset(uri, what)
+    try:
+        return ds.checkout_version(int(version)) if ds.version != int(version) else ds
+    except Exception as exc:  # lance raises ValueError/OSError for a cleaned-up version
+        raise VimiError(f"{who} {what} version {version} at {uri}, which is gone ({exc}). {hint}") from None
+
+
+def decode_clip(row: dict[str, Any], num_frames: int, frame_size: int, clip_id: str) -> np.ndarray:
+    try:
+        raw = decode_video(row["video"], row["video_format"], row["num_frames"], row["height"], row["width"])
+    except VideoDecodeError as exc:
+        raise VimiError(f"Clip {clip_id!r} cannot be decoded: {exc}") from None
+    return fit_clip(raw, num_frames, frame_size)
+
+
 @dataclass
 class ClipBatch:
     clip_ids: list[str]
@@ -90,17 +108,13 @@ class AugmentedClips:
             raise VimiError(f"{len(missing)} clip(s) of the augmented dataset are not in the video corpus "
                             f"version {self.videos_version}, e.g. {missing[0]!r}. Rerun `vimi augment`.")
         self.video_rows = [position[c] for c in self.clip_ids]
-        self._images: OrderedDict[int, tuple[str, np.ndarray, str]] = OrderedDict()
-        self._image_cache = int(image_cache)
+        self.images = MemoryDocuments(self.memory, self.memory_path, self.memory_version, self.image_size,
+                                   image_cache) if with_docs else None
 
     @staticmethod
     def _open_version(uri: Path, version: int, what: str) -> lance.LanceDataset:
-        ds = lance_io.open_dataset(uri, what)
-        try:
-            return ds.checkout_version(int(version)) if ds.version != int(version) else ds
-        except Exception as exc:  # lance raises ValueError/OSError for a cleaned-up version
-            raise VimiError(f"The augmented dataset was retrieved against {what} version {version} at {uri}, "
-                            f"which is gone ({exc}). Rerun `vimi index build` and `vimi augment`.") from None
+        return open_version(uri, version, what, "The augmented dataset was retrieved against",
+                            "Rerun `vimi index build` and `vimi augment`.")
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -111,13 +125,7 @@ class AugmentedClips:
     def __getitems__(self, indices: list[int]) -> ClipBatch:
         indices = [int(i) for i in indices]
         rows = self.videos.take([self.video_rows[i] for i in indices], columns=VIDEO_COLUMNS).to_pylist()
-        frames = []
-        for i, row in zip(indices, rows):
-            try:
-                raw = decode_video(row["video"], row["video_format"], row["num_frames"], row["height"], row["width"])
-            except VideoDecodeError as exc:
-                raise VimiError(f"Clip {self.clip_ids[i]!r} cannot be decoded: {exc}") from None
-            frames.append(fit_clip(raw, self.num_frames, self.frame_size))
+        frames = [decode_clip(row, self.num_frames, self.frame_size, self.clip_ids[i]) for i, row in zip(indices, rows)]
         batch = ClipBatch([self.clip_ids[i] for i in indices], np.stack(frames), [self.captions[i] for i in indices])
         if self.with_docs:
             self._add_documents(batch, indices)
@@ -126,34 +134,136 @@ class AugmentedClips:
     def _add_documents(self, batch: ClipBatch, indices: list[int]) -> None:
         wanted = [(p, i, r, d) for p, i in enumerate(indices)
                   for r, d in list(zip(self.memory_rows[i], self.memory_ids[i]))[: self.max_docs]]
-        need = sorted({r for _, _, r, _ in wanted if r not in self._images})
-        if need:
-            n = self.memory.count_rows()
-            beyond = [r for r in need if r >= n]
-            if beyond:
-                _, i, r, d = next(w for w in wanted if w[2] == beyond[0])
-                raise VimiError(f"Clip {self.clip_ids[i]!r} retrieved memory document {d!r} (row {r}), which is "
-                                f"missing from the memory ({self.memory_path} version {self.memory_version} has "
-                                f"{n} rows). Rerun `vimi augment`.")
-            table = self.memory.take(need, columns=["id", "image", "caption"])
-            for r, doc_id, image, caption in zip(need, table.column("id").to_pylist(),
-                                                 table.column("image").to_pylist(),
-                                                 table.column("caption").to_pylist()):
-                self._images[r] = (doc_id, decode_image(image, self.image_size), caption)
-                if len(self._images) > self._image_cache:
-                    self._images.popitem(last=False)
+        docs = self.images.fetch([(r, d, self.clip_ids[i]) for _, i, r, d in wanted])
         per_clip: list[list[tuple[str, np.ndarray, str]]] = [[] for _ in indices]
-        for p, i, r, expected in wanted:
-            doc_id, image, caption = self._images[r]
-            if doc_id != expected:
-                raise VimiError(f"Clip {self.clip_ids[i]!r} retrieved memory document {expected!r} (row {r}), "
-                                f"which is missing from the memory ({self.memory_path} version "
-                                f"{self.memory_version} holds {doc_id!r} at that row). Rerun `vimi augment`.")
+        for (p, _, _, doc_id), (image, caption) in zip(wanted, docs):
             per_clip[p].append((doc_id, image, caption))
         for docs in per_clip:
             batch.doc_ids.append([d[0] for d in docs])
             batch.doc_images.append([d[1] for d in docs])
             batch.doc_captions.append([d[2] for d in docs])
+
+
+class MemoryDocuments:
+    """Memory documents by row (at one memory version), decoded at the image encoder's size, with an
+    LRU cache (retrieval and subject references hit the same documents again and again)."""
+
+    def __init__(self, memory: lance.LanceDataset, path: str, version: int, image_size: int, capacity: int = 50_000):
+        self.memory, self.path, self.version = memory, path, version
+        self.image_size, self.capacity = int(image_size), int(capacity)
+        self._cache: OrderedDict[int, tuple[str, np.ndarray, str]] = OrderedDict()
+
+    def fetch(self, wanted: list[tuple[int, str, str]]) -> list[tuple[np.ndarray, str]]:
+        """(row, expected id, clip that wants it) → (image, caption) each. A document missing from
+        the memory version names the clip, the id and the row."""
+        need = sorted({r for r, _, _ in wanted if r not in self._cache})
+        if need:
+            n = self.memory.count_rows()
+            beyond = [r for r in need if r >= n]
+            if beyond:
+                r, d, clip = next(w for w in wanted if w[0] == beyond[0])
+                raise VimiError(f"Clip {clip!r} retrieved memory document {d!r} (row {r}), which is "
+                                f"missing from the memory ({self.path} version {self.version} has "
+                                f"{n} rows). Rerun `vimi augment`.")
+            table = self.memory.take(need, columns=["id", "image", "caption"])
+            for r, doc_id, image, caption in zip(need, table.column("id").to_pylist(),
+                                                 table.column("image").to_pylist(),
+                                                 table.column("caption").to_pylist()):
+                self._cache[r] = (doc_id, decode_image(image, self.image_size), caption)
+                if len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+        out = []
+        for r, expected, clip in wanted:
+            doc_id, image, caption = self._cache[r]
+            if doc_id != expected:
+                raise VimiError(f"Clip {clip!r} retrieved memory document {expected!r} (row {r}), "
+                                f"which is missing from the memory ({self.path} version "
+                                f"{self.version} holds {doc_id!r} at that row). Rerun `vimi augment`.")
+            out.append((image, caption))
+        return out
+
+
+@dataclass
+class InstructionBatch:
+    ids: list[str]
+    tasks: list[str]
+    frames: np.ndarray                  # B×T×H×W×3 uint8, the target clips
+    prompts: list[list[Any]]            # interleaved text and images, as the encoder reads them
+    context_frames: list[int]           # leading frames given (video prediction), 0 otherwise
+    instructions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+INSTRUCTION_COLUMNS = ["id", "task", "instruction", "clip_id", "clip_row", "videos_path", "videos_version",
+                       "image_sources", "context_frames", "memory_path", "memory_version"]
+
+
+class InstructionClips:
+    """Map-style dataset of one split of the stage-2 instruction dataset: each row's target clip and
+    its instruction with the images filled in — memory documents (subject references) and frames of
+    the clip itself (video prediction) — all read at the versions the instruction dataset recorded."""
+
+    def __init__(self, instructions_uri: Path, split: str, num_frames: int, frame_size: int, image_size: int,
+                 image_cache: int = 50_000):
+        ds = lance_io.open_dataset(instructions_uri, "instruction dataset", "Run `vimi instructions build` first.")
+        table = ds.to_table(columns=INSTRUCTION_COLUMNS, filter=f"split = '{split}'")
+        if table.num_rows == 0:
+            raise VimiError(f"The instruction dataset at {instructions_uri} has no {split!r} rows.")
+        self.rows = table.to_pylist()
+        self.version = ds.version
+        self.num_frames, self.frame_size, self.image_size = int(num_frames), int(frame_size), int(image_size)
+        who, hint = "The instruction dataset was built from", "Rerun `vimi instructions build`."
+        self.videos = {key: open_version(key[0], key[1], "video corpus", who, hint)
+                       for key in {(r["videos_path"], r["videos_version"]) for r in self.rows}}
+        memory_keys = {(r["memory_path"], r["memory_version"]) for r in self.rows}
+        self.memory = {key: MemoryDocuments(open_version(key[0], key[1], "memory", who, hint), key[0], key[1],
+                                         self.image_size, image_cache) for key in memory_keys}
+
+    def versions(self) -> dict[str, Any]:
+        return {"instructions": self.version, "videos": sorted(f"{p}@{v}" for p, v in self.videos),
+                "memory": sorted(f"{p}@{v}" for p, v in self.memory)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> InstructionBatch:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: list[int]) -> InstructionBatch:
+        from vimi.models.encoder import interleave, to_image_array
+
+        rows = [self.rows[int(i)] for i in indices]
+        frames: list[np.ndarray | None] = [None] * len(rows)
+        for key, ds in self.videos.items():
+            mine = [p for p, r in enumerate(rows) if (r["videos_path"], r["videos_version"]) == key]
+            if not mine:
+                continue
+            clips = ds.take([rows[p]["clip_row"] for p in mine], columns=VIDEO_COLUMNS).to_pylist()
+            for p, clip in zip(mine, clips):
+                if clip["id"] != rows[p]["clip_id"]:
+                    raise VimiError(f"Instruction {rows[p]['id']!r} names clip {rows[p]['clip_id']!r} at row "
+                                    f"{rows[p]['clip_row']}, but the video corpus holds {clip['id']!r} there. "
+                                    "Rerun `vimi instructions build`.")
+                frames[p] = decode_clip(clip, self.num_frames, self.frame_size, clip["id"])
+        prompts = []
+        for p, row in enumerate(rows):
+            sources = row["image_sources"] or []
+            memory = self.memory[(row["memory_path"], row["memory_version"])]
+            docs = iter(memory.fetch([(s["row"], s["id"], row["clip_id"]) for s in sources if s["kind"] == "memory"]))
+            images = []
+            for source in sources:
+                if source["kind"] == "memory":
+                    images.append(next(docs)[0])
+                elif source["kind"] == "frame" and source["id"] == row["clip_id"] and \
+                        0 <= source["frame"] < self.num_frames:
+                    images.append(to_image_array(frames[p][source["frame"]], self.image_size))
+                else:
+                    raise VimiError(f"Instruction {row['id']!r} has an image source the loader cannot read: {source}.")
+            prompts.append(interleave(row["instruction"], images))
+        return InstructionBatch([r["id"] for r in rows], [r["task"] for r in rows], np.stack(frames), prompts,
+                                [int(r["context_frames"]) for r in rows], [r["instruction"] for r in rows])
 
 
 def collate_batch(batch: Any) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from vimi.errors import VimiError
 
 DENOISER_DEFAULTS: dict[str, Any] = {
@@ -50,6 +52,54 @@ def build_stock_unet3d(frame_size: int, context_dim: int):
         attention_head_dim=8, norm_num_groups=8)
 
 
-def denoise(model, sample, timesteps, context):
-    """One call convention for both backbones: predicted noise (or v) for B×3×F×H×W samples."""
+# Video prediction conditions the denoiser on given frames by channel concatenation (as Wan's and
+# SVD's image-to-video models do): the given frames (zero elsewhere) and a mask of which frames are given.
+FRAME_CONDITION_CHANNELS = 4
+
+
+def condition_channels(model) -> int:
+    """Extra input channels of a denoiser that reads given frames (0 for a stage-1 denoiser)."""
+    return int(model.config.in_channels) - int(model.config.out_channels)
+
+
+def add_frame_conditioning(model) -> bool:
+    """Widen the denoiser's patch embedding for frame conditioning, the new input channels
+    zero-initialised so the model computes exactly what it did before. False if already there."""
+    if condition_channels(model) == FRAME_CONDITION_CHANNELS:
+        return False
+    if condition_channels(model) != 0:
+        raise VimiError(f"The denoiser has {model.config.in_channels} input channels; expected "
+                        f"{model.config.out_channels} or {model.config.out_channels + FRAME_CONDITION_CHANNELS}.")
+    old = model.patch_embedding
+    new = torch.nn.Conv3d(old.in_channels + FRAME_CONDITION_CHANNELS, old.out_channels, old.kernel_size,
+                          old.stride, dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    model.patch_embedding = new
+    model.register_to_config(in_channels=new.in_channels)
+    return True
+
+
+def frame_conditioning(frames, given: list[int]):
+    """B×3×T×H×W frames in [-1, 1] and the number of leading frames given per clip → the
+    B×4×T×H×W conditioning: the given frames (zero elsewhere) and the mask."""
+    mask = torch.zeros(frames.shape[0], 1, *frames.shape[2:], dtype=frames.dtype, device=frames.device)
+    for b, m in enumerate(given):
+        mask[b, :, : int(m)] = 1
+    return torch.cat([frames * mask, mask], dim=1)
+
+
+def denoise(model, sample, timesteps, context, condition=None):
+    """One call convention for both backbones: predicted noise (or v) for B×3×F×H×W samples.
+    A frame-conditioned denoiser gets `condition` (frame_conditioning; none given = zeros)."""
+    extra = condition_channels(model)
+    if extra:
+        if condition is None:
+            condition = sample.new_zeros(sample.shape[0], extra, *sample.shape[2:])
+        sample = torch.cat([sample, condition.to(sample.dtype)], dim=1)
+    elif condition is not None:
+        raise VimiError("This denoiser takes no given frames (a stage-1 model): video prediction needs a "
+                        "stage-2 model.")
     return model(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]

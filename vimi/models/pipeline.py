@@ -3,7 +3,8 @@
 Components (each saved by its own library, safetensors): `tokenizer` and `language_model`
 (all-MiniLM-L6-v2), `vision` (ImageTokenizer), `transformer` (the video denoiser) and `scheduler`
 (DDIM for sampling). One `__call__` takes a prompt with `<image>` placeholders and its images, or an
-interleaved list of strings and images, and returns frames.
+interleaved list of strings and images, and returns frames. With `context_frames` (video
+prediction, a stage-2 model) the first frames are given and the rest generated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from diffusers.utils import BaseOutput
 
 from vimi.errors import VimiError
 from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
-from vimi.models.denoiser import denoise
+from vimi.models.denoiser import condition_channels, denoise, frame_conditioning
 
 
 @dataclass
@@ -53,12 +54,17 @@ class ViMiPipeline(DiffusionPipeline):
 
     def __init__(self, tokenizer, language_model, vision, transformer, scheduler, num_frames: int = 8,
                  frame_size: int = 32, max_tokens: int = 256, max_segment_tokens: int = 48,
-                 guidance_scale: float = 3.0):
+                 guidance_scale: float = 3.0, fps: float = 8.0):
         super().__init__()
         self.register_modules(tokenizer=tokenizer, language_model=language_model, vision=vision,
                               transformer=transformer, scheduler=scheduler)
         self.register_to_config(num_frames=num_frames, frame_size=frame_size, max_tokens=max_tokens,
-                                max_segment_tokens=max_segment_tokens, guidance_scale=guidance_scale)
+                                max_segment_tokens=max_segment_tokens, guidance_scale=guidance_scale, fps=fps)
+
+    @property
+    def predicts_video(self) -> bool:
+        """Whether the denoiser reads given frames (a stage-2 model trained for video prediction)."""
+        return condition_channels(self.transformer) > 0
 
     @property
     def encoder(self) -> MultimodalEncoder:
@@ -71,9 +77,12 @@ class ViMiPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, prompt: Any, images: Any = None, num_frames: int | None = None,
-                 num_inference_steps: int = 25, guidance_scale: float | None = None,
+                 context_frames: Any = None, num_inference_steps: int = 25, guidance_scale: float | None = None,
                  generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True,
                  show_progress: bool = False):
+        """Generate one clip per prompt. `context_frames`: the first frames of the clip to continue
+        (m×H×W×3 uint8, or one such array — or None — per prompt); they are given to the denoiser,
+        and the output starts with them (resized to the model's frame size)."""
         prompts = normalize_prompts(prompt, images)
         num_frames = int(num_frames or self.config.num_frames)
         size = int(self.config.frame_size)
@@ -84,6 +93,8 @@ class ViMiPipeline(DiffusionPipeline):
         if num_frames % pt:
             raise VimiError(f"num_frames must be a multiple of the denoiser's temporal patch ({pt}), got {num_frames}.")
         device, dtype = self.transformer.device, self.transformer.dtype
+        given, condition = self._given_frames(context_frames, len(prompts), num_frames, size)
+        condition = None if condition is None else condition.to(device, dtype)
         context = self.encode(prompts).to(dtype)
         use_cfg = scale > 1.0
         if use_cfg:  # the unconditional context: the empty prompt, as dropped in training
@@ -99,14 +110,49 @@ class ViMiPipeline(DiffusionPipeline):
             model_in = torch.cat([sample, sample]) if use_cfg else sample
             model_in = self.scheduler.scale_model_input(model_in, t)
             timesteps = t.expand(model_in.shape[0]).to(device)
-            pred = denoise(self.transformer, model_in.to(dtype), timesteps, context).float()
+            cond_in = None if condition is None else (torch.cat([condition, condition]) if use_cfg else condition)
+            pred = denoise(self.transformer, model_in.to(dtype), timesteps, context, cond_in).float()
             if use_cfg:
                 uncond_pred, cond_pred = pred.chunk(2)
                 pred = uncond_pred + scale * (cond_pred - uncond_pred)
             sample = self.scheduler.step(pred, t, sample, generator=generator).prev_sample
         sample = sample.clamp(-1, 1)
+        if given is not None:   # the given frames are the clip's start, as given
+            for b, clip in enumerate(given):
+                if clip is not None:
+                    sample[b, :, : clip.shape[1]] = clip.to(sample.device)
         frames = to_uint8_frames(sample) if output_type == "np" else sample
         return ViMiPipelineOutput(frames=frames) if return_dict else (frames,)
+
+    def _given_frames(self, context_frames: Any, batch: int, num_frames: int, size: int):
+        """Per prompt, the given frames as 3×m×H×W in [-1, 1] (or None), and the denoiser's conditioning."""
+        if context_frames is None:
+            return None, None
+        if not self.predicts_video:
+            raise VimiError("This model was not trained for video prediction (its denoiser reads no given frames, "
+                            "as a stage-1 model): use a stage-2 model for context frames.")
+        if isinstance(context_frames, np.ndarray) and context_frames.ndim == 4:
+            context_frames = [context_frames] * batch
+        if len(context_frames) != batch:
+            raise VimiError(f"{batch} prompts but {len(context_frames)} sets of context frames.")
+        from vimi.models.encoder import to_image_array
+
+        given, counts = [], []
+        for clip in context_frames:
+            if clip is None or len(clip) == 0:
+                given.append(None)
+                counts.append(0)
+                continue
+            if len(clip) >= num_frames:
+                raise VimiError(f"{len(clip)} context frames leave nothing to predict in a {num_frames}-frame clip.")
+            fitted = np.stack([to_image_array(np.asarray(f), size) for f in clip])
+            given.append(to_model_frames(fitted[None])[0])
+            counts.append(len(clip))
+        frames = torch.zeros(batch, 3, num_frames, size, size)
+        for b, clip in enumerate(given):
+            if clip is not None:
+                frames[b, :, : clip.shape[1]] = clip
+        return given, frame_conditioning(frames, counts)
 
 
 def _pad(context: torch.Tensor, length: int) -> torch.Tensor:

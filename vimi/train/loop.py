@@ -99,7 +99,7 @@ class Tracker:
     start: Callable[[str | None], str]                 # run id to resume (or None) -> run id
     metrics: Callable[[dict[str, float], int], None]
     sample: Callable[[np.ndarray, int], Path | None]   # frames, step -> local file logged
-    finish: Callable[[Path, dict[str, Any]], None]     # final pipeline dir, summary
+    finish: Callable[[Path, dict[str, Any]], None]     # final pipeline dir, summary (it may add model_uri)
     fail: Callable[[str], None]
 
 

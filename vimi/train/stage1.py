@@ -46,6 +46,25 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
+def diffusion_loss(model, scheduler, clean: torch.Tensor, context: torch.Tensor, generator: torch.Generator,
+                   condition: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM training loss of clean B×3×T×H×W clips: noise at random timesteps, predict ε or v."""
+    device = next(model.parameters()).device
+    noise = torch.randn(clean.shape, generator=generator)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(clean, noise, timesteps)
+    condition = None if condition is None else condition.to(device)
+    pred = denoise(model, noisy.to(device), timesteps.to(device), context, condition)
+    return torch.nn.functional.mse_loss(pred.float(), target.to(device))
+
+
+def real_over_generated(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
+    """B clips, real and generated (B×T×H×W×3) → one T×2H×BW×3 grid: real above generated, clips side by side."""
+    stacked = np.concatenate([real, generated], axis=2)
+    return np.concatenate(list(stacked), axis=2)
+
+
 def load_vision(encoder_dir: Path) -> ImageTokenizer:
     path = Path(encoder_dir) / "vision"
     if not (path / "config.json").is_file():
@@ -68,6 +87,7 @@ class Stage1Task:
         self.sample_prompts = int(stage.get("sample_prompts", 4))
         self.sample_steps = int(stage.get("sample_steps", 10))
         self.num_frames, self.frame_size = int(world.get("num_frames", 8)), int(world.get("frame_size", 32))
+        self.fps = float(world.get("fps", 8))
         self.tokenizer, self.language_model = load_language_model()
         self.vision = load_vision(encoder_dir)
         self.vision_digest = file_digest(Path(encoder_dir) / "vision" / "diffusion_pytorch_model.safetensors")
@@ -118,23 +138,16 @@ class Stage1Task:
         return prompts
 
     def loss(self, model, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
-        device = next(model.parameters()).device
         prompts = self.prompts(batch, generator)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
-        clean = to_model_frames(batch.frames)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, self.train_scheduler.config.num_train_timesteps, (len(batch),), generator=generator)
-        noisy = self.train_scheduler.add_noise(clean, noise, timesteps)
-        target = noise if self.train_scheduler.config.prediction_type == "epsilon" else \
-            self.train_scheduler.get_velocity(clean, noise, timesteps)
-        pred = denoise(model, noisy.to(device), timesteps.to(device), context)
-        return torch.nn.functional.mse_loss(pred.float(), target.to(device))
+        return diffusion_loss(model, self.train_scheduler, to_model_frames(batch.frames), context, generator)
 
     def pipeline(self, model) -> ViMiPipeline:
         pipe = ViMiPipeline(self.tokenizer, self.language_model, self.vision, model, self.sample_scheduler,
                             num_frames=self.num_frames, frame_size=self.frame_size, max_tokens=self.max_tokens,
-                            max_segment_tokens=self.max_segment_tokens, guidance_scale=self.guidance_scale)
+                            max_segment_tokens=self.max_segment_tokens, guidance_scale=self.guidance_scale,
+                            fps=self.fps)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -147,8 +160,7 @@ class Stage1Task:
         generator = torch.Generator().manual_seed(0)
         generated = self.pipeline(model)(self.prompts(batch), num_inference_steps=self.sample_steps,
                                          generator=generator).frames
-        stacked = np.concatenate([batch.frames, generated], axis=2)      # real over generated
-        return np.concatenate(list(stacked), axis=2)                      # prompts side by side
+        return real_over_generated(batch.frames, generated)
 
     def save(self, model, out_dir: Path) -> None:
         self.pipeline(model).save_pretrained(str(out_dir))

@@ -18,6 +18,21 @@ PIP_REQUIREMENTS = ["torch==2.14.1", "diffusers==0.42.1", "transformers==5.24.0"
                     "numpy", "pillow", "av==18.1.0"]
 
 
+def pyfunc_signature():
+    """The served model's contract (vimi/train/pyfunc_model.py; README "Serving")."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema([ColSpec("string", "prompt"), ColSpec(Array("string"), "images", required=False),
+                     ColSpec(Array("string"), "context_frames", required=False)])
+    outputs = Schema([ColSpec("string", "video"), ColSpec("string", "format"), ColSpec("long", "num_frames"),
+                      ColSpec("long", "height"), ColSpec("long", "width"), ColSpec("long", "seed")])
+    params = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("num_frames", "long", 0),
+                          ParamSpec("num_inference_steps", "long", 25), ParamSpec("guidance_scale", "double", 3.0),
+                          ParamSpec("format", "string", "mp4")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
 def tracking_uri(settings: Settings) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -71,7 +86,7 @@ def log_lance_input(uri: Path, name: str, version: int, context: str = "training
 
 
 def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: list[tuple[Path, str, int]],
-                   tags: dict[str, str] | None = None, log_model: bool = True):
+                   tags: dict[str, str] | None = None, log_model: bool = True, input_example: Any = None):
     """A loop Tracker writing to MLflow: params.yaml flattened, the Lance inputs, metrics, sample
     GIFs, and at the end the pipeline directory (as an MLflow pyfunc model with its pip
     requirements given). The run stays open between start and finish/fail."""
@@ -114,8 +129,10 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
     def finish(out_dir: Path, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({"final_loss": float(summary["final_loss"])}, step=int(summary["steps"]))
         if log_model:
-            mlflow.pyfunc.log_model(name="pipeline", python_model=str(Path(__file__).parent / "pyfunc_model.py"),
-                                    artifacts={"pipeline": str(out_dir)}, pip_requirements=PIP_REQUIREMENTS)
+            info = mlflow.pyfunc.log_model(name="pipeline", python_model=str(Path(__file__).parent / "pyfunc_model.py"),
+                                           artifacts={"pipeline": str(out_dir)}, pip_requirements=PIP_REQUIREMENTS,
+                                           signature=pyfunc_signature(), input_example=input_example)
+            summary["model_uri"] = info.model_uri    # MLflow 3 keeps logged models apart: models:/m-<id>
         else:
             mlflow.log_artifacts(str(out_dir), "pipeline")
         mlflow.end_run(status="FINISHED")

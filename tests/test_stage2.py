@@ -1,0 +1,298 @@
+"""Stage 2 on micro SpriteWorld: instruction tuning from a stage-1 pipeline, the MLflow registry
+(register → alias → promote), `vimi generate` from `models:/...@champion`, the pyfunc in process and
+served, and every bad input the generation command must answer clearly. Real MiniLM, real Lance,
+real sqlite MLflow store and registry throughout; one pipeline is trained for the whole module."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import real_clip_frames, real_image_files, write_params
+from vimi.config import Settings
+from vimi.data.video_io import decode_container, write_video
+from vimi.errors import VimiError
+
+VIMI = [sys.executable, "-m", "vimi"]
+NAME = "vimi-video-generator"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Data, image encoder, stage 1 (6 steps), stage 2 (4 steps, registered) and its promotion, once."""
+    from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
+                               generate_world, promote_model, train_stage1, train_stage2)
+
+    root = tmp_path_factory.mktemp("stage2")
+    write_params(root)
+    (root / "mlflow").mkdir()
+    env = {"VIMI_PARAMS": str(root / "params.yaml"), "VIMI_DATA_DIR": str(root / "data"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = Settings.load()
+        generate_world(settings)
+        build_bm25_index(settings)
+        augment_videos(settings)
+        align_image_encoder(settings)
+        stage1 = train_stage1(settings)
+        build_instruction_dataset(settings)
+        meta = train_stage2(settings)
+        promotion = promote_model(settings)
+        yield {"settings": settings, "stage2": meta, "stage1": stage1, "promotion": promotion, "root": root, "env": env}
+
+
+@pytest.fixture
+def env(trained, monkeypatch):
+    for key, value in trained["env"].items():
+        monkeypatch.setenv(key, value)
+    return trained
+
+
+def _run(args, env, **kw):
+    return subprocess.run([*VIMI, *args], env={**os.environ, **env["env"]}, capture_output=True, text=True,
+                          cwd=env["root"], timeout=300, **kw)
+
+
+def _png(path: Path, name: str = "astronaut") -> Path:
+    with Image.open(real_image_files()[name]) as img:
+        img.convert("RGB").resize((48, 48)).save(path)
+    return path
+
+
+# ---- training and registration ------------------------------------------------------------------
+
+def test_stage2_starts_from_stage1_and_learns_frame_conditioning(env):
+    from mlflow import MlflowClient
+
+    meta, settings = env["stage2"], env["settings"]
+    assert meta["steps"] == 4 and np.isfinite(meta["final_loss"])
+    assert meta["init_model"] == "models/stage1"
+    config = json.loads((settings.model_path("stage2") / "transformer" / "config.json").read_text())
+    assert config["in_channels"] == 3 + 4 and config["out_channels"] == 3      # given frames + mask
+    run = MlflowClient().get_run(meta["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["vimi.stage1_run_id"] == env["stage1"]["run_id"]
+    inputs = {d.dataset.name.split("@")[0] for d in run.inputs.dataset_inputs}
+    assert inputs == {"instructions", "videos", "memory"}
+    # The in-training sample shows one clip per task side by side: 3 × 16 pixels wide, real over generated.
+    frames, _ = decode_container(settings.model_path("stage2") / "samples" / "final.mp4")
+    assert frames.shape == (8, 32, 48, 3)
+
+
+def test_registered_version_carries_lineage_metrics_checks_and_signature(env):
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    registered = env["stage2"]["registered"]
+    assert registered["version"] == "1" and registered["checks"] == "passed"
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias(NAME, "candidate")
+    assert str(mv.version) == "1" and mv.run_id == env["stage2"]["run_id"]
+    settings = env["settings"]
+    import lance
+
+    tags = mv.tags
+    assert tags["vimi.instructions"] == f"{settings.path('instructions')}@v{lance.dataset(str(settings.path('instructions'))).version}"
+    assert tags["vimi.memory"] == f"{settings.path('memory')}@v{lance.dataset(str(settings.path('memory'))).version}"
+    assert tags["vimi.videos"].startswith(str(settings.path("videos")) + "@v")
+    assert tags["vimi.index_id"] and tags["vimi.git_commit"]
+    assert float(tags["vimi.metric.final_loss"]) == pytest.approx(env["stage2"]["final_loss"], rel=1e-4)
+    assert tags["vimi.checks"] == "passed" and "video prediction keeps the given frames" in tags["vimi.checks.detail"]
+    model = Model.load(f"models:/{NAME}/1")
+    assert [c["name"] for c in model.signature.inputs.to_dict()] == ["prompt", "images", "context_frames"]
+    assert {p.name for p in model.signature.params} >= {"seed", "num_frames", "num_inference_steps", "format"}
+    assert model.saved_input_example_info is not None
+
+
+def test_promotion_policy_and_aliases(env, tmp_path):
+    from mlflow import MlflowClient
+
+    from vimi.registry import decide, promote, register_pipeline
+
+    settings = env["settings"]
+    first = env["promotion"]        # the fixture promoted version 1 into an empty registry
+    assert first["promoted"] and first["champion"] == "1" and "no champion yet" in first["reason"]
+    assert promote(settings)["reason"] == "version 1 is already the champion"
+    # A second version whose own check fails (its pipeline directory does not load) stays candidate.
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    second = register_pipeline(settings, env["stage2"]["model_uri"], broken, {}, {"final_loss": 1.0})
+    assert second["version"] == "2" and second["checks"] == "failed"
+    decision = promote(settings)
+    assert not decision["promoted"] and decision["champion"] == "1" and "checks did not pass" in decision["reason"]
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(NAME, "candidate").version) == "2"
+    assert client.get_model_version(NAME, "2").tags["vimi.promotion"].startswith("kept as candidate: ")
+    assert decide({"vimi.checks": "passed"}, {"vimi.checks": "passed"})[0]
+    assert not decide({}, None)[0]
+    client.set_registered_model_alias(NAME, "candidate", "1")     # leave the registry as the other tests expect
+
+
+# ---- generation -----------------------------------------------------------------------------------
+
+def test_generate_from_the_champion_writes_the_video_and_its_provenance(env, tmp_path):
+    image = _png(tmp_path / "ref.png")
+    out = tmp_path / "out" / "clip.mp4"
+    result = _run(["generate", "--model", f"models:/{NAME}@champion", "--prompt", "<image> a star bounces on the beach",
+                   "--image", str(image), "--frames", "6", "--seed", "3", "--guidance", "2.0", "--steps", "2",
+                   "--out", str(out)], env)
+    assert result.returncode == 0, result.stderr
+    frames, _ = decode_container(out)
+    assert frames.shape == (6, 16, 16, 3)
+    sidecar = json.loads((tmp_path / "out" / "clip.mp4.json").read_text())
+    assert sidecar["model"]["name"] == NAME and sidecar["model"]["version"] == "1"
+    assert sidecar["model"]["alias"] == "champion" and sidecar["model"]["run_id"] == env["stage2"]["run_id"]
+    assert sidecar["prompt"] == "<image> a star bounces on the beach"
+    import hashlib
+
+    assert sidecar["images"] == [{"placeholder": 0, "path": str(image.resolve()), "width": 48, "height": 48,
+                                  "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}]
+    assert (sidecar["seed"], sidecar["guidance_scale"], sidecar["num_inference_steps"]) == (3, 2.0, 2)
+    assert sidecar["num_frames"] == 6 and sidecar["context"] is None
+
+
+def test_video_prediction_starts_with_the_given_frames(env, tmp_path):
+    from vimi.generate import generate_video, sidecar_path
+
+    clip = real_clip_frames("carphone", frames=5, max_side=40)
+    video = write_video(clip, tmp_path / "given.mp4")
+    given, _ = decode_container(video, max_frames=2)
+    out = tmp_path / "pred.gif"
+    meta = generate_video(env["settings"], f"models:/{NAME}/1", "a star bounces on the beach", out, video=video,
+                          context_frames=2, steps=2)
+    assert meta["prompt_used"] == "<image><image> a star bounces on the beach"   # frames put in front
+    assert meta["context"]["frames_given"] == 2 and meta["num_frames"] == 8
+    assert sidecar_path(out).is_file()
+    # In process, exactly: the clip starts with the given frames, fitted to the model's 16×16.
+    from vimi.models.encoder import to_image_array
+    from vimi.models.pipeline import load_pipeline
+    from vimi.registry import resolve_model
+
+    pipe = load_pipeline(resolve_model(env["settings"], f"models:/{NAME}/1").path)
+    frames = pipe("<image><image> a star", images=list(given), context_frames=given, num_inference_steps=2).frames
+    assert np.array_equal(frames[0, :2], np.stack([to_image_array(f, 16) for f in given]))
+
+
+def test_pyfunc_predicts_in_process_with_images_and_context_frames(env):
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@candidate")
+    png = io.BytesIO()
+    Image.fromarray(real_clip_frames("bikes", frames=1, max_side=32)[0]).save(png, format="PNG")
+    b64 = base64.b64encode(png.getvalue()).decode()
+    request = pd.DataFrame({"prompt": ["<image> a star spins in the city", "a star moves left"],
+                            "images": [[b64], []], "context_frames": [[], [b64]]})
+    out = model.predict(request, params={"num_inference_steps": 2, "num_frames": 4, "format": "gif", "seed": 5})
+    assert list(out["format"]) == ["gif", "gif"] and list(out["seed"]) == [5, 6]
+    for video in out["video"]:
+        frames, _ = decode_container(base64.b64decode(video))
+        assert frames.shape == (4, 16, 16, 3)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match=r"1 <image> placeholder\(s\) but 0 image\(s\)"):
+        model.predict(pd.DataFrame({"prompt": ["<image> a star"]}), params={"num_inference_steps": 1})
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+
+def test_bad_generation_input_gets_a_clear_error_and_leaves_nothing(env, tmp_path):
+    from vimi.generate import generate_video
+
+    settings = env["settings"]
+    out = tmp_path / "never.mp4"
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    short = write_video(real_clip_frames("carphone", frames=3, max_side=32), tmp_path / "short.mp4")
+    image = _png(tmp_path / "ok.png")
+    cases = [
+        (dict(prompt="<image> x", images=[tmp_path / "missing.png"]), r"Cannot read image .*missing\.png"),
+        (dict(prompt="<image> x", images=[text]), r"Image .*notes\.png is not a readable image"),
+        (dict(prompt="<image><image> x", images=[image]), r"has 2 <image> placeholder\(s\) but 1 image\(s\) were given"),
+        (dict(prompt="x", images=[image, image]), r"has 0 <image> placeholder\(s\) but 2 image\(s\)"),
+        (dict(prompt="x", video=short, context_frames=4), r"short\.mp4 has 3 frame\(s\), fewer than the 4 context"),
+        (dict(prompt="x", video=text, context_frames=1), r"notes\.png cannot be decoded"),
+        (dict(prompt="x", model=f"models:/{NAME}@nope"),
+         r"has no alias @nope\. Aliases: @candidate \(version \d\), @champion \(version 1\); versions: 1"),
+        (dict(prompt="x", model=f"models:/{NAME}/9"), r"has no version 9\. Versions: 1"),
+        (dict(prompt="x", model="models:/no-such-model@champion"), rf"No registered model 'no-such-model'.*{NAME}"),
+        (dict(prompt="x", video=short, context_frames=2, num_frames=2), r"2 context frames leave nothing to predict"),
+        (dict(prompt="x", model=str(env["settings"].model_path("stage1")), video=short, context_frames=1),
+         r"not trained for video prediction"),
+    ]
+    for kwargs, pattern in cases:
+        args = {"model": f"models:/{NAME}/1", **kwargs}
+        with pytest.raises(VimiError, match=pattern):
+            generate_video(settings, args.pop("model"), args.pop("prompt"), out, **args)
+        assert not out.exists() and not list(tmp_path.glob(".never*")), kwargs
+    # The command line prints the error in one line (no traceback) and exits 2.
+    result = _run(["generate", "--model", f"models:/{NAME}@nope", "--prompt", "x", "--out", str(out)], env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "has no alias @nope" in result.stderr and not out.exists()
+
+
+def test_stage2_starts_from_a_run_uri(env):
+    from vimi.registry import resolve_model
+
+    resolved = resolve_model(env["settings"], f"runs:/{env['stage1']['run_id']}/pipeline")
+    assert (resolved.path / "model_index.json").is_file() and resolved.run_id == env["stage1"]["run_id"]
+    with pytest.raises(VimiError, match="No MLflow run 'nope'"):
+        resolve_model(env["settings"], "runs:/nope/pipeline")
+
+
+# ---- serving --------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_champion_on_loopback(env):
+    port = _free_port()
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                              env={**os.environ, **env["env"], "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"mlflow models serve did not come up: {server.stderr.read()[-2000:]}")
+                time.sleep(1)
+        png = io.BytesIO()
+        Image.open(real_image_files()["coffee"]).convert("RGB").resize((32, 32)).save(png, format="PNG")
+        body = {"dataframe_records": [{"prompt": "<image> a star bounces on the beach",
+                                       "images": [base64.b64encode(png.getvalue()).decode()]}],
+                "params": {"num_inference_steps": 2, "format": "mp4", "seed": 1}}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
+        video = answer["predictions"][0]
+        frames, _ = decode_container(base64.b64decode(video["video"]))
+        assert frames.shape == (8, 16, 16, 3) and video["num_frames"] == 8
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)

@@ -1,0 +1,106 @@
+"""Stage 2: multimodal instruction tuning of a stage-1 pipeline (DESIGN.md §1, §5–6).
+
+One model learns three tasks from the instruction dataset: subject-driven generation (reference
+images of the subject in the prompt), video prediction (the first frames in the prompt, and given
+to the denoiser as extra input channels — zero-initialised on top of the stage-1 weights, so
+training starts from exactly the stage-1 model) and text-to-video. The language model and the
+image encoder stay frozen as in stage 1; the instruction is dropped with probability `cfg_dropout`
+(given frames stay: they are the clip, not the instruction).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vimi.data.clips import InstructionBatch, InstructionClips
+from vimi.errors import VimiError
+from vimi.models.denoiser import add_frame_conditioning, frame_conditioning
+from vimi.models.encoder import MultimodalEncoder
+from vimi.models.pipeline import ViMiPipeline, load_pipeline, to_model_frames
+from vimi.train.stage1 import diffusion_loss, file_digest, real_over_generated
+
+TASKS = ("subject", "prediction", "text_to_video")
+
+
+def training_scheduler(sampling_config):
+    """The DDPM noise schedule the stage-1 model was trained with, read back from its DDIM config."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "trained_betas")
+    return DDPMScheduler(**{k: sampling_config[k] for k in keys if k in sampling_config}, clip_sample=False)
+
+
+class Stage2Task:
+    name = "stage2"
+
+    def __init__(self, params: dict[str, Any], instructions_uri: Path, init_dir: Path):
+        stage = params.get("stage2", {})
+        self.cfg_dropout = float(stage.get("cfg_dropout", 0.1))
+        if not 0 <= self.cfg_dropout < 1:
+            raise VimiError(f"params.yaml stage2.cfg_dropout must be in [0, 1), got {self.cfg_dropout}.")
+        self.sample_steps = int(stage.get("sample_steps", 10))
+        init = load_pipeline(init_dir)
+        self.init_digest = file_digest(Path(init_dir) / "transformer" / "diffusion_pytorch_model.safetensors")
+        self.tokenizer, self.language_model, self.vision = init.tokenizer, init.language_model, init.vision
+        for frozen in (self.language_model, self.vision):
+            frozen.requires_grad_(False).eval()
+        self.config = dict(init.config)
+        self.encoder = MultimodalEncoder(self.tokenizer, self.language_model, self.vision,
+                                         self.config["max_tokens"], self.config["max_segment_tokens"])
+        self.model = init.transformer
+        self.model.requires_grad_(True)
+        self.widened = add_frame_conditioning(self.model)
+        self.sample_scheduler = init.scheduler
+        self.train_scheduler = training_scheduler(init.scheduler.config)
+        self.dataset = InstructionClips(instructions_uri, "train", self.config["num_frames"],
+                                        self.config["frame_size"], self.vision.config.image_size)
+
+    def to(self, device: torch.device) -> None:
+        self.language_model.to(device)
+        self.vision.to(device)
+        self.model.to(device)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "init": self.init_digest, "cfg_dropout": self.cfg_dropout,
+                "data": self.dataset.versions(), "pipeline": {k: v for k, v in self.config.items()
+                                                             if not k.startswith("_") and isinstance(v, (int, float, str))}}
+
+    def loss(self, model, batch: InstructionBatch, generator: torch.Generator) -> torch.Tensor:
+        drop = (torch.rand(len(batch), generator=generator) < self.cfg_dropout).tolist()
+        prompts = [[] if d else p for d, p in zip(drop, batch.prompts)]
+        with torch.no_grad():
+            context = self.encoder(prompts).hidden_states
+        clean = to_model_frames(batch.frames)
+        return diffusion_loss(model, self.train_scheduler, clean, context, generator,
+                              frame_conditioning(clean, batch.context_frames))
+
+    def pipeline(self, model) -> ViMiPipeline:
+        keys = ("num_frames", "frame_size", "max_tokens", "max_segment_tokens", "guidance_scale", "fps")
+        pipe = ViMiPipeline(self.tokenizer, self.language_model, self.vision, model, self.sample_scheduler,
+                            **{k: self.config[k] for k in keys if k in self.config})
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample_rows(self) -> list[int]:
+        """The first row of each task: the in-training samples show one of each."""
+        first: dict[str, int] = {}
+        for i, row in enumerate(self.dataset.rows):
+            first.setdefault(row["task"], i)
+        return [first[t] for t in TASKS if t in first]
+
+    @torch.no_grad()
+    def samples(self, model) -> np.ndarray:
+        """One clip per task (subject, prediction, text-to-video, side by side): real above generated."""
+        batch = self.dataset.__getitems__(self.sample_rows())
+        given = [batch.frames[i, :m] if m else None for i, m in enumerate(batch.context_frames)]
+        generated = self.pipeline(model)(batch.prompts, context_frames=given if any(m for m in batch.context_frames)
+                                         else None, num_inference_steps=self.sample_steps,
+                                         generator=torch.Generator().manual_seed(0)).frames
+        return real_over_generated(batch.frames, generated)
+
+    def save(self, model, out_dir: Path) -> None:
+        self.pipeline(model).save_pretrained(str(out_dir))
