@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import uuid
@@ -147,7 +148,9 @@ def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> Res
         if not ref:
             raise VimiError(f"{uri!r} names an empty alias or version.")
         mv = registry_version(settings, name, ref, by_alias)
-        local = _download(f"models:/{name}/{mv.version}", cache / "models" / name / str(mv.version))
+        # Keyed by what the version points at too: a recreated store may reuse version numbers.
+        key = hashlib.sha256(f"{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
+        local = _download(f"models:/{name}/{mv.version}", cache / "models" / name / f"{mv.version}-{key}")
         return ResolvedModel(uri, pipeline_dir(local, uri), name, str(mv.version), ref if by_alias else None,
                              mv.run_id, dict(mv.tags))
     if uri.startswith("runs:/"):
