@@ -111,7 +111,10 @@ def test_registered_version_carries_lineage_metrics_checks_and_signature(env):
     assert tags["vimi.instructions"] == f"{settings.path('instructions')}@v{lance.dataset(str(settings.path('instructions'))).version}"
     assert tags["vimi.memory"] == f"{settings.path('memory')}@v{lance.dataset(str(settings.path('memory'))).version}"
     assert tags["vimi.videos"].startswith(str(settings.path("videos")) + "@v")
-    assert tags["vimi.index_id"] and tags["vimi.git_commit"]
+    augmented = lance.dataset(str(settings.path("augmented")))
+    assert tags["vimi.augmented"] == f"{settings.path('augmented').resolve()}@v{augmented.version}"
+    assert tags["vimi.index_id"] == augmented.to_table(columns=["index_id"]).column("index_id")[0].as_py()
+    assert tags["vimi.git_commit"]
     assert float(tags["vimi.metric.final_loss"]) == pytest.approx(env["stage2"]["final_loss"], rel=1e-4)
     assert tags["vimi.checks"] == "passed" and "video prediction keeps the given frames" in tags["vimi.checks.detail"]
     model = Model.load(f"models:/{NAME}/1")

@@ -292,9 +292,12 @@ def train_stage1(settings: Settings, text_only: bool = False, resume: str = "aut
     inputs = [_lance_input(settings.path("augmented"), "augmented"), _lance_input(settings.path("videos"), "videos")]
     if not text_only:
         inputs.append(_lance_input(settings.path("memory"), "memory"))
+    import pandas as pd
+
+    example = (pd.DataFrame({"prompt": [task.dataset.captions[0]]}), {"num_inference_steps": 2, "seed": 0})
     tracker = mlflow_tracker(settings, "vimi-stage1", task.name, inputs,
                              tags={"vimi.stage": "1", "vimi.text_only": str(text_only).lower(),
-                                   "vimi.profile": settings.profile})
+                                   "vimi.profile": settings.profile}, input_example=example)
     out = settings.model_path(task.name)
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
     return summary | {"path": str(out), "experiment": "vimi-stage1", "text_only": text_only,
@@ -310,10 +313,17 @@ def _lineage_tags(settings: Settings, instructions: Any, init: Any) -> dict[str,
             "vimi.init_model": init.uri}
     for name, versions in (("videos", instructions.versions()["videos"]), ("memory", instructions.versions()["memory"])):
         tags[f"vimi.{name}"] = ", ".join(v.replace("@", "@v") for v in versions)
-    if lance_io.exists(settings.path("augmented")):
-        aug = lance_io.open_dataset(settings.path("augmented"))
-        tags["vimi.augmented"] = f"{settings.path('augmented')}@v{aug.version}"
-        tags["vimi.index_id"] = aug.to_table(columns=["index_id"], limit=1).column("index_id")[0].as_py()
+    # The augmented dataset (and so the index) the instructions were built from, as they recorded it.
+    metadata = lance_io.open_dataset(settings.path("instructions")).schema.metadata or {}
+    provenance = json.loads(metadata.get(b"provenance", b"{}"))
+    if provenance.get("augmented_path") is not None:
+        path, version = provenance["augmented_path"], int(provenance["augmented_version"])
+        tags["vimi.augmented"] = f"{path}@v{version}"
+        try:
+            aug = lance_io.open_dataset(path).checkout_version(version)
+            tags["vimi.index_id"] = aug.to_table(columns=["index_id"], limit=1).column("index_id")[0].as_py()
+        except Exception:   # that version was cleaned up since: the tag says so rather than failing training
+            tags["vimi.index_id"] = "unknown (augmented version gone)"
     stage1_run = init.run_id
     summary = Path(init.path) / "training.json"
     if stage1_run is None and summary.is_file():
@@ -362,7 +372,7 @@ def train_stage2(settings: Settings, init: str | None = None, resume: str = "aut
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
     meta = summary | {"path": str(out), "experiment": "vimi-stage2", "init_model": source.uri,
                       "run_link": ui_link(settings, "vimi-stage2", summary["run_id"]), "lineage": lineage}
-    if register:
+    if register and summary.get("model_uri"):   # the main process logged the model; others have nothing to register
         meta["registered"] = register_pipeline(settings, summary["model_uri"], out, lineage,
                                                {"final_loss": summary["final_loss"], "clips_per_s": summary["clips_per_s"]})
     return meta
