@@ -28,15 +28,17 @@ export TRANSFORMERS_OFFLINE := 1
 
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
+SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test ui mlflow-ui repro bench lock clean
+.PHONY: help setup run test ui mlflow-ui serve repro bench lock clean
 
 help:
 	@echo "make run        set up, then materialize the whole pipeline (tiny profile, CPU)"
 	@echo "make test       set up, then run the test suite (slow end-to-end tests included)"
 	@echo "make ui         Dagster UI on http://127.0.0.1:$(DAGSTER_PORT)"
 	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (sqlite store in mlflow/)"
+	@echo "make serve      the registry's @champion behind mlflow models serve on http://127.0.0.1:$(SERVE_PORT)"
 	@echo "make repro      dvc repro: the same pipeline, driven by DVC"
 	@echo "make bench      vimi bench memory --json → benchmarks/memory.json"
 
@@ -74,6 +76,9 @@ mlflow-ui: setup
 	@mkdir -p mlflow/artifacts
 	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/mlflow/artifacts \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+serve: setup
+	mlflow models serve -m models:/vimi-video-generator@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 repro: setup
 	dvc repro

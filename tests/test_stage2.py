@@ -244,6 +244,10 @@ def test_bad_generation_input_gets_a_clear_error_and_leaves_nothing(env, tmp_pat
         with pytest.raises(VimiError, match=pattern):
             generate_video(settings, args.pop("model"), args.pop("prompt"), out, **args)
         assert not out.exists() and not list(tmp_path.glob(".never*")), kwargs
+    with pytest.raises(VimiError, match=r"--out must end in \.mp4 or \.gif, got 'never\.avi'"):
+        generate_video(settings, f"models:/{NAME}/1", "x", tmp_path / "never.avi")
+    with pytest.raises(VimiError, match=r"neither an existing pipeline directory"):
+        generate_video(settings, str(tmp_path / "no-model"), "x", out)
     # The command line prints the error in one line (no traceback) and exits 2.
     result = _run(["generate", "--model", f"models:/{NAME}@nope", "--prompt", "x", "--out", str(out)], env)
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -359,8 +359,15 @@ def train_stage2(settings: Settings, init: str | None = None, resume: str = "aut
 
     section = settings.params.get("stage2", {})
     cfg = LoopConfig.from_params(section, settings.seed, "stage2")
-    source = resolve_model(settings, init) if init else \
-        resolve_model(settings, str(section.get("init", "models/stage1")), base=settings.root)
+    if init is None:
+        init = str(section.get("init", "models/stage1"))
+        local = Path(init) if Path(init).is_absolute() else settings.root / init
+        if ":/" not in init and not local.exists():
+            raise VimiError(f"No stage-1 pipeline at {local} (params.yaml stage2.init). Train it first "
+                            "(vimi train stage1), or pass --from MODEL.")
+        source = resolve_model(settings, init, base=settings.root)
+    else:
+        source = resolve_model(settings, init)
     task = Stage2Task(settings.params, settings.path("instructions"), source.path)
     inputs = [_lance_input(settings.path("instructions"), "instructions")]
     inputs += [(Path(p), name, int(v)) for name, keys in (("videos", task.dataset.videos), ("memory", task.dataset.memory))

@@ -172,7 +172,8 @@ def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> Res
     if base is not None and not path.is_absolute():
         path = base / path
     if not path.exists():
-        raise VimiError(f"Model {uri!r} is neither a directory nor a runs:/ or models:/ URI.")
+        raise VimiError(f"Model {uri!r} is neither an existing pipeline directory ({path.resolve()}) nor a "
+                        "runs:/ or models:/ URI.")
     return ResolvedModel(uri, pipeline_dir(path.resolve(), uri))
 
 
