@@ -311,8 +311,9 @@ def _lineage_tags(settings: Settings, instructions: Any, init: Any) -> dict[str,
     tags = {"vimi.instructions": f"{settings.path('instructions')}@v{instructions.version}",
             "vimi.profile": settings.profile, "vimi.git_commit": git_commit(settings.root),
             "vimi.init_model": init.uri}
-    for name, versions in (("videos", instructions.versions()["videos"]), ("memory", instructions.versions()["memory"])):
-        tags[f"vimi.{name}"] = ", ".join(v.replace("@", "@v") for v in versions)
+    versions = instructions.versions()
+    for name in ("videos", "memory"):
+        tags[f"vimi.{name}"] = ", ".join(versions[name])
     # The augmented dataset (and so the index) the instructions were built from, as they recorded it.
     metadata = lance_io.open_dataset(settings.path("instructions")).schema.metadata or {}
     provenance = json.loads(metadata.get(b"provenance", b"{}"))

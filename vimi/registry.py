@@ -22,6 +22,7 @@ from typing import Any
 
 from vimi.config import Settings
 from vimi.errors import VimiError
+from vimi.train.tracking import tracking_uri
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 CHECKS_TAG, CHECKS_DETAIL_TAG, PROMOTION_TAG = "vimi.checks", "vimi.checks.detail", "vimi.promotion"
@@ -37,8 +38,6 @@ def client(settings: Settings):
     register_model read those)."""
     import mlflow
     from mlflow import MlflowClient
-
-    from vimi.train.tracking import tracking_uri
 
     uri = tracking_uri(settings)
     mlflow.set_tracking_uri(uri)
@@ -111,7 +110,7 @@ def registry_version(settings: Settings, name: str, ref: str, by_alias: bool):
         model = c.get_registered_model(name)
     except MlflowException:
         names = sorted(m.name for m in c.search_registered_models())
-        raise VimiError(f"No registered model {name!r} in {settings_uri(settings)}; registered models: "
+        raise VimiError(f"No registered model {name!r} in {tracking_uri(settings)}; registered models: "
                         f"{', '.join(names) or 'none'}. Train and register one: vimi train stage2.") from None
     versions = c.search_model_versions(f"name='{name}'")
     if by_alias:
@@ -124,12 +123,6 @@ def registry_version(settings: Settings, name: str, ref: str, by_alias: bool):
         raise VimiError(f"Model {name!r} has no version {ref}. Versions: {_versions_line(versions)}; aliases: "
                         f"{', '.join('@' + a for a in sorted(model.aliases)) or 'none'}.")
     return c.get_model_version(name, ref)
-
-
-def settings_uri(settings: Settings) -> str:
-    from vimi.train.tracking import tracking_uri
-
-    return tracking_uri(settings)
 
 
 def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> ResolvedModel:
@@ -161,7 +154,7 @@ def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> Res
         try:
             client(settings).get_run(run_id)
         except MlflowException:
-            raise VimiError(f"No MLflow run {run_id!r} in {settings_uri(settings)}.") from None
+            raise VimiError(f"No MLflow run {run_id!r} in {tracking_uri(settings)}.") from None
         sub = sub or "pipeline"
         try:
             local = _download(f"runs:/{run_id}/{sub}", cache / "runs" / run_id / sub.replace("/", "__"))
@@ -282,7 +275,7 @@ def describe(settings: Settings) -> dict[str, Any] | None:
     """Versions of the registered model with their aliases and key tags (None when none is registered)."""
     from mlflow.exceptions import MlflowException
 
-    uri = settings_uri(settings)
+    uri = tracking_uri(settings)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return None    # no store yet: nothing registered (and `vimi status` creates none)
     name = model_name(settings)

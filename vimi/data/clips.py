@@ -222,8 +222,8 @@ class InstructionClips:
                                          self.image_size, image_cache) for key in memory_keys}
 
     def versions(self) -> dict[str, Any]:
-        return {"instructions": self.version, "videos": sorted(f"{p}@{v}" for p, v in self.videos),
-                "memory": sorted(f"{p}@{v}" for p, v in self.memory)}
+        return {"instructions": self.version, "videos": sorted(f"{p}@v{v}" for p, v in self.videos),
+                "memory": sorted(f"{p}@v{v}" for p, v in self.memory)}
 
     def __len__(self) -> int:
         return len(self.rows)
