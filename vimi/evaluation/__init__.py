@@ -1,0 +1,1 @@
+"""Evaluation: FVD (I3D), Inception Score, SpriteWorld grounding metrics, the UCF101 protocol."""
