@@ -1,0 +1,1 @@
+"""Evaluation: the FVD feature network (I3D, Kinetics-400) and the metrics built on it."""
