@@ -466,6 +466,30 @@ def generate_cmd(
           f"{meta['seconds']:.1f} s) from {source}; provenance in {sidecar_path(out)}", markup=False)
 
 
+@app.command("fvd")
+def fvd_cmd(
+    a: Path = typer.Argument(..., help="A folder of videos (mp4, avi, gif, …) or a Lance video dataset."),
+    b: Path = typer.Argument(..., help="The other set, likewise."),
+    num_videos: Optional[int] = typer.Option(None, "--num-videos", min=2, help="Clips from each set (the "
+                                             "protocol: 2048); default: all."),
+    allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Use all clips when a set has fewer than "
+                                     "--num-videos (default: refuse)."),
+    save_features: Optional[Path] = typer.Option(None, "--save-features", help="Also save the I3D features "
+                                                 "(arrays a, b) to this .npz."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Clips per I3D forward pass."),
+    profile: Optional[str] = ProfileOption, as_json: bool = JsonOption,
+) -> None:
+    """Fréchet Video Distance between two sets of videos: I3D (Kinetics-400) logits of 16 frames at 224×224."""
+    from vimi.evaluation.fvd import fvd_between
+
+    settings = _settings(profile)
+    result = fvd_between(a, b, settings.model_path("i3d"), num_videos, allow_fewer, save_features, batch_size)
+    skipped = {k: v for k, v in result["skipped"].items() if v}
+    _emit(result, as_json, f"FVD {result['fvd']:.2f} between {result['a']} ({result['videos'][0]} clips) and "
+          f"{result['b']} ({result['videos'][1]} clips)" + (f"; skipped {skipped}" if skipped else "")
+          + f" [{result['seconds']:.0f} s on {result['device']}]", markup=False)
+
+
 def _save_benchmark(result: dict, out: Path, as_json: bool) -> bool:
     """Write a benchmark's JSON to ``out``; print it too with --json (True: nothing more to show)."""
     out.parent.mkdir(parents=True, exist_ok=True)
