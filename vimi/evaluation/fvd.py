@@ -70,7 +70,8 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
 def fvd_clip(frames: np.ndarray, num_frames: int = FVD_FRAMES, size: int = FVD_SIZE) -> np.ndarray:
     """One clip (T×H×W×3 uint8) as the protocol's input: num_frames frames (first ones; a shorter
-    clip is resampled by frame repetition), size×size (bilinear), 3×T×H×W float32 in [-1, 1]."""
+    clip is resampled by frame repetition), size×size (bilinear, aspect ratio not kept), 3×T×H×W
+    float32 in [-1, 1]."""
     import torch
 
     frames = np.asarray(frames)
@@ -80,8 +81,8 @@ def fvd_clip(frames: np.ndarray, num_frames: int = FVD_FRAMES, size: int = FVD_S
     index = np.arange(num_frames) if t >= num_frames else np.floor(np.arange(num_frames) * t / num_frames).astype(int)
     clip = torch.from_numpy(np.ascontiguousarray(frames[index])).permute(0, 3, 1, 2).float()
     if clip.shape[-2:] != (size, size):
-        clip = torch.nn.functional.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False,
-                                               antialias=True)
+        # Bilinear without antialiasing, as StyleGAN-V's FVD resizes (and vimi.evaluation.i3d.preprocess).
+        clip = torch.nn.functional.interpolate(clip, size=(size, size), mode="bilinear", align_corners=False)
     return (clip / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).numpy()
 
 
