@@ -145,6 +145,15 @@ def test_promotion_policy_and_aliases(env, tmp_path):
     assert client.get_model_version(NAME, "2").tags["vimi.promotion"].startswith("kept as candidate: ")
     assert decide({"vimi.checks": "passed"}, {"vimi.checks": "passed"})[0]
     assert not decide({}, None)[0]
+    # With metrics: FVD lower is better, accuracies higher; a margin is relative; an unevaluated candidate loses.
+    ok = {"vimi.checks": "passed"}
+    assert decide(ok | {"vimi.metric.fvd_ucf101": "90"}, ok | {"vimi.metric.fvd_ucf101": "100"}) == \
+        (True, "its checks passed and its fvd_ucf101 90 beats the champion's 100")
+    assert not decide(ok | {"vimi.metric.fvd_ucf101": "95"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1)[0]
+    assert decide(ok | {"vimi.metric.fvd_ucf101": "89"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1)[0]
+    assert decide(ok | {"vimi.metric.acc": "0.6"}, ok | {"vimi.metric.acc": "0.5"}, metric="acc")[0]
+    assert decide(ok, ok | {"vimi.metric.fvd_ucf101": "100"}) == \
+        (False, "the champion has fvd_ucf101 100 and the candidate was not evaluated on it")
     client.set_registered_model_alias(NAME, "candidate", "1")     # leave the registry as the other tests expect
 
 
@@ -303,3 +312,50 @@ def test_mlflow_serves_the_champion_on_loopback(env):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+# ---- evaluation on UCF101 (the official layout, real clips) --------------------------------------
+
+def _ucf101_layout(root: Path) -> Path:
+    """ROOT/UCF-101/<Class>/v_*.avi + ROOT/ucfTrainTestlist/ with 2 classes × 2 real test clips of 20 frames."""
+    splits = root / "ucfTrainTestlist"
+    splits.mkdir(parents=True)
+    lines = []
+    for cls, source in (("Biking", "bikes"), ("Typing", "carphone")):
+        frames = real_clip_frames(source, frames=40, max_side=64)
+        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
+        for g in (1, 2):
+            rel = f"{cls}/v_{cls}_g{g:02d}_c01.avi"
+            write_video(frames[(g - 1) * 20:g * 20], root / "UCF-101" / rel)
+            lines.append(rel)
+    (splits / "classInd.txt").write_text("1 Biking\n2 Typing\n")
+    (splits / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in lines))
+    return root
+
+
+def test_evaluate_ucf101_logs_fvd_everywhere(env, tmp_path):
+    from mlflow import MlflowClient
+
+    from vimi.evaluation.evaluate import evaluate_ucf101
+
+    root = _ucf101_layout(tmp_path / "ucf")
+    metrics_file = tmp_path / "reports" / "metrics.json"
+    metrics_file.parent.mkdir()
+    metrics_file.write_text(json.dumps({"spriteworld": {"kept": 1}}))
+    result = evaluate_ucf101(env["settings"], f"models:/{NAME}/1", root, num_videos=4, steps=2, batch_size=4,
+                             metrics_file=metrics_file)
+    assert result["videos"] == 4 and result["skipped"] == {} and np.isfinite(result["fvd_ucf101"])
+    assert result["fvd_ucf101"] > 0 and result["frames_generated"] == 8
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.data.metrics["fvd_ucf101"] == pytest.approx(result["fvd_ucf101"])
+    assert run.data.params["eval.num_videos"] == "4" and run.data.tags["vimi.model_version"] == "1"
+    assert [f.path for f in client.list_artifacts(result["run_id"], "samples")] == ["samples/generated.gif"]
+    tag = client.get_model_version(NAME, "1").tags["vimi.metric.fvd_ucf101"]
+    assert float(tag) == pytest.approx(result["fvd_ucf101"], rel=1e-5)
+    written = json.loads(metrics_file.read_text())
+    assert written["spriteworld"] == {"kept": 1}                    # other benchmarks' sections stay
+    assert written["ucf101"]["fvd_ucf101"] == pytest.approx(result["fvd_ucf101"], abs=1e-4)
+    assert written["ucf101"]["videos"] == 4 and written["ucf101"]["version"] == "1"
+    with pytest.raises(VimiError, match=r"lists 4 video\(s\), fewer than the 6 asked for"):
+        evaluate_ucf101(env["settings"], f"models:/{NAME}/1", root, num_videos=6)

@@ -466,6 +466,49 @@ def generate_cmd(
           f"{meta['seconds']:.1f} s) from {source}; provenance in {sidecar_path(out)}", markup=False)
 
 
+class Benchmark(str, Enum):
+    ucf101 = "ucf101"
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    benchmark: Benchmark = typer.Option(..., "--benchmark", help="ucf101 (the SpriteWorld benchmark follows)."),
+    model: Optional[str] = typer.Option(None, "--model", help="As for vimi generate (default: "
+                                        "models:/vimi-video-generator@champion)."),
+    ucf101_root: Optional[Path] = typer.Option(None, "--ucf101-root", help="Folder holding UCF-101/ and "
+                                               "ucfTrainTestlist/ (the official layout)."),
+    num_videos: int = typer.Option(2048, "--num-videos", help="Real and generated clips (the protocol: 2048)."),
+    c3d: Optional[Path] = typer.Option(None, "--c3d", help="C3D weights fine-tuned on UCF101 (.safetensors, or "
+                                       ".pt/.pth loaded with weights_only): adds the Inception Score."),
+    split: str = typer.Option("test", "--split", help="UCF101 split list: train or test."),
+    fold: int = typer.Option(1, "--fold", help="Official split 1, 2 or 3."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: params.yaml diffusion.inference_steps)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the real-clip sample and of the sampler."),
+    allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Evaluate on fewer clips than --num-videos "
+                                     "when fewer can be read (default: refuse)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Class prompts (ClassName<TAB>prompt per line; "
+                                           "default: vimi/evaluation/ucf101_classes.txt)."),
+    metrics: Path = typer.Option(Path("reports/metrics.json"), "--metrics", help="The metrics file (DVC) whose "
+                                 "benchmark section this run replaces."),
+    profile: Optional[str] = ProfileOption, as_json: bool = JsonOption,
+) -> None:
+    """Evaluate a model: UCF101 zero-shot FVD (I3D) and IS (C3D); MLflow vimi-eval, reports/metrics.json, and
+    metric tags on the registered version."""
+    from vimi.evaluation.evaluate import evaluate_ucf101
+    from vimi.registry import CHAMPION, model_name
+
+    settings = _settings(profile)
+    if ucf101_root is None:
+        raise VimiError("--benchmark ucf101 needs --ucf101-root DIR (the folder holding UCF-101/ and ucfTrainTestlist/).")
+    result = evaluate_ucf101(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", ucf101_root, num_videos,
+                             c3d, split, fold, steps, seed, allow_fewer=allow_fewer, metrics_file=metrics,
+                             prompts_file=prompts)
+    figures = f"FVD {result['fvd_ucf101']:.1f}" + (f", IS {result['is_ucf101']:.2f} ± {result['is_ucf101_std']:.2f}"
+                                                   if "is_ucf101" in result else "")
+    _emit(result, as_json, f"UCF101 {split} fold {fold}, {result['videos']} clips: {figures} "
+          f"(skipped {result['skipped'] or 'none'}); MLflow vimi-eval: {result['run_link']}", markup=False)
+
+
 @app.command("fvd")
 def fvd_cmd(
     a: Path = typer.Argument(..., help="A folder of videos (mp4, avi, gif, …) or a Lance video dataset."),

@@ -238,14 +238,33 @@ def metrics_of(tags: dict[str, str]) -> dict[str, float]:
     return {k[len(METRIC_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(METRIC_PREFIX)}
 
 
-def decide(candidate_tags: dict[str, str], champion_tags: dict[str, str] | None) -> tuple[bool, str]:
+def lower_is_better(metric: str) -> bool:
+    return metric.startswith("fvd") or metric.endswith("loss")
+
+
+def decide(candidate_tags: dict[str, str], champion_tags: dict[str, str] | None, metric: str = "fvd_ucf101",
+           margin: float = 0.0) -> tuple[bool, str]:
     """The promotion policy. A candidate becomes champion only when its checks passed; with a
-    champion in place it must also beat it on the metrics both have (the evaluation adds them)."""
+    champion in place that was evaluated on `metric`, the candidate must be evaluated on it too and
+    beat it by the relative `margin` (fvd*, *loss: lower is better; everything else higher)."""
     if candidate_tags.get(CHECKS_TAG) != "passed":
         return False, f"its checks did not pass ({candidate_tags.get(CHECKS_DETAIL_TAG, 'no checks recorded')})"
     if champion_tags is None:
         return True, "its checks passed and there is no champion yet"
-    return True, "its checks passed; no evaluation metrics to compare with the champion yet"
+    theirs, ours = metrics_of(champion_tags).get(metric), metrics_of(candidate_tags).get(metric)
+    if theirs is None:
+        return True, f"its checks passed; the champion has no {metric} to compare with"
+    if ours is None:
+        return False, f"the champion has {metric} {theirs:.4g} and the candidate was not evaluated on it"
+    if lower_is_better(metric):
+        needed = theirs - abs(theirs) * margin
+        better = ours < needed if margin > 0 else ours < theirs
+    else:
+        needed = theirs + abs(theirs) * margin
+        better = ours > needed if margin > 0 else ours > theirs
+    verdict = "beats" if better else "does not beat"
+    return better, (f"its checks passed and its {metric} {ours:.4g} {verdict} the champion's {theirs:.4g}"
+                    + (f" by the margin {margin:.1%}" if margin > 0 else ""))
 
 
 def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
@@ -262,7 +281,9 @@ def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
         return result | {"promoted": False, "champion": str(champion_version),
                          "reason": f"version {candidate.version} is already the champion"}
     champion = None if champion_version is None else c.get_model_version(name, str(champion_version))
-    ok, reason = decide(dict(candidate.tags), None if champion is None else dict(champion.tags))
+    policy = settings.params.get("registry", {})
+    ok, reason = decide(dict(candidate.tags), None if champion is None else dict(champion.tags),
+                        str(policy.get("promotion_metric", "fvd_ucf101")), float(policy.get("promotion_margin", 0.0)))
     c.set_model_version_tag(name, candidate.version, PROMOTION_TAG,
                             ("promoted: " if ok else "kept as candidate: ") + reason)
     if ok:

@@ -1,0 +1,135 @@
+"""`vimi evaluate --benchmark ucf101`: zero-shot UCF101 FVD (and IS with user-supplied C3D weights).
+
+N real clips are drawn from a split (seeded; undecodable and too-short videos skipped and counted);
+for each, the model generates a clip from its class's prompt (the editable list in
+`ucf101_classes.txt`), so the generated set has the real set's class distribution. FVD compares the
+two sets with I3D (`vimi.evaluation.fvd`); IS scores the generated set with C3D. Results go to the
+MLflow experiment `vimi-eval`, to `reports/metrics.json`, and onto the registered model version
+(`vimi.metric.*` tags, which the promotion policy reads).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vimi.config import Settings
+from vimi.errors import VimiError
+
+
+def update_metrics_file(path: Path, benchmark: str, figures: dict[str, Any]) -> None:
+    """reports/metrics.json holds one section per benchmark; a run replaces its own section only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[benchmark] = figures
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def tag_model_metrics(settings: Settings, resolved: Any, metrics: dict[str, float]) -> bool:
+    """Record metrics on the registered version the model came from (nothing for a run or a directory)."""
+    if not (resolved.name and resolved.version):
+        return False
+    from vimi.registry import METRIC_PREFIX, client
+
+    c = client(settings)
+    for key, value in metrics.items():
+        c.set_model_version_tag(resolved.name, resolved.version, f"{METRIC_PREFIX}{key}", f"{float(value):.6g}")
+    return True
+
+
+def evaluate_ucf101(settings: Settings, model: str, ucf101_root: Path, num_videos: int = 2048,
+                    c3d: Path | None = None, split: str = "test", fold: int = 1, steps: int | None = None,
+                    seed: int = 0, batch_size: int = 8, allow_fewer: bool = False,
+                    metrics_file: Path | None = None, prompts_file: Path | None = None) -> dict[str, Any]:
+    import torch
+
+    from vimi.evaluation.fvd import extract_features, feature_stats, frechet_distance, i3d_weights
+    from vimi.evaluation.i3d import load_i3d
+    from vimi.evaluation.ucf101 import UCF101, class_prompts
+    from vimi.models.pipeline import load_pipeline, save_videos
+    from vimi.progress import progress
+    from vimi.registry import resolve_model
+    from vimi.train.tracking import experiment_id, log_params, ui_link
+
+    start = time.perf_counter()
+    if num_videos < 2:
+        raise VimiError(f"--num-videos must be at least 2 (a covariance needs two clips), got {num_videos}.")
+    dataset = UCF101(ucf101_root, split=split, fold=fold)
+    if len(dataset) < num_videos and not allow_fewer:
+        raise VimiError(f"UCF101 {split}list0{fold} lists {len(dataset)} video(s), fewer than the {num_videos} "
+                        "asked for (--num-videos); pass --allow-fewer to use them all.")
+    prompts_by_class = class_prompts(dataset.classes, prompts_file)
+    resolved = resolve_model(settings, model)            # before the slow part: a bad MODEL fails fast
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    stream = dataset.iter_clips(num_frames=16, size=None, limit=num_videos, seed=seed,
+                                progress_desc="UCF101 clips")
+    real = list(stream)
+    if len(real) < num_videos and not allow_fewer:
+        raise VimiError(f"Only {len(real)} of the {num_videos} UCF101 videos asked for could be read "
+                        f"(skipped: {dict(stream.skipped)}); pass --allow-fewer to use them.")
+    if len(real) < 2:
+        raise VimiError(f"FVD needs at least 2 readable UCF101 videos; got {len(real)} (skipped: {dict(stream.skipped)}).")
+
+    pipe = load_pipeline(resolved.path, device)
+    steps = int(steps or settings.params.get("diffusion", {}).get("inference_steps", 25))
+    prompts = [prompts_by_class[c.label] for c in real]
+    generated: list[np.ndarray] = []
+    generator = torch.Generator().manual_seed(int(seed))
+    for first in progress(range(0, len(prompts), batch_size), desc="generating", unit="batch"):
+        out = pipe(prompts[first:first + batch_size], num_inference_steps=steps, generator=generator).frames
+        generated.extend(out)
+
+    i3d = load_i3d(i3d_weights(settings.model_path("i3d")), device=device)
+    extract = (lambda x: i3d(x.to(device)))
+    real_features = extract_features((c.frames for c in real), extract, total=len(real), desc="I3D real")
+    fake_features = extract_features(iter(generated), extract, total=len(generated), desc="I3D generated")
+    metrics: dict[str, float] = {"fvd_ucf101": frechet_distance(*feature_stats(real_features),
+                                                                *feature_stats(fake_features))}
+    if c3d is not None:
+        from vimi.evaluation.c3d import c3d_inputs, load_c3d
+        from vimi.evaluation.inception import classifier_probs, inception_score
+
+        classifier = load_c3d(Path(c3d), device=device)
+        probs = classifier_probs(classifier, generated, batch_size=batch_size, device=device,
+                                 preprocess=c3d_inputs, total=len(generated), desc="C3D")
+        mean, std = inception_score(probs, splits=min(10, len(generated)))
+        metrics.update(is_ucf101=mean, is_ucf101_std=std)
+
+    result: dict[str, Any] = {
+        "benchmark": "ucf101", "model": resolved.to_json() | {"tags": None}, "split": split, "fold": fold,
+        "videos": len(real), "skipped": dict(stream.skipped), "steps": steps, "seed": seed,
+        "frames_generated": int(generated[0].shape[0]), "protocol": "fvd2048_16f (I3D logits, 16 frames, 224×224)",
+        **metrics,
+    }
+    import mlflow
+
+    exp = experiment_id(settings, "vimi-eval")
+    with mlflow.start_run(experiment_id=exp, run_name=f"ucf101-{resolved.name or 'model'}-{resolved.version or ''}",
+                          tags={"vimi.benchmark": "ucf101", "vimi.model": resolved.uri,
+                                "vimi.model_version": str(resolved.version or "")}) as run:
+        log_params(settings.params)
+        mlflow.log_params({"eval.model": resolved.uri, "eval.num_videos": len(real), "eval.split": split,
+                           "eval.fold": fold, "eval.steps": steps, "eval.seed": seed,
+                           "eval.c3d": str(c3d) if c3d else ""})
+        mlflow.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            grid = np.stack(generated[:8])
+            for path in save_videos(grid, Path(tmp) / "generated", fps=float(getattr(pipe.config, "fps", 8.0)),
+                                    formats=("gif",), grid=True):
+                mlflow.log_artifact(str(path), "samples")
+        mlflow.log_dict(result, "metrics.json")
+        result["run_id"] = run.info.run_id
+    result["run_link"] = ui_link(settings, "vimi-eval", result["run_id"])
+    result["tagged_model_version"] = tag_model_metrics(settings, resolved, metrics)
+    if metrics_file is not None:
+        update_metrics_file(Path(metrics_file), "ucf101", {k: round(float(v), 4) for k, v in metrics.items()}
+                            | {"videos": len(real), "model": resolved.uri, "version": resolved.version})
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
