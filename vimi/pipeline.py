@@ -391,3 +391,30 @@ def promote_model(settings: Settings, version: str | None = None) -> dict[str, A
     from vimi.registry import promote
 
     return promote(settings, version)
+
+
+def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str, Any]:
+    """SpriteWorld's feature network (models/featurenet/), trained on the training clips and scored on the
+    evaluation split (accuracy.json); tracked in the MLflow experiment vimi-eval."""
+    from vimi.evaluation.featurenet import FeatureNetTask, LabelledClips, accuracy, load_feature_network
+    from vimi.train.loop import LoopConfig, train
+    from vimi.train.tracking import mlflow_tracker, ui_link
+
+    section = settings.params.get("featurenet", {})
+    cfg = LoopConfig.from_params(section, settings.seed, "featurenet")
+    world = settings.params.get("world", {})
+    task = FeatureNetTask(settings.path("videos"), int(world.get("num_frames", 8)), int(world.get("frame_size", 32)),
+                          section, settings.seed)
+    tracker = mlflow_tracker(settings, "vimi-eval", "feature-network", [_lance_input(settings.path("videos"), "videos")],
+                             tags={"vimi.stage": "featurenet", "vimi.profile": settings.profile}, log_model=False)
+    out = settings.model_path(task.name)
+    summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
+    quality: dict[str, Any] = {}
+    if lance_io.exists(settings.path("eval_videos")):
+        model = load_feature_network(out)
+        clips = LabelledClips(settings.path("eval_videos"), model.config.labels, model.config.num_frames,
+                              model.config.frame_size)
+        quality = accuracy(model, clips)
+        (out / "accuracy.json").write_text(json.dumps(quality, indent=1))
+    return summary | {"path": str(out), "experiment": "vimi-eval", "eval_accuracy": quality,
+                      "run_link": ui_link(settings, "vimi-eval", summary["run_id"])}
