@@ -158,7 +158,32 @@ def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(deps=[stage2_model], group_name="models", kinds={"mlflow"},
+@dg.asset(deps=[video_corpus, eval_video_corpus], group_name="evaluation", kinds={"pytorch", "mlflow"},
+          description="SpriteWorld's feature network (models/featurenet/): a video classifier of the action and the "
+                      "subject's attributes, the eye of FVD_syn, IS_syn, motion and identity accuracy.")
+def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.train_feature_network(vimi.load())
+    metadata = _training_metadata(meta)
+    for key, value in (meta.get("eval_accuracy") or {}).items():
+        if isinstance(value, float):
+            metadata[f"eval_{key}"] = dg.MetadataValue.float(value)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=[stage2_model, feature_network, instruction_dataset], group_name="evaluation", kinds={"mlflow"},
+          description="SpriteWorld grounding metrics of the newest @candidate on the evaluation split "
+                      "(reports/metrics.json, MLflow vimi-eval, tags on the registered version).")
+def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
+    settings = vimi.load()
+    result = pipeline.evaluate_model(settings, "spriteworld")
+    metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
+    metadata.update({"mlflow_run": dg.MetadataValue.url(result["run_link"]),
+                     "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
+                     "videos": dg.MetadataValue.json(result["videos"])})
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=[spriteworld_metrics], group_name="models", kinds={"mlflow"},
           description="The registry's @champion: the promotion policy applied to the newest @candidate "
                       "(`vimi promote`); the decision and its reason are tagged on the version.")
 def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:

@@ -31,6 +31,9 @@ MICRO_TRAIN = {
     "stage1": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 3, "log_every": 2,
                "sample_every": 3, "sample_prompts": 2, "sample_steps": 2},
     "stage2": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "sample_steps": 2},
+    "featurenet": {"channels": [8, 16, 32], "feature_dim": 32, "steps": 4, "batch_size": 8, "warmup_steps": 1,
+                   "checkpoint_every": 2, "log_every": 2},
+    "evaluate": {"videos_per_task": 3, "inference_steps": 2},
 }
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -59,13 +59,14 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     root, env = repo_copy
     first = dvc(root, env, "repro")
     for stage in ("world", "memory", "videos", "eval_videos", "validate", "index", "augment", "validate_retrieval",
-                  "align", "stage1", "instructions", "stage2", "promote"):
+                  "align", "stage1", "instructions", "stage2", "featurenet", "evaluate", "promote"):
         assert f"Running stage '{stage}'" in first.stdout
     stage1 = json.loads((root / "reports" / "stage1.json").read_text())
     assert stage1["steps"] == 6 and stage1["final_loss"] > 0
     assert (root / "models" / "stage1" / "model_index.json").is_file()
     stage2 = json.loads((root / "reports" / "stage2.json").read_text())
     assert stage2["steps"] == 4 and stage2["registered_version"] == "1" and stage2["checks"] == "passed"
+    assert json.loads((root / "reports" / "metrics.json").read_text())["spriteworld"]["videos"] == 9
     promotion = json.loads((root / "reports" / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["champion"] == "1"
     metrics = json.loads((root / "reports" / "retrieval.json").read_text())

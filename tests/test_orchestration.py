@@ -16,7 +16,7 @@ from tests.conftest import REPO, write_params
 
 ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
           "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
-          "champion_model"}
+          "feature_network", "spriteworld_metrics", "champion_model"}
 CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality", "instructions_suite"}
 
 
@@ -37,7 +37,10 @@ def test_definitions_hold_the_graph():
     instructions = graph.get(dg.AssetKey("instruction_dataset"))
     assert {p.to_user_string() for p in instructions.parent_keys} == {"augmented_video_dataset", "eval_video_corpus",
                                                                         "image_text_memory"}
-    assert graph.get(dg.AssetKey("champion_model")).parent_keys == {dg.AssetKey("stage2_model")}
+    assert graph.get(dg.AssetKey("champion_model")).parent_keys == {dg.AssetKey("spriteworld_metrics")}
+    metrics = graph.get(dg.AssetKey("spriteworld_metrics"))
+    assert {p.to_user_string() for p in metrics.parent_keys} == {"stage2_model", "feature_network",
+                                                                   "instruction_dataset"}
 
 
 def materialize(project, extra=(), **resource):
@@ -84,6 +87,11 @@ def test_materialize_in_process(project):
     assert stage2["checks"].value.startswith("passed")
     champion = mats["champion_model"]
     assert champion["promoted"].value and champion["champion_version"].value == "1"
+    metrics = mats["spriteworld_metrics"]
+    assert metrics["fvd_syn"].value >= 0 and 0 <= metrics["motion_accuracy"].value <= 1
+    assert metrics["model_version"].value == "1" and metrics["videos"].value == {"prediction": 3, "subject": 3,
+                                                                                  "text_to_video": 3}
+    assert 0 <= mats["feature_network"]["eval_action_accuracy"].value <= 1
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
     assert all(e.passed for e in evaluations)

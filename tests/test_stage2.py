@@ -34,7 +34,7 @@ NAME = "vimi-video-generator"
 def trained(tmp_path_factory):
     """Data, image encoder, stage 1 (6 steps), stage 2 (4 steps, registered) and its promotion, once."""
     from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
-                               generate_world, promote_model, train_stage1, train_stage2)
+                               generate_world, promote_model, train_feature_network, train_stage1, train_stage2)
 
     root = tmp_path_factory.mktemp("stage2")
     write_params(root)
@@ -54,6 +54,7 @@ def trained(tmp_path_factory):
         build_instruction_dataset(settings)
         meta = train_stage2(settings)
         promotion = promote_model(settings)
+        train_feature_network(settings)
         yield {"settings": settings, "stage2": meta, "stage1": stage1, "promotion": promotion, "root": root, "env": env}
 
 
@@ -147,12 +148,13 @@ def test_promotion_policy_and_aliases(env, tmp_path):
     assert not decide({}, None)[0]
     # With metrics: FVD lower is better, accuracies higher; a margin is relative; an unevaluated candidate loses.
     ok = {"vimi.checks": "passed"}
-    assert decide(ok | {"vimi.metric.fvd_ucf101": "90"}, ok | {"vimi.metric.fvd_ucf101": "100"}) == \
+    fvd = {"metric": "fvd_ucf101"}
+    assert decide(ok | {"vimi.metric.fvd_ucf101": "90"}, ok | {"vimi.metric.fvd_ucf101": "100"}, **fvd) == \
         (True, "its checks passed and its fvd_ucf101 90 beats the champion's 100")
-    assert not decide(ok | {"vimi.metric.fvd_ucf101": "95"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1)[0]
-    assert decide(ok | {"vimi.metric.fvd_ucf101": "89"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1)[0]
+    assert not decide(ok | {"vimi.metric.fvd_ucf101": "95"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1, **fvd)[0]
+    assert decide(ok | {"vimi.metric.fvd_ucf101": "89"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1, **fvd)[0]
     assert decide(ok | {"vimi.metric.acc": "0.6"}, ok | {"vimi.metric.acc": "0.5"}, metric="acc")[0]
-    assert decide(ok, ok | {"vimi.metric.fvd_ucf101": "100"}) == \
+    assert decide(ok, ok | {"vimi.metric.fvd_ucf101": "100"}, **fvd) == \
         (False, "the champion has fvd_ucf101 100 and the candidate was not evaluated on it")
     client.set_registered_model_alias(NAME, "candidate", "1")     # leave the registry as the other tests expect
 
@@ -359,3 +361,38 @@ def test_evaluate_ucf101_logs_fvd_everywhere(env, tmp_path):
     assert written["ucf101"]["videos"] == 4 and written["ucf101"]["version"] == "1"
     with pytest.raises(VimiError, match=r"lists 4 video\(s\), fewer than the 6 asked for"):
         evaluate_ucf101(env["settings"], f"models:/{NAME}/1", root, num_videos=6)
+
+
+# ---- evaluation on SpriteWorld (feature network, grounding metrics) -----------------------------
+
+def test_psnr_by_hand():
+    from vimi.evaluation.evaluate import _psnr
+
+    a, b = np.zeros((2, 4, 4, 3), np.uint8), np.full((2, 4, 4, 3), 10, np.uint8)
+    assert _psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / 100))        # MSE 100: 28.13 dB
+    assert _psnr(a, a) == float("inf")
+
+
+def test_evaluate_spriteworld_metrics_reach_mlflow_the_file_and_the_version(env, tmp_path):
+    from mlflow import MlflowClient
+
+    from vimi.evaluation.evaluate import evaluate_spriteworld
+
+    metrics_file = tmp_path / "metrics.json"
+    result = evaluate_spriteworld(env["settings"], f"models:/{NAME}/1", metrics_file=metrics_file)
+    assert result["videos"] == {"prediction": 3, "subject": 3, "text_to_video": 3}
+    # Accuracies are shares of the clips they count: of 3 per task, of 9 in all.
+    for key, n in (("motion_accuracy", 9), ("motion_accuracy_real", 9), ("motion_accuracy_subject", 3),
+                   ("motion_accuracy_prediction", 3), ("motion_accuracy_text_to_video", 3)):
+        assert 0 <= result[key] <= 1 and result[key] * n == pytest.approx(round(result[key] * n)), key
+    assert result["motion_accuracy"] == pytest.approx(np.mean([result[f"motion_accuracy_{t}"] for t in
+                                                               ("subject", "prediction", "text_to_video")]))
+    assert result["fvd_syn"] >= 0 and 1 <= result["is_syn"] <= 12
+    assert np.isfinite(result["prediction_psnr"]) and -1 <= result["prediction_ssim"] <= 1
+    assert any(k.startswith("identity_accuracy_") for k in result)
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.data.metrics["fvd_syn"] == pytest.approx(result["fvd_syn"])
+    assert run.data.tags["vimi.benchmark"] == "spriteworld"
+    tags = MlflowClient().get_model_version(NAME, "1").tags
+    assert float(tags["vimi.metric.motion_accuracy"]) == pytest.approx(result["motion_accuracy"], abs=1e-6)
+    assert json.loads(metrics_file.read_text())["spriteworld"]["videos"] == 9

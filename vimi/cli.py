@@ -387,6 +387,22 @@ def train_stage1_cmd(text_only: bool = typer.Option(False, "--text-only", help="
     _emit(meta, as_json, _training_summary(meta, "Stage 1" + (" (text only)" if text_only else "")), markup=False)
 
 
+@train_app.command("featurenet")
+def train_featurenet_cmd(resume: Optional[bool] = ResumeOption, profile: Optional[str] = ProfileOption,
+                         as_json: bool = JsonOption) -> None:
+    """SpriteWorld's feature network (action and subject attributes) → models/featurenet/ (MLflow vimi-eval)."""
+    from vimi.pipeline import train_feature_network
+
+    meta = train_feature_network(_settings(profile), _resume_mode(resume))
+    human = _training_summary(meta, "Feature network")
+    if meta.get("eval_accuracy"):
+        acc = meta["eval_accuracy"]
+        human += (f"\n  on the evaluation split: action {acc['action_accuracy']:.3f}, identity "
+                  f"{acc['identity_accuracy']:.3f} (seen {acc.get('identity_accuracy_seen', float('nan')):.3f}, "
+                  f"unseen {acc.get('identity_accuracy_unseen', float('nan')):.3f})")
+    _emit(meta, as_json, human, markup=False)
+
+
 @train_app.command("stage2")
 def train_stage2_cmd(init: Optional[str] = typer.Option(None, "--from", help="The stage-1 model to start from: a "
                                                         "pipeline directory, runs:/<id>/pipeline or models:/<name>"
@@ -467,23 +483,27 @@ def generate_cmd(
 
 
 class Benchmark(str, Enum):
+    spriteworld = "spriteworld"
     ucf101 = "ucf101"
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    benchmark: Benchmark = typer.Option(..., "--benchmark", help="ucf101 (the SpriteWorld benchmark follows)."),
+    benchmark: Benchmark = typer.Option(..., "--benchmark", help="spriteworld (grounding metrics on the evaluation "
+                                        "split, feature network) or ucf101 (zero-shot FVD/IS)."),
+    videos_per_task: Optional[int] = typer.Option(None, "--videos-per-task", help="spriteworld: generated clips per "
+                                                  "task (default: params.yaml evaluate.videos_per_task)."),
     model: Optional[str] = typer.Option(None, "--model", help="As for vimi generate (default: "
                                         "models:/vimi-video-generator@champion)."),
     ucf101_root: Optional[Path] = typer.Option(None, "--ucf101-root", help="Folder holding UCF-101/ and "
                                                "ucfTrainTestlist/ (the official layout)."),
-    num_videos: int = typer.Option(2048, "--num-videos", help="Real and generated clips (the protocol: 2048)."),
+    num_videos: int = typer.Option(2048, "--num-videos", help="ucf101: real and generated clips (the protocol: 2048)."),
     c3d: Optional[Path] = typer.Option(None, "--c3d", help="C3D weights fine-tuned on UCF101 (.safetensors, or "
                                        ".pt/.pth loaded with weights_only): adds the Inception Score."),
     split: str = typer.Option("test", "--split", help="UCF101 split list: train or test."),
     fold: int = typer.Option(1, "--fold", help="Official split 1, 2 or 3."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: params.yaml diffusion.inference_steps)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the real-clip sample and of the sampler."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: params.yaml)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the clip sample and of the sampler."),
     allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Evaluate on fewer clips than --num-videos "
                                      "when fewer can be read (default: refuse)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Class prompts (ClassName<TAB>prompt per line; "
@@ -492,12 +512,21 @@ def evaluate_cmd(
                                  "benchmark section this run replaces."),
     profile: Optional[str] = ProfileOption, as_json: bool = JsonOption,
 ) -> None:
-    """Evaluate a model: UCF101 zero-shot FVD (I3D) and IS (C3D); MLflow vimi-eval, reports/metrics.json, and
-    metric tags on the registered version."""
+    """Evaluate a model: SpriteWorld grounding metrics, or UCF101 zero-shot FVD (I3D) and IS (C3D); MLflow
+    vimi-eval, reports/metrics.json, and metric tags on the registered version."""
     from vimi.evaluation.evaluate import evaluate_ucf101
     from vimi.registry import CHAMPION, model_name
 
     settings = _settings(profile)
+    if benchmark == Benchmark.spriteworld:
+        from vimi.evaluation.evaluate import evaluate_spriteworld
+
+        result = evaluate_spriteworld(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", videos_per_task,
+                                      steps, seed, metrics_file=metrics)
+        shown = {k: round(v, 3) for k, v in result.items() if isinstance(v, float)}
+        _emit(result, as_json, f"SpriteWorld, {sum(result['videos'].values())} clips: {shown}; MLflow vimi-eval: "
+              f"{result['run_link']}", markup=False)
+        return
     if ucf101_root is None:
         raise VimiError("--benchmark ucf101 needs --ucf101-root DIR (the folder holding UCF-101/ and ucfTrainTestlist/).")
     result = evaluate_ucf101(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", ucf101_root, num_videos,

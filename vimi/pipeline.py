@@ -418,3 +418,15 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
         (out / "accuracy.json").write_text(json.dumps(quality, indent=1))
     return summary | {"path": str(out), "experiment": "vimi-eval", "eval_accuracy": quality,
                       "run_link": ui_link(settings, "vimi-eval", summary["run_id"])}
+
+
+def evaluate_model(settings: Settings, benchmark: str = "spriteworld", model: str | None = None) -> dict[str, Any]:
+    """The pipeline's evaluation step: SpriteWorld metrics of the newest candidate (or MODEL), into
+    reports/metrics.json, MLflow vimi-eval and the version's tags (which promotion reads)."""
+    from vimi.evaluation.evaluate import evaluate_spriteworld
+    from vimi.registry import CANDIDATE, model_name
+
+    if benchmark != "spriteworld":
+        raise VimiError(f"The pipeline evaluates SpriteWorld; run `vimi evaluate --benchmark {benchmark}` by hand.")
+    return evaluate_spriteworld(settings, model or f"models:/{model_name(settings)}@{CANDIDATE}",
+                                metrics_file=settings.root / "reports" / "metrics.json")

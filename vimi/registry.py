@@ -242,7 +242,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.startswith("fvd") or metric.endswith("loss")
 
 
-def decide(candidate_tags: dict[str, str], champion_tags: dict[str, str] | None, metric: str = "fvd_ucf101",
+def decide(candidate_tags: dict[str, str], champion_tags: dict[str, str] | None, metric: str = "fvd_syn",
            margin: float = 0.0) -> tuple[bool, str]:
     """The promotion policy. A candidate becomes champion only when its checks passed; with a
     champion in place that was evaluated on `metric`, the candidate must be evaluated on it too and
@@ -283,7 +283,7 @@ def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
     champion = None if champion_version is None else c.get_model_version(name, str(champion_version))
     policy = settings.params.get("registry", {})
     ok, reason = decide(dict(candidate.tags), None if champion is None else dict(champion.tags),
-                        str(policy.get("promotion_metric", "fvd_ucf101")), float(policy.get("promotion_margin", 0.0)))
+                        str(policy.get("promotion_metric", "fvd_syn")), float(policy.get("promotion_margin", 0.0)))
     c.set_model_version_tag(name, candidate.version, PROMOTION_TAG,
                             ("promoted: " if ok else "kept as candidate: ") + reason)
     if ok:

@@ -53,10 +53,9 @@ def evaluate_ucf101(settings: Settings, model: str, ucf101_root: Path, num_video
     from vimi.evaluation.fvd import extract_features, feature_stats, frechet_distance, i3d_weights
     from vimi.evaluation.i3d import load_i3d
     from vimi.evaluation.ucf101 import UCF101, class_prompts
-    from vimi.models.pipeline import load_pipeline, save_videos
+    from vimi.models.pipeline import load_pipeline
     from vimi.progress import progress
     from vimi.registry import resolve_model
-    from vimi.train.tracking import experiment_id, log_params, ui_link
 
     start = time.perf_counter()
     if num_videos < 2:
@@ -108,28 +107,141 @@ def evaluate_ucf101(settings: Settings, model: str, ucf101_root: Path, num_video
         "frames_generated": int(generated[0].shape[0]), "protocol": "fvd2048_16f (I3D logits, 16 frames, 224×224)",
         **metrics,
     }
+    record_evaluation(settings, "ucf101", resolved, metrics, result, np.stack(generated[:8]),
+                      float(getattr(pipe.config, "fps", 8.0)), metrics_file,
+                      {"eval.num_videos": len(real), "eval.split": split, "eval.fold": fold, "eval.steps": steps,
+                       "eval.seed": seed, "eval.c3d": str(c3d) if c3d else ""}, {"videos": len(real)})
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def record_evaluation(settings: Settings, benchmark: str, resolved: Any, metrics: dict[str, float],
+                      result: dict[str, Any], samples: np.ndarray, fps: float, metrics_file: Path | None,
+                      params: dict[str, Any], extra: dict[str, Any]) -> None:
+    """One evaluation's results, everywhere they are read: an MLflow run in vimi-eval (params, metrics,
+    a sample GIF, the result), the benchmark's section of the metrics file, the model version's tags.
+    Adds run_id, run_link and tagged_model_version to `result`."""
     import mlflow
 
+    from vimi.models.pipeline import save_videos
+    from vimi.train.tracking import experiment_id, log_params, ui_link
+
     exp = experiment_id(settings, "vimi-eval")
-    with mlflow.start_run(experiment_id=exp, run_name=f"ucf101-{resolved.name or 'model'}-{resolved.version or ''}",
-                          tags={"vimi.benchmark": "ucf101", "vimi.model": resolved.uri,
+    with mlflow.start_run(experiment_id=exp, run_name=f"{benchmark}-{resolved.name or 'model'}-{resolved.version or ''}",
+                          tags={"vimi.benchmark": benchmark, "vimi.model": resolved.uri,
                                 "vimi.model_version": str(resolved.version or "")}) as run:
         log_params(settings.params)
-        mlflow.log_params({"eval.model": resolved.uri, "eval.num_videos": len(real), "eval.split": split,
-                           "eval.fold": fold, "eval.steps": steps, "eval.seed": seed,
-                           "eval.c3d": str(c3d) if c3d else ""})
+        mlflow.log_params({"eval.model": resolved.uri, **params})
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            grid = np.stack(generated[:8])
-            for path in save_videos(grid, Path(tmp) / "generated", fps=float(getattr(pipe.config, "fps", 8.0)),
-                                    formats=("gif",), grid=True):
+            for path in save_videos(samples, Path(tmp) / "generated", fps=fps, formats=("gif",), grid=True):
                 mlflow.log_artifact(str(path), "samples")
         mlflow.log_dict(result, "metrics.json")
         result["run_id"] = run.info.run_id
     result["run_link"] = ui_link(settings, "vimi-eval", result["run_id"])
     result["tagged_model_version"] = tag_model_metrics(settings, resolved, metrics)
     if metrics_file is not None:
-        update_metrics_file(Path(metrics_file), "ucf101", {k: round(float(v), 4) for k, v in metrics.items()}
-                            | {"videos": len(real), "model": resolved.uri, "version": resolved.version})
+        update_metrics_file(Path(metrics_file), benchmark, {k: round(float(v), 4) for k, v in metrics.items()}
+                            | extra | {"model": resolved.uri, "version": resolved.version})
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse)
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(np.mean([structural_similarity(x, y, channel_axis=-1, data_range=255) for x, y in zip(a, b)]))
+
+
+def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | None = None, steps: int | None = None,
+                         seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None) -> dict[str, Any]:
+    """SpriteWorld's grounding metrics on the evaluation split's instructions (README "Evaluation"):
+    FVD_syn and IS_syn (feature network), motion accuracy, identity accuracy of subject-driven clips
+    for seen and unseen subjects, PSNR/SSIM of predicted frames."""
+    import torch
+
+    from vimi import lance_io
+    from vimi.data.clips import InstructionClips
+    from vimi.evaluation.featurenet import IDENTITY_HEADS, classify, load_feature_network
+    from vimi.evaluation.fvd import feature_stats, frechet_distance
+    from vimi.evaluation.inception import inception_score
+    from vimi.models.pipeline import load_pipeline
+    from vimi.progress import progress
+    from vimi.registry import resolve_model
+
+    start = time.perf_counter()
+    section = settings.params.get("evaluate", {})
+    videos_per_task = int(videos_per_task or section.get("videos_per_task", 64))
+    steps = int(steps or section.get("inference_steps", settings.params.get("diffusion", {}).get("inference_steps", 25)))
+    resolved = resolve_model(settings, model)
+    net = load_feature_network(settings.model_path("featurenet"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    pipe = load_pipeline(resolved.path, device)
+    clips = InstructionClips(settings.path("instructions"), "eval", pipe.config.num_frames, pipe.config.frame_size,
+                             pipe.vision.config.image_size)
+    truth = lance_io.open_dataset(settings.path("eval_videos"), "evaluation clips").to_table(
+        columns=["id", "action", *IDENTITY_HEADS, "subject_split"]).to_pylist()
+    truth = {r["id"]: r for r in truth}
+    rng = np.random.default_rng(int(seed))
+    by_task: dict[str, list[int]] = {}
+    for i, row in enumerate(clips.rows):
+        by_task.setdefault(row["task"], []).append(i)
+    chosen = {t: sorted(rng.permutation(rows)[:videos_per_task].tolist()) for t, rows in sorted(by_task.items())}
+    real, fake, tasks, targets, given_counts = [], [], [], [], []
+    generator = torch.Generator().manual_seed(int(seed))
+    for task, rows in chosen.items():
+        for first in progress(range(0, len(rows), batch_size), desc=f"generating {task}", unit="batch"):
+            batch = clips.__getitems__(rows[first:first + batch_size])
+            given = [batch.frames[i, :m] if m else None for i, m in enumerate(batch.context_frames)]
+            out = pipe(batch.prompts, context_frames=given if any(batch.context_frames) else None,
+                       num_inference_steps=steps, generator=generator).frames
+            real.extend(batch.frames)
+            fake.extend(out)
+            tasks.extend(batch.tasks)
+            given_counts.extend(batch.context_frames)
+            targets.extend(truth[clips.rows[r]["clip_id"]] for r in rows[first:first + batch_size])
+    real, fake, tasks = np.stack(real), np.stack(fake), np.array(tasks)
+    real_features, real_probs = classify(net, real)
+    fake_features, fake_probs = classify(net, fake)
+    labels = net.config.labels
+
+    def correct(probs: dict[str, np.ndarray], head: str) -> np.ndarray:
+        index = {v: i for i, v in enumerate(labels[head])}
+        want = np.array([index.get(t[head], -1) for t in targets])
+        return probs[head].argmax(1) == want
+
+    split = np.array([t["subject_split"] or "" for t in targets])
+    metrics: dict[str, float] = {
+        "fvd_syn": frechet_distance(*feature_stats(real_features), *feature_stats(fake_features)),
+        "is_syn": inception_score(fake_probs["action"], splits=min(10, len(fake)))[0],
+        "motion_accuracy": float(correct(fake_probs, "action").mean()),
+        "motion_accuracy_real": float(correct(real_probs, "action").mean()),
+    }
+    identity = {name: np.all([correct(p, h) for h in IDENTITY_HEADS], axis=0)
+                for name, p in (("generated", fake_probs), ("real", real_probs))}
+    for task in chosen:
+        metrics[f"motion_accuracy_{task}"] = float(correct(fake_probs, "action")[tasks == task].mean())
+    for subject_split in ("seen", "unseen"):
+        mask = (tasks == "subject") & (split == subject_split)
+        if mask.any():
+            metrics[f"identity_accuracy_{subject_split}"] = float(identity["generated"][mask].mean())
+            metrics[f"identity_accuracy_{subject_split}_real"] = float(identity["real"][mask].mean())
+    predicted = [i for i in range(len(tasks)) if tasks[i] == "prediction"]
+    if predicted:
+        metrics["prediction_psnr"] = float(np.mean([_psnr(fake[i, given_counts[i]:], real[i, given_counts[i]:])
+                                                    for i in predicted]))
+        metrics["prediction_ssim"] = float(np.mean([_ssim(fake[i, given_counts[i]:], real[i, given_counts[i]:])
+                                                    for i in predicted]))
+    result: dict[str, Any] = {"benchmark": "spriteworld", "model": resolved.to_json() | {"tags": None},
+                              "videos": {t: len(r) for t, r in chosen.items()}, "steps": steps, "seed": seed, **metrics}
+    order = [i for t in chosen for i in np.flatnonzero(tasks == t)[:3]]
+    samples = np.concatenate([real[order], fake[order]], axis=2)      # real above generated, 3 per task
+    record_evaluation(settings, "spriteworld", resolved, metrics, result, samples,
+                      float(getattr(pipe.config, "fps", 8.0)), metrics_file,
+                      {"eval.videos_per_task": videos_per_task, "eval.steps": steps, "eval.seed": seed},
+                      {"videos": int(len(tasks))})
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
