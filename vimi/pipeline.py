@@ -225,7 +225,7 @@ def data_status(settings: Settings) -> dict[str, Any]:
         else:
             datasets[name] = None
     models: dict[str, Any] = {}
-    for name in ("encoder", "stage1", "stage1-text-only", "stage2"):
+    for name in ("encoder", "stage1", "stage1-text-only", "stage2", "featurenet"):
         summary = settings.model_path(name) / "training.json"
         models[name] = ({k: v for k, v in json.loads(summary.read_text()).items()
                          if k in ("steps", "final_loss", "clips_per_s", "run_id")} | {"path": str(summary.parent)}
@@ -403,9 +403,11 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
     section = settings.params.get("featurenet", {})
     cfg = LoopConfig.from_params(section, settings.seed, "featurenet")
     world = settings.params.get("world", {})
+    memory = settings.path("memory")
     task = FeatureNetTask(settings.path("videos"), int(world.get("num_frames", 8)), int(world.get("frame_size", 32)),
-                          section, settings.seed)
-    tracker = mlflow_tracker(settings, "vimi-eval", "feature-network", [_lance_input(settings.path("videos"), "videos")],
+                          section, settings.seed, memory if lance_io.exists(memory) else None)
+    inputs = [_lance_input(settings.path("videos"), "videos")] + ([_lance_input(memory, "memory")] if task.stills else [])
+    tracker = mlflow_tracker(settings, "vimi-eval", "feature-network", inputs,
                              tags={"vimi.stage": "featurenet", "vimi.profile": settings.profile}, log_model=False)
     out = settings.model_path(task.name)
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)

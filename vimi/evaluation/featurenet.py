@@ -57,12 +57,15 @@ class FeatureNetwork(ModelMixin, ConfigMixin):
         return {name: head(features) for name, head in self.heads.items()}
 
 
-def label_values(videos_uri: Path) -> dict[str, list[str]]:
-    """Each head's classes: the values its column takes in the training clips (sorted)."""
-    table = lance_io.open_dataset(videos_uri, "video corpus").to_table(columns=list(HEADS))
+def label_values(videos_uri: Path, memory_uri: Path | None = None) -> dict[str, list[str]]:
+    """Each head's classes: the values its column takes in the training clips and the memory (sorted)."""
+    tables = [lance_io.open_dataset(videos_uri, "video corpus").to_table(columns=list(HEADS))]
+    if memory_uri is not None:
+        tables.append(lance_io.open_dataset(memory_uri, "memory").to_table(columns=list(HEADS[1:])))
     labels = {}
     for name in HEADS:
-        values = sorted({v for v in table.column(name).to_pylist() if v is not None})
+        values = sorted({v for t in tables if name in t.column_names for v in t.column(name).to_pylist()
+                         if v is not None})
         if values:
             labels[name] = values
     if "action" not in labels:
@@ -105,6 +108,59 @@ class LabelledClips:
         return LabelledBatch(frames, {k: torch.as_tensor(v[indices]) for k, v in self.targets.items()})
 
 
+class LabelledStills:
+    """Memory images of sprites (subjects and anonymous looks) as still clips, labelled with their
+    attributes and scene (no action): they teach the attribute heads every look of the world, so
+    identity generalises to subjects that never appear in a training clip."""
+
+    def __init__(self, memory_uri: Path, labels: dict[str, list[str]], num_frames: int, frame_size: int):
+        ds = lance_io.open_dataset(memory_uri, "memory")
+        self.uri, self.version, self.ds = Path(memory_uri), ds.version, ds
+        table = ds.to_table(columns=["doc_type", *[h for h in labels if h != "action"]])
+        kinds = table.column("doc_type").to_pylist()
+        self.rows = np.array([i for i, k in enumerate(kinds) if k in ("subject", "anonymous")], dtype=np.int64)
+        index = {name: {v: i for i, v in enumerate(values)} for name, values in labels.items()}
+        self.targets = {name: (np.full(len(self.rows), -1) if name == "action" else
+                               np.array([index[name].get(v, -1) for v in
+                                         np.array(table.column(name).to_pylist(), dtype=object)[self.rows]]))
+                        for name in labels}
+        self.num_frames, self.frame_size = int(num_frames), int(frame_size)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: list[int]) -> LabelledBatch:
+        from vimi.data.clips import decode_image
+
+        images = self.ds.take(self.rows[indices].tolist(), columns=["image"]).column("image").to_pylist()
+        frames = np.stack([np.repeat(decode_image(b, self.frame_size)[None], self.num_frames, axis=0) for b in images])
+        return LabelledBatch(frames, {k: torch.as_tensor(v[indices]) for k, v in self.targets.items()})
+
+
+class Concatenated:
+    """Two labelled datasets as one (a batch may draw from both)."""
+
+    def __init__(self, *parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0, *(len(p) for p in parts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitems__(self, indices: list[int]) -> LabelledBatch:
+        indices = np.asarray(indices)
+        batches, order = [], []
+        for k, part in enumerate(self.parts):
+            mine = np.flatnonzero((indices >= self.offsets[k]) & (indices < self.offsets[k + 1]))
+            if len(mine):
+                batches.append(part.__getitems__((indices[mine] - self.offsets[k]).tolist()))
+                order.extend(mine.tolist())
+        back = np.argsort(order)       # the batch in the order asked for
+        frames = np.concatenate([b.frames for b in batches])[back]
+        labels = {k: torch.cat([b.labels[k] for b in batches])[torch.as_tensor(back)] for k in batches[0].labels}
+        return LabelledBatch(frames, labels)
+
+
 def classify(model: FeatureNetwork, frames: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Features and per-head class probabilities of B×T×H×W×3 uint8 clips (fitted to the network's size)."""
     from vimi.data.clips import fit_clip
@@ -130,20 +186,24 @@ class FeatureNetTask:
 
     name = "featurenet"
 
-    def __init__(self, videos_uri: Path, num_frames: int, frame_size: int, params: dict[str, Any], seed: int):
-        labels = label_values(videos_uri)
+    def __init__(self, videos_uri: Path, num_frames: int, frame_size: int, params: dict[str, Any], seed: int,
+                 memory_uri: Path | None = None):
+        labels = label_values(videos_uri, memory_uri)
         torch.manual_seed(int(seed))
         self.model = FeatureNetwork(labels=labels, channels=tuple(params.get("channels", (32, 64, 128))),
                                     feature_dim=int(params.get("feature_dim", 256)), num_frames=num_frames,
                                     frame_size=frame_size)
-        self.dataset = LabelledClips(videos_uri, labels, num_frames, frame_size)
+        self.clips = LabelledClips(videos_uri, labels, num_frames, frame_size)
+        self.stills = LabelledStills(memory_uri, labels, num_frames, frame_size) if memory_uri else None
+        self.dataset = Concatenated(self.clips, self.stills) if self.stills else self.clips
         self._params = params
 
     def to(self, device: torch.device) -> None:
         self.model.to(device)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "data": [str(self.dataset.uri), self.dataset.version],
+        return {"name": self.name, "data": [str(self.clips.uri), self.clips.version,
+                                             *([str(self.stills.uri), self.stills.version] if self.stills else [])],
                 "model": dict(self.model.config), "params": {k: v for k, v in self._params.items()
                                                              if k in ("channels", "feature_dim")}}
 
@@ -153,8 +213,10 @@ class FeatureNetTask:
         device = next(model.parameters()).device
         frames = to_model_frames(batch.frames)
         logits = model(frames.to(device))
+        # A head with no labelled sample in the batch (e.g. action in a batch of stills) adds nothing:
+        # cross-entropy over zero targets is 0/0.
         losses = [torch.nn.functional.cross_entropy(logits[k], t.to(device), ignore_index=-1)
-                  for k, t in batch.labels.items()]
+                  for k, t in batch.labels.items() if bool((t >= 0).any())]
         return torch.stack(losses).sum()
 
     def samples(self, model) -> None:
