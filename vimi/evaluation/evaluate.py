@@ -1,6 +1,7 @@
-"""`vimi evaluate --benchmark ucf101`: zero-shot UCF101 FVD (and IS with user-supplied C3D weights).
+"""`vimi evaluate`: SpriteWorld's grounding metrics (`evaluate_spriteworld`, at the end) and zero-shot
+UCF101 FVD (and IS with user-supplied C3D weights, `evaluate_ucf101`).
 
-N real clips are drawn from a split (seeded; undecodable and too-short videos skipped and counted);
+UCF101: N real clips are drawn from a split (seeded; undecodable and too-short videos skipped and counted);
 for each, the model generates a clip from its class's prompt (the editable list in
 `ucf101_classes.txt`), so the generated set has the real set's class distribution. FVD compares the
 two sets with I3D (`vimi.evaluation.fvd`); IS scores the generated set with C3D. Results go to the
