@@ -183,7 +183,25 @@ def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata)
 
 
-@dg.asset(deps=[spriteworld_metrics], group_name="models", kinds={"mlflow"},
+@dg.asset(deps=[stage2_model], group_name="evaluation", kinds={"mlflow"},
+          description="Zero-shot UCF101 FVD (I3D) and IS (C3D, when its weights are configured) of the newest "
+                      "@candidate, on the official split lists; params.yaml evaluate.ucf101 says where UCF101 is "
+                      "(not shipped: without it this asset records that nothing was evaluated).")
+def ucf101_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
+    result = pipeline.evaluate_model(vimi.load(), "ucf101")
+    if not result["configured"]:
+        return dg.MaterializeResult(metadata={"configured": dg.MetadataValue.bool(False),
+                                              "reason": dg.MetadataValue.text(result["reason"])})
+    metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
+    metadata.update({"configured": dg.MetadataValue.bool(True), "mlflow_run": dg.MetadataValue.url(result["run_link"]),
+                     "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
+                     "videos": dg.MetadataValue.int(int(result["videos"])),
+                     "skipped": dg.MetadataValue.json(result["skipped"]),
+                     "split": dg.MetadataValue.text(f"{result['split']}list0{result['fold']}")})
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=[spriteworld_metrics, ucf101_metrics], group_name="models", kinds={"mlflow"},
           description="The registry's @champion: the promotion policy applied to the newest @candidate "
                       "(`vimi promote`); the decision and its reason are tagged on the version.")
 def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:

@@ -16,7 +16,7 @@ from tests.conftest import REPO, write_params
 
 ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
           "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
-          "feature_network", "spriteworld_metrics", "champion_model"}
+          "feature_network", "spriteworld_metrics", "ucf101_metrics", "champion_model"}
 CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality", "instructions_suite"}
 
 
@@ -37,7 +37,9 @@ def test_definitions_hold_the_graph():
     instructions = graph.get(dg.AssetKey("instruction_dataset"))
     assert {p.to_user_string() for p in instructions.parent_keys} == {"augmented_video_dataset", "eval_video_corpus",
                                                                         "image_text_memory"}
-    assert graph.get(dg.AssetKey("champion_model")).parent_keys == {dg.AssetKey("spriteworld_metrics")}
+    assert {p.to_user_string() for p in graph.get(dg.AssetKey("champion_model")).parent_keys} == {
+        "spriteworld_metrics", "ucf101_metrics"}
+    assert graph.get(dg.AssetKey("ucf101_metrics")).parent_keys == {dg.AssetKey("stage2_model")}
     metrics = graph.get(dg.AssetKey("spriteworld_metrics"))
     assert {p.to_user_string() for p in metrics.parent_keys} == {"stage2_model", "feature_network",
                                                                    "instruction_dataset"}
@@ -92,6 +94,9 @@ def test_materialize_in_process(project):
     assert metrics["model_version"].value == "1" and metrics["videos"].value == {"prediction": 3, "subject": 3,
                                                                                   "text_to_video": 3}
     assert 0 <= mats["feature_network"]["eval_action_accuracy"].value <= 1
+    # UCF101 is not shipped: unconfigured, the asset says what to set and evaluates nothing.
+    assert mats["ucf101_metrics"]["configured"].value is False
+    assert "evaluate.ucf101.root" in mats["ucf101_metrics"]["reason"].value
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
     assert all(e.passed for e in evaluations)

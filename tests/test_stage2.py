@@ -363,6 +363,30 @@ def test_evaluate_ucf101_logs_fvd_everywhere(env, tmp_path):
         evaluate_ucf101(env["settings"], f"models:/{NAME}/1", root, num_videos=6)
 
 
+def test_ucf101_step_reads_params(env, tmp_path):
+    """The pipeline's UCF101 step (asset ucf101_metrics): off without evaluate.ucf101.root, else the protocol
+    as params.yaml sets it, into the metrics file."""
+    import copy
+
+    from vimi.pipeline import evaluate_ucf101_configured
+
+    settings = env["settings"]
+    off = evaluate_ucf101_configured(settings, f"models:/{NAME}/1", None)
+    assert off["configured"] is False and "evaluate.ucf101.root" in off["reason"]
+    root = _ucf101_layout(tmp_path / "ucf")
+    params = copy.deepcopy(settings.params)
+    params["evaluate"]["ucf101"] = {"root": str(root), "num_videos": 3, "steps": 2}
+    configured = Settings(params=params, root=settings.root, data_dir=settings.data_dir,
+                          params_path=settings.params_path)
+    metrics_file = tmp_path / "metrics.json"
+    result = evaluate_ucf101_configured(configured, f"models:/{NAME}/1", metrics_file)
+    assert result["configured"] and result["videos"] == 3 and result["steps"] == 2 and result["split"] == "test"
+    assert json.loads(metrics_file.read_text())["ucf101"]["fvd_ucf101"] == pytest.approx(result["fvd_ucf101"], abs=1e-4)
+    params["evaluate"]["ucf101"]["num_videos"] = 5
+    with pytest.raises(VimiError, match=r"lists 4 video\(s\), fewer than the 5 asked for"):
+        evaluate_ucf101_configured(configured, f"models:/{NAME}/1", None)
+
+
 # ---- evaluation on SpriteWorld (feature network, grounding metrics) -----------------------------
 
 def test_psnr_by_hand():

@@ -428,7 +428,33 @@ def evaluate_model(settings: Settings, benchmark: str = "spriteworld", model: st
     from vimi.evaluation.evaluate import evaluate_spriteworld
     from vimi.registry import CANDIDATE, model_name
 
+    model = model or f"models:/{model_name(settings)}@{CANDIDATE}"
+    metrics_file = settings.root / "reports" / "metrics.json"
+    if benchmark == "ucf101":
+        return evaluate_ucf101_configured(settings, model, metrics_file)
     if benchmark != "spriteworld":
-        raise VimiError(f"The pipeline evaluates SpriteWorld; run `vimi evaluate --benchmark {benchmark}` by hand.")
-    return evaluate_spriteworld(settings, model or f"models:/{model_name(settings)}@{CANDIDATE}",
-                                metrics_file=settings.root / "reports" / "metrics.json")
+        raise VimiError(f"Unknown benchmark {benchmark!r}; the pipeline evaluates spriteworld and ucf101.")
+    return evaluate_spriteworld(settings, model, metrics_file=metrics_file)
+
+
+def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Path | None) -> dict[str, Any]:
+    """Zero-shot UCF101 FVD (and IS with C3D) as params.yaml evaluate.ucf101 configures it; with no
+    `root` set (UCF101 is not shipped: it cannot be downloaded here) it says so and evaluates nothing."""
+    from vimi.evaluation.evaluate import evaluate_ucf101
+
+    section = settings.params.get("evaluate", {}).get("ucf101") or {}
+    if not section.get("root"):
+        return {"benchmark": "ucf101", "configured": False,
+                "reason": "params.yaml evaluate.ucf101.root is not set: point it at a folder holding UCF-101/ and "
+                          "ucfTrainTestlist/ (the official layout) to evaluate zero-shot FVD (and IS with c3d)"}
+    def local(value: Any) -> Path | None:
+        if not value:
+            return None
+        path = Path(str(value)).expanduser()
+        return path if path.is_absolute() else settings.root / path
+
+    result = evaluate_ucf101(settings, model, local(section["root"]), int(section.get("num_videos", 2048)),
+                             local(section.get("c3d")), str(section.get("split", "test")), int(section.get("fold", 1)),
+                             section.get("steps"), settings.seed, allow_fewer=bool(section.get("allow_fewer", False)),
+                             metrics_file=metrics_file, prompts_file=local(section.get("prompts")))
+    return result | {"configured": True}
