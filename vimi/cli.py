@@ -496,7 +496,8 @@ def evaluate_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="As for vimi generate (default: "
                                         "models:/vimi-video-generator@champion)."),
     ucf101_root: Optional[Path] = typer.Option(None, "--ucf101-root", help="Folder holding UCF-101/ and "
-                                               "ucfTrainTestlist/ (the official layout)."),
+                                               "ucfTrainTestlist/ (the official layout; default: params.yaml "
+                                               "evaluate.ucf101.root)."),
     num_videos: int = typer.Option(2048, "--num-videos", help="ucf101: real and generated clips (the protocol: 2048)."),
     c3d: Optional[Path] = typer.Option(None, "--c3d", help="C3D weights fine-tuned on UCF101 (.safetensors, or "
                                        ".pt/.pth loaded with weights_only): adds the Inception Score."),
@@ -527,8 +528,12 @@ def evaluate_cmd(
         _emit(result, as_json, f"SpriteWorld, {sum(result['videos'].values())} clips: {shown}; MLflow vimi-eval: "
               f"{result['run_link']}", markup=False)
         return
+    if ucf101_root is None and (settings.params.get("evaluate", {}).get("ucf101") or {}).get("root"):
+        ucf101_root = Path(str(settings.params["evaluate"]["ucf101"]["root"])).expanduser()
+        ucf101_root = ucf101_root if ucf101_root.is_absolute() else settings.root / ucf101_root
     if ucf101_root is None:
-        raise VimiError("--benchmark ucf101 needs --ucf101-root DIR (the folder holding UCF-101/ and ucfTrainTestlist/).")
+        raise VimiError("--benchmark ucf101 needs --ucf101-root DIR (the folder holding UCF-101/ and ucfTrainTestlist/), "
+                        "or params.yaml evaluate.ucf101.root.")
     result = evaluate_ucf101(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", ucf101_root, num_videos,
                              c3d, split, fold, steps, seed, allow_fewer=allow_fewer, metrics_file=metrics,
                              prompts_file=prompts)
@@ -536,6 +541,32 @@ def evaluate_cmd(
                                                    if "is_ucf101" in result else "")
     _emit(result, as_json, f"UCF101 {split} fold {fold}, {result['videos']} clips: {figures} "
           f"(skipped {result['skipped'] or 'none'}); MLflow vimi-eval: {result['run_link']}", markup=False)
+
+
+@app.command("ablation")
+def ablation_cmd(
+    profile: Optional[str] = ProfileOption,
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the world, the training and the evaluation "
+                                       "(default: params.yaml's)."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the ablation's data and models go "
+                                           "(default: ablation/<profile>/)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over: delete the work directory first (default: "
+                               "finished steps are kept, so a killed ablation picks up)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="The table (default: reports/ablation.md; the "
+                                          "full results go beside it as .json)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The paper's ablation: text-only stage 1, retrieval-augmented stage 1 and stage 1 + stage 2, trained and
+    evaluated on SpriteWorld with everything else equal → reports/ablation.md and an MLflow parent run
+    (experiment vimi-ablation). The main pipeline's data, models and registry are not touched."""
+    from vimi.ablation import run_ablation
+    from vimi.config import Settings
+
+    base = Settings.load(profile=profile)
+    result = run_ablation(base, profile, seed, workdir, fresh, report,
+                          log=lambda line: err_console.print(line, markup=False, highlight=False))
+    _emit(result, as_json, f"Ablation, profile {result['profile']}, seed {result['seed']} → {result['report']}\n"
+          f"{result['table']}", markup=False)
 
 
 @app.command("fvd")

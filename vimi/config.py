@@ -99,6 +99,11 @@ class Settings:
     root: Path
     data_dir: Path
     params_path: Path | None = None
+    # Where pipeline directories live (default <root>/models); the ablation keeps its models apart.
+    models_dir: Path | None = None
+    # Tracking overrides: every run goes to this MLflow experiment, as a child of this run (the ablation).
+    experiment: str | None = None
+    parent_run_id: str | None = None
 
     @classmethod
     def load(
@@ -131,7 +136,7 @@ class Settings:
 
     def model_path(self, name: str) -> Path:
         """A pipeline or model directory under <root>/models (DVC outs); checkpoints in models/.checkpoints."""
-        return self.root / "models" / name
+        return (self.models_dir or self.root / "models") / name
 
     def path(self, name: str) -> Path:
         """Location of a named dataset (see DATASET_FILES) under the data directory."""

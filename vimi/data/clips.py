@@ -191,12 +191,13 @@ class InstructionBatch:
     prompts: list[list[Any]]            # interleaved text and images, as the encoder reads them
     context_frames: list[int]           # leading frames given (video prediction), 0 otherwise
     instructions: list[str]
+    captions: list[str]                 # the clips' captions: a text-only model's prompts
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-INSTRUCTION_COLUMNS = ["id", "task", "instruction", "clip_id", "clip_row", "videos_path", "videos_version",
+INSTRUCTION_COLUMNS = ["id", "task", "instruction", "caption", "clip_id", "clip_row", "videos_path", "videos_version",
                        "image_sources", "context_frames", "memory_path", "memory_version"]
 
 
@@ -263,7 +264,8 @@ class InstructionClips:
                     raise VimiError(f"Instruction {row['id']!r} has an image source the loader cannot read: {source}.")
             prompts.append(interleave(row["instruction"], images))
         return InstructionBatch([r["id"] for r in rows], [r["task"] for r in rows], np.stack(frames), prompts,
-                                [int(r["context_frames"]) for r in rows], [r["instruction"] for r in rows])
+                                [int(r["context_frames"]) for r in rows], [r["instruction"] for r in rows],
+                                [r["caption"] for r in rows])
 
 
 def collate_batch(batch: Any) -> Any:

@@ -125,12 +125,12 @@ def record_evaluation(settings: Settings, benchmark: str, resolved: Any, metrics
     import mlflow
 
     from vimi.models.pipeline import save_videos
-    from vimi.train.tracking import experiment_id, log_params, ui_link
+    from vimi.train.tracking import experiment_id, log_params, run_tags, ui_link
 
     exp = experiment_id(settings, "vimi-eval")
     with mlflow.start_run(experiment_id=exp, run_name=f"{benchmark}-{resolved.name or 'model'}-{resolved.version or ''}",
-                          tags={"vimi.benchmark": benchmark, "vimi.model": resolved.uri,
-                                "vimi.model_version": str(resolved.version or "")}) as run:
+                          tags=run_tags(settings, {"vimi.benchmark": benchmark, "vimi.model": resolved.uri,
+                                                   "vimi.model_version": str(resolved.version or "")})) as run:
         log_params(settings.params)
         mlflow.log_params({"eval.model": resolved.uri, **params})
         mlflow.log_metrics(metrics)
@@ -157,11 +157,19 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([structural_similarity(x, y, channel_axis=-1, data_range=255) for x, y in zip(a, b)]))
 
 
+PROMPT_MODES = ("instruction", "caption")
+
+
 def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | None = None, steps: int | None = None,
-                         seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None) -> dict[str, Any]:
+                         seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None,
+                         prompt_mode: str = "instruction") -> dict[str, Any]:
     """SpriteWorld's grounding metrics on the evaluation split's instructions (README "Evaluation"):
     FVD_syn and IS_syn (feature network), motion accuracy, identity accuracy of subject-driven clips
-    for seen and unseen subjects, PSNR/SSIM of predicted frames."""
+    for seen and unseen subjects, PSNR/SSIM of predicted frames.
+
+    Every model sees the same clips and seeds. A stage-1 model (no frame conditioning) gets the given
+    frames of video prediction in its prompt only, as images; `prompt_mode="caption"` gives each clip's
+    caption alone (the text-only baseline's input: it was never trained on images)."""
     import torch
 
     from vimi import lance_io
@@ -173,6 +181,8 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
     from vimi.progress import progress
     from vimi.registry import resolve_model
 
+    if prompt_mode not in PROMPT_MODES:
+        raise VimiError(f"prompt_mode must be one of {', '.join(PROMPT_MODES)}, not {prompt_mode!r}.")
     start = time.perf_counter()
     section = settings.params.get("evaluate", {})
     videos_per_task = int(videos_per_task or section.get("videos_per_task", 64))
@@ -197,7 +207,9 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
         for first in progress(range(0, len(rows), batch_size), desc=f"generating {task}", unit="batch"):
             batch = clips.__getitems__(rows[first:first + batch_size])
             given = [batch.frames[i, :m] if m else None for i, m in enumerate(batch.context_frames)]
-            out = pipe(batch.prompts, context_frames=given if any(batch.context_frames) else None,
+            conditioned = pipe.predicts_video and any(batch.context_frames)
+            prompts = batch.prompts if prompt_mode == "instruction" else [[c] for c in batch.captions]
+            out = pipe(prompts, context_frames=given if conditioned else None,
                        num_inference_steps=steps, generator=generator).frames
             real.extend(batch.frames)
             fake.extend(out)
@@ -237,12 +249,14 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
         metrics["prediction_ssim"] = float(np.mean([_ssim(fake[i, given_counts[i]:], real[i, given_counts[i]:])
                                                     for i in predicted]))
     result: dict[str, Any] = {"benchmark": "spriteworld", "model": resolved.to_json() | {"tags": None},
-                              "videos": {t: len(r) for t, r in chosen.items()}, "steps": steps, "seed": seed, **metrics}
+                              "videos": {t: len(r) for t, r in chosen.items()}, "steps": steps, "seed": seed,
+                              "prompt_mode": prompt_mode, "frame_conditioning": bool(pipe.predicts_video), **metrics}
     order = [i for t in chosen for i in np.flatnonzero(tasks == t)[:3]]
     samples = np.concatenate([real[order], fake[order]], axis=2)      # real above generated, 3 per task
     record_evaluation(settings, "spriteworld", resolved, metrics, result, samples,
                       float(getattr(pipe.config, "fps", 8.0)), metrics_file,
-                      {"eval.videos_per_task": videos_per_task, "eval.steps": steps, "eval.seed": seed},
+                      {"eval.videos_per_task": videos_per_task, "eval.steps": steps, "eval.seed": seed,
+                       "eval.prompt_mode": prompt_mode},
                       {"videos": int(len(tasks))})
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result

@@ -47,7 +47,10 @@ def artifact_root(settings: Settings) -> Path:
 
 
 def experiment_id(settings: Settings, name: str) -> str:
+    """The id of the named experiment (created on first use), or of settings.experiment when that is set."""
     import mlflow
+
+    name = settings.experiment or name
 
     mlflow.set_tracking_uri(tracking_uri(settings))
     found = mlflow.get_experiment_by_name(name)
@@ -64,6 +67,14 @@ def ui_link(settings: Settings, experiment: str, run_id: str) -> str:
     uri = tracking_uri(settings)
     base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
     return f"{base}/#/experiments/{experiment_id(settings, experiment)}/runs/{run_id}"
+
+
+def run_tags(settings: Settings, tags: dict[str, str] | None = None) -> dict[str, str]:
+    """A new run's tags, with its parent run when settings name one (MLflow nests it under it)."""
+    out = dict(tags or {})
+    if settings.parent_run_id:
+        out["mlflow.parentRunId"] = settings.parent_run_id
+    return out
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -105,7 +116,7 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
         mlflow.set_system_metrics_samples_before_logging(1)
         active = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else exp,
                                   run_name=None if resume_run_id else run_name, log_system_metrics=True,
-                                  tags=None if resume_run_id else tags)
+                                  tags=None if resume_run_id else run_tags(settings, tags))
         state["run"] = active
         if resume_run_id is None:
             log_params(settings.params)
