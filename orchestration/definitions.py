@@ -4,10 +4,14 @@ import dagster as dg
 
 from orchestration import assets, checks
 from orchestration.resources import VimiSettings
+from orchestration.schedules import retraining_schedule
+from orchestration.sensors import new_memory_version
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([assets]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
+    schedules=[retraining_schedule],
+    sensors=[new_memory_version],
     resources={"vimi": VimiSettings()},
     # One step at a time: each training step already uses every core (torch threads), and two side by
     # side on 2 cores ran 7× slower (measured: the image encoder took 7 min beside the feature network).

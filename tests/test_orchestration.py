@@ -13,6 +13,7 @@ from orchestration import assets, checks
 from orchestration.definitions import defs
 from orchestration.resources import VimiSettings
 from tests.conftest import REPO, write_params
+from vimi.config import Settings
 
 ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
           "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
@@ -164,3 +165,47 @@ def test_dagster_cli_materializes_everything(project, tmp_path):
     for check in CHECKS:
         assert f"Asset check '{check}'" in out.stderr and "passed" in out.stderr
     assert (project / "data" / "eval_videos.lance").is_dir()
+
+
+def test_retraining_schedule_and_jobs():
+    from orchestration.schedules import operations
+    from vimi.config import load_params
+
+    ops = load_params(REPO / "params.yaml")["operations"]
+    schedule = defs.get_schedule_def("weekly_retraining")
+    assert schedule.cron_schedule == ops["retrain_cron"] == operations()["retrain_cron"]
+    assert schedule.execution_timezone == ops["timezone"] and schedule.job_name == "retraining"
+    retraining = defs.resolve_job_def("retraining")
+    assert {k.to_user_string() for k in retraining.asset_layer.executable_asset_keys} == {
+        "stage1_model", "stage2_model", "spriteworld_metrics", "ucf101_metrics", "champion_model"}
+    retrieval = defs.resolve_job_def("retrieval")
+    assert {k.to_user_string() for k in retrieval.asset_layer.executable_asset_keys} == {
+        "bm25_index", "augmented_video_dataset"}
+    sensor = defs.get_sensor_def("new_memory_version")
+    assert sensor.job_name == "retrieval" and sensor.minimum_interval_seconds == ops["memory_sensor_interval_s"]
+
+
+def test_memory_sensor_requests_retrieval_once_per_new_version(project):
+    """No index yet → a run; the retrieval job rebuilds index and augmentation → skip; a new memory version
+    (an ingest) → one run keyed by that version."""
+    from orchestration.sensors import new_memory_version
+    from vimi.pipeline import generate_world
+
+    settings = Settings.load()
+    generate_world(settings)
+    resource = VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(project / "data"))
+
+    def tick():
+        return new_memory_version(dg.build_sensor_context(resources={"vimi": resource}))
+
+    first = tick()
+    assert isinstance(first, dg.RunRequest) and first.run_key == "memory-v1"
+    assert first.tags["vimi/index_memory_version"] == "None"
+    job = dg.materialize([*dg.load_assets_from_modules([assets])], resources={"vimi": resource},
+                         selection=["bm25_index", "augmented_video_dataset"])
+    assert job.success
+    assert isinstance(tick(), dg.SkipReason)
+    generate_world(settings, parts=("memory",))                     # a new memory version: 2
+    second = tick()
+    assert isinstance(second, dg.RunRequest) and second.run_key == "memory-v2"
+    assert second.tags == {"vimi/memory_version": "2", "vimi/index_memory_version": "1"}

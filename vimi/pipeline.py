@@ -197,6 +197,22 @@ def build_instruction_dataset(settings: Settings) -> dict[str, Any]:
                               settings.path("instructions"), params, settings.seed)
 
 
+def memory_change(settings: Settings) -> dict[str, Any] | None:
+    """The memory's version when the BM25 index was not built from it (a new ingest since, or no index
+    yet), else None: what the sensor that rebuilds index and augmentation watches."""
+    from vimi.retrieval.bm25 import INFO_FILE
+
+    memory = settings.path("memory")
+    if not lance_io.exists(memory):
+        return None
+    version = lance_io.open_dataset(memory).version
+    info_file = settings.path("bm25") / INFO_FILE
+    indexed = json.loads(info_file.read_text()).get("memory_version") if info_file.is_file() else None
+    if indexed == version:
+        return None
+    return {"memory_version": version, "index_memory_version": indexed}
+
+
 def validate_dataset(settings: Settings, which: str, uri: Path | None = None) -> ValidationReport:
     """Run the Great Expectations suite of a dataset (memory, videos, eval_videos, retrieval, instructions)."""
     if which == "retrieval":
