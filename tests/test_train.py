@@ -202,6 +202,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     train_stage1(settings, resume="never")
     uninterrupted = _weights(settings.model_path("stage1"))
     first_run = json.loads((settings.model_path("stage1") / "training.json").read_text())["run_id"]
+    first_curve = (settings.model_path("stage1") / "loss.csv").read_text()
 
     ckpt = settings.model_path(".checkpoints") / "stage1"
     proc = subprocess.Popen(VIMI + ["train", "stage1", "--fresh"], env=env, stdout=subprocess.DEVNULL,
@@ -229,6 +230,12 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     resumed = _weights(settings.model_path("stage1"))
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    # The loss curve shipped with the pipeline is whole and has no step twice, and its losses are the
+    # uninterrupted run's (the same weights, the same batches).
+    curve = (settings.model_path("stage1") / "loss.csv").read_text().splitlines()
+    assert curve[0] == "step,loss,lr,grad_norm"
+    assert [int(line.split(",")[0]) for line in curve[1:]] == list(range(2, 17, 2))
+    assert curve == first_curve.splitlines()
 
     import mlflow
 

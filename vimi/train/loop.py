@@ -29,6 +29,7 @@ from vimi.errors import VimiError
 from vimi.progress import counter
 
 RESUME_MODES = ("auto", "always", "never")
+HISTORY_HEADER = "step,loss,lr,grad_norm"
 
 
 @dataclass
@@ -227,6 +228,13 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ema.to(device)
 
+    # The logged figures, kept beside the checkpoints so a resumed run's curve is whole; rows past the
+    # checkpoint resumed from were logged by the killed process and are logged again.
+    history = checkpoint_dir / "history.csv"
+    if accelerator.is_main_process:
+        kept = [line for line in (history.read_text().splitlines()[1:] if run_info and history.is_file() else [])
+                if int(line.split(",", 1)[0]) <= start_step]
+        history.write_text("\n".join([HISTORY_HEADER, *kept]) + "\n")
     run_id = tracker.start(run_info.get("run_id")) if tracker and accelerator.is_main_process else None
     run_info = {"fingerprint": fingerprint, "run_id": run_id, "finished": False, "task": task.name}
     if accelerator.is_main_process:
@@ -290,6 +298,9 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
                            "clips_per_s": window_steps * clips_per_step / max(elapsed, 1e-9),
                            "loader_share": load_seconds / max(load_seconds + compute_seconds, 1e-9),
                            "ema_decay": float(ema.cur_decay_value or 0.0)}
+                if accelerator.is_main_process:
+                    with history.open("a") as f:
+                        f.write(f"{step},{metrics['loss']:.6g},{metrics['lr']:.6g},{metrics['grad_norm']:.6g}\n")
                 if tracker and accelerator.is_main_process:
                     tracker.metrics(metrics, step)
                 window_start, window_steps, load_seconds, compute_seconds = time.perf_counter(), 0, 0.0, 0.0
@@ -331,6 +342,7 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
             save_videos(frames, tmp / "samples" / "final", formats=("gif", "mp4"))
             if tracker:
                 tracker.sample(frames, cfg.steps)
+        shutil.copyfile(history, tmp / "loss.csv")      # the loss curve (DVC plots, the run report)
         (tmp / "training.json").write_text(json.dumps(summary, indent=1))
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)
