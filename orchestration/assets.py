@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from orchestration.metadata import dataset_metadata
@@ -213,3 +215,17 @@ def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
         "champion_version": dg.MetadataValue.text(str(decision["champion"])),
         "champion_uri": dg.MetadataValue.text(f"models:/{decision['name']}@champion"),
     })
+
+
+@dg.asset(deps=[champion_model, augmented_video_dataset, feature_network], group_name="evaluation", kinds={"html"},
+          description="The run report (reports/index.html, self-contained): retrieved examples, sample videos of each "
+                      "task, loss curves, metrics, the registry and the ablation; logged to the stage-2 MLflow run.")
+def report(vimi: VimiSettings) -> dg.MaterializeResult:
+    meta = pipeline.build_run_report(vimi.load())
+    metadata = {"path": dg.MetadataValue.path(meta["path"]), "open": dg.MetadataValue.url(Path(meta["path"]).as_uri()),
+                "size_kb": dg.MetadataValue.float(round(meta["bytes"] / 1024, 1)),
+                "sections": dg.MetadataValue.json(meta["sections"]),
+                "sample_videos": dg.MetadataValue.int(meta["sample_videos"])}
+    if meta.get("run_link"):
+        metadata["mlflow_run"] = dg.MetadataValue.url(meta["run_link"])
+    return dg.MaterializeResult(metadata=metadata)

@@ -59,7 +59,7 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     root, env = repo_copy
     first = dvc(root, env, "repro")
     for stage in ("world", "memory", "videos", "eval_videos", "validate", "index", "augment", "validate_retrieval",
-                  "align", "stage1", "instructions", "stage2", "featurenet", "evaluate", "promote"):
+                  "align", "stage1", "instructions", "stage2", "featurenet", "evaluate", "promote", "report"):
         assert f"Running stage '{stage}'" in first.stdout
     stage1 = json.loads((root / "reports" / "stage1.json").read_text())
     assert stage1["steps"] == 6 and stage1["final_loss"] > 0
@@ -72,7 +72,14 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     metrics = json.loads((root / "reports" / "retrieval.json").read_text())
     assert metrics["success"] is True and metrics["coverage"] == 1.0
     shown = dvc(root, env, "metrics", "show", "--json")
-    assert "recall_at_k" in shown.stdout
+    assert "recall_at_k" in shown.stdout and "fvd_syn" in shown.stdout
+    plots = json.loads(dvc(root, env, "plots", "show", "--json").stdout)
+    assert not plots.get("errors"), plots["errors"]
+    values = plots["data"]["loss"][0]["content"]["data"]["values"]
+    assert {v["filename"] for v in values} == {"encoder/loss.csv", "stage1/loss.csv", "stage2/loss.csv",
+                                                "featurenet/loss.csv"}
+    assert [int(v["step"]) for v in values if v["filename"] == "stage1/loss.csv"] == [2, 4, 6]
+    assert (root / "reports" / "index.html").stat().st_size > 10_000
     memory = root / "data" / "memory.lance"
     assert lance.dataset(str(memory)).count_rows() == 240
     assert (root / "reports" / "validation" / "memory.json").is_file()
@@ -100,8 +107,12 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     exp = dvc(root, env, "exp", "run", "-S", "retrieval.k=3")
     assert "Running stage 'augment'" in exp.stdout and "Running stage 'memory'" not in exp.stdout
     assert "Running stage 'stage1'" in exp.stdout and "Running stage 'align'" not in exp.stdout
+    # a training parameter re-runs that training and what follows it, not the data
+    exp = dvc(root, env, "exp", "run", "-S", "stage1.lr=0.002")
+    assert "Running stage 'stage1'" in exp.stdout and "Running stage 'stage2'" in exp.stdout
+    assert "Running stage 'augment'" not in exp.stdout and "Running stage 'featurenet'" not in exp.stdout
     assert lance_io.fingerprint(memory) != fingerprint
     shown = dvc(root, env, "exp", "show", "--csv", "--no-pager").stdout.splitlines()
     header = shown[0].split(",")
     seeds = [row.split(",")[header.index("seed")] for row in shown[1:]]
-    assert seeds == ["1", "0", "1", "1"]  # the workspace, the baseline commit, the two experiments
+    assert seeds == ["1", "0", "1", "1", "1"]  # the workspace, the baseline commit, the three experiments

@@ -17,7 +17,7 @@ from vimi.config import Settings
 
 ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
           "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
-          "feature_network", "spriteworld_metrics", "ucf101_metrics", "champion_model"}
+          "feature_network", "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"}
 CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality", "instructions_suite"}
 
 
@@ -98,6 +98,16 @@ def test_materialize_in_process(project):
     # UCF101 is not shipped: unconfigured, the asset says what to set and evaluates nothing.
     assert mats["ucf101_metrics"]["configured"].value is False
     assert "evaluate.ucf101.root" in mats["ucf101_metrics"]["reason"].value
+    # The run report: one self-contained page with what a person looks at after a run.
+    page = (project / "reports" / "index.html").read_text()
+    assert mats["report"]["path"].path == str(project / "reports" / "index.html")
+    assert mats["report"]["sample_videos"].value == 2 and mats["report"]["mlflow_run"].url
+    for section in ("Datasets", "Retrieved examples", "Sample videos", "Loss curves", "Metrics", "Registry", "Ablation"):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count('src="data:image/gif;base64,') == 2 and 'src="data:image/png;base64,' in page
+    assert "fvd_syn" in page and "http" not in page.replace("http://127.0.0.1", "") and "<script" not in page
+    caption = augmented["examples"].value.split("**")[1]             # a clip's caption with its retrieved images
+    assert caption in page
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
     assert all(e.passed for e in evaluations)

@@ -543,6 +543,17 @@ def evaluate_cmd(
           f"(skipped {result['skipped'] or 'none'}); MLflow vimi-eval: {result['run_link']}", markup=False)
 
 
+@app.command("report")
+def report_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """The run report, reports/index.html (self-contained): datasets, retrieved examples, sample videos per task,
+    loss curves, metrics, registry, ablation; logged to the stage-2 model's MLflow run."""
+    from vimi.pipeline import build_run_report
+
+    meta = build_run_report(_settings(profile))
+    _emit(meta, as_json, f"Wrote {meta['path']} ({meta['bytes'] / 1024:.0f} KiB: {', '.join(meta['sections'])})"
+          + (f"; MLflow: {meta['run_link']}" if meta.get("run_link") else ""), markup=False)
+
+
 @app.command("ablation")
 def ablation_cmd(
     profile: Optional[str] = ProfileOption,

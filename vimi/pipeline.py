@@ -474,3 +474,10 @@ def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Pat
                              section.get("steps"), settings.seed, allow_fewer=bool(section.get("allow_fewer", False)),
                              metrics_file=metrics_file, prompts_file=local(section.get("prompts")))
     return result | {"configured": True}
+
+
+def build_run_report(settings: Settings) -> dict[str, Any]:
+    """reports/index.html: datasets, retrieved examples, sample videos, loss curves, metrics, registry, ablation."""
+    from vimi.report import build_report
+
+    return build_report(settings)
