@@ -66,7 +66,15 @@ run: setup
 	@vimi status
 	@echo "Browse it: make ui (Dagster) · make mlflow-ui (MLflow)"
 
-test: setup
+# The UI tests drive a real headless Chromium: Debian's package (as root, the way CI runs).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "error: the UI tests need Chromium at $(CHROMIUM): install Debian's chromium package (apt-get install chromium)"; exit 1; fi
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
+test: setup $(CHROMIUM)
 	python -m pytest $(PYTEST_ARGS)
 
 ui: setup
