@@ -79,11 +79,19 @@ def _start_parent(settings: Settings, run_id: str | None) -> str:
 def run_ablation(base: Settings, profile: str | None = None, seed: int | None = None, workdir: Path | None = None,
                  fresh: bool = False, report: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and evaluate the three arms; write `report` (default reports/ablation.md, + .json beside it)."""
-    from vimi import pipeline
-    from vimi.evaluation.evaluate import evaluate_spriteworld
+    from vimi.locks import step_lock
 
     settings = ablation_settings(base, profile or base.profile, seed, workdir)
     work = settings.data_dir.parent
+    with step_lock(work.parent / ".locks", f"ablation-{work.name}"):
+        return _run(settings, base, work, fresh, report, log)
+
+
+def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Path | None,
+         log: Callable[[str], None]) -> dict[str, Any]:
+    from vimi import pipeline
+    from vimi.evaluation.evaluate import evaluate_spriteworld
+
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from vimi.data.ingest import video_candidates
 from vimi.data.schema import VIDEO_SCHEMA
 from vimi.errors import VimiError
 from vimi.ingest import run_ingest
+from vimi.locks import locked
 from vimi.memory.ingest import memory_candidates
 from vimi.memory.schema import MEMORY_SCHEMA
 from vimi.parallel import resolve_workers
@@ -35,6 +36,7 @@ def _dataset_metadata(uri: Path, seconds: float, **extra: Any) -> dict[str, Any]
     return meta
 
 
+@locked("world")
 def world_catalog(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """SpriteWorld's subjects, scenes and actions (data/world/catalog.json)."""
     cfg = WorldConfig.from_params(settings.params)
@@ -65,6 +67,7 @@ def _ingest_configured(settings: Settings, uri: Path, schema, streams: list, sta
     return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
 
 
+@locked("memory")
 def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | None = None) -> dict[str, Any]:
     """The image-text memory: ingested from data.memory_sources when configured, else SpriteWorld."""
     uri = out or settings.path("memory")
@@ -85,6 +88,7 @@ def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | 
     return _dataset_metadata(uri, time.perf_counter() - start, source="spriteworld", quarantined={})
 
 
+@locked(lambda settings, split="train", *a, **k: "videos" if split == "train" else "eval_videos")
 def build_videos(settings: Settings, split: str = "train", out: Path | None = None,
                  world_dir: Path | None = None) -> dict[str, Any]:
     """Training clips (split=train) or the evaluation split (split=eval): ingested from
@@ -133,6 +137,7 @@ def generate_world(settings: Settings, out_dir: Path | None = None,
     return results
 
 
+@locked("bm25_index")
 def build_bm25_index(settings: Settings) -> dict[str, Any]:
     """The BM25 index over the memory's captions (data/bm25/)."""
     from vimi.retrieval.bm25 import build_index, describe
@@ -171,6 +176,7 @@ def fetch_documents(settings: Settings, hits: list, with_images: bool = False) -
     return rows
 
 
+@locked("augment")
 def augment_videos(settings: Settings) -> dict[str, Any]:
     """The retrieval-augmented video dataset (data/augmented.lance) and its retrieval figures."""
     from vimi.retrieval.augment import augment, examples
@@ -185,6 +191,7 @@ def augment_videos(settings: Settings) -> dict[str, Any]:
     return meta
 
 
+@locked("instructions")
 def build_instruction_dataset(settings: Settings) -> dict[str, Any]:
     """The stage-2 instruction dataset (data/instructions.lance): subject-driven generation, video
     prediction and text-to-video samples for the training clips and the evaluation split."""
@@ -273,6 +280,7 @@ def _lance_input(uri: Path, name: str) -> tuple[Path, str, int]:
     return uri, name, lance_io.open_dataset(uri, name).version
 
 
+@locked("align")
 def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, Any]:
     """The image encoder, aligned contrastively to the language model on the memory (models/encoder/)."""
     from vimi.train.align import AlignTask
@@ -294,6 +302,7 @@ def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, A
                                 "run_link": ui_link(settings, "vimi-align", summary["run_id"])}
 
 
+@locked(lambda settings, text_only=False, *a, **k: "stage1-text-only" if text_only else "stage1")
 def train_stage1(settings: Settings, text_only: bool = False, resume: str = "auto") -> dict[str, Any]:
     """Stage 1, retrieval-augmented pretraining (models/stage1/, or models/stage1-text-only/ for the
     text-only baseline); tracked in the MLflow experiment vimi-stage1."""
@@ -365,6 +374,7 @@ def _input_example(dataset: Any) -> tuple[Any, dict[str, Any]] | None:
     return pd.DataFrame({"prompt": [row["instruction"]], "images": [images]}), {"num_inference_steps": 2, "seed": 0}
 
 
+@locked("stage2")
 def train_stage2(settings: Settings, init: str | None = None, resume: str = "auto",
                  register: bool = True) -> dict[str, Any]:
     """Stage 2, multimodal instruction tuning from a stage-1 pipeline (models/stage2/); tracked in the
@@ -402,6 +412,7 @@ def train_stage2(settings: Settings, init: str | None = None, resume: str = "aut
     return meta
 
 
+@locked("promote")
 def promote_model(settings: Settings, version: str | None = None) -> dict[str, Any]:
     """Apply the promotion policy to the registry's candidate (or a version): champion moves or not, and why."""
     from vimi.registry import promote
@@ -409,6 +420,7 @@ def promote_model(settings: Settings, version: str | None = None) -> dict[str, A
     return promote(settings, version)
 
 
+@locked("featurenet")
 def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str, Any]:
     """SpriteWorld's feature network (models/featurenet/), trained on the training clips and scored on the
     evaluation split (accuracy.json); tracked in the MLflow experiment vimi-eval."""
@@ -476,6 +488,7 @@ def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Pat
     return result | {"configured": True}
 
 
+@locked("report")
 def build_run_report(settings: Settings) -> dict[str, Any]:
     """reports/index.html: datasets, retrieved examples, sample videos, loss curves, metrics, registry, ablation."""
     from vimi.report import build_report

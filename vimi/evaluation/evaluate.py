@@ -21,6 +21,7 @@ import numpy as np
 
 from vimi.config import Settings
 from vimi.errors import VimiError
+from vimi.locks import locked
 
 
 def update_metrics_file(path: Path, benchmark: str, figures: dict[str, Any]) -> None:
@@ -45,6 +46,7 @@ def tag_model_metrics(settings: Settings, resolved: Any, metrics: dict[str, floa
     return True
 
 
+@locked("evaluate_ucf101")
 def evaluate_ucf101(settings: Settings, model: str, ucf101_root: Path, num_videos: int = 2048,
                     c3d: Path | None = None, split: str = "test", fold: int = 1, steps: int | None = None,
                     seed: int = 0, batch_size: int = 8, allow_fewer: bool = False,
@@ -160,6 +162,7 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
 PROMPT_MODES = ("instruction", "caption")
 
 
+@locked("evaluate_spriteworld")
 def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | None = None, steps: int | None = None,
                          seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None,
                          prompt_mode: str = "instruction") -> dict[str, Any]:
