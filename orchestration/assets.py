@@ -7,15 +7,17 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.metadata import dataset_metadata
+from orchestration import versions
 from orchestration.resources import VimiSettings
 from vimi import pipeline
 
 
-@dg.asset(group_name="data", kinds={"json"},
+@dg.asset(code_version=versions.code_version("spriteworld"), group_name="data", kinds={"json"},
           description="SpriteWorld's catalog: subjects (name, shape, colours, pattern, seen/unseen), scenes, actions.")
 def spriteworld(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = pipeline.world_catalog(vimi.load())
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]).parent, "catalog.json")),
+                                metadata={
         "path": dg.MetadataValue.path(meta["path"]),
         "seed": meta["seed"],
         "subjects": meta["subjects"],
@@ -26,31 +28,33 @@ def spriteworld(vimi: VimiSettings) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(deps=[spriteworld], group_name="data", kinds={"lance"},
+@dg.asset(code_version=versions.code_version("image_text_memory"), deps=[spriteworld], group_name="data", kinds={"lance"},
           description="Image-text memory (data/memory.lance): SpriteWorld documents, or the configured "
                       "webdataset/parquet sources.")
 def image_text_memory(vimi: VimiSettings) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=dataset_metadata(pipeline.build_memory(vimi.load())))
+    return _dataset_result(pipeline.build_memory(vimi.load()))
 
 
-@dg.asset(deps=[spriteworld], group_name="data", kinds={"lance"},
+@dg.asset(code_version=versions.code_version("video_corpus"), deps=[spriteworld], group_name="data", kinds={"lance"},
           description="Training clips (data/videos.lance): SpriteWorld, or the configured WebVid sources.")
 def video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=dataset_metadata(pipeline.build_videos(vimi.load(), "train")))
+    return _dataset_result(pipeline.build_videos(vimi.load(), "train"))
 
 
-@dg.asset(deps=[spriteworld], group_name="data", kinds={"lance"},
+@dg.asset(code_version=versions.code_version("eval_video_corpus"), deps=[spriteworld], group_name="data", kinds={"lance"},
           description="Evaluation clips (data/eval_videos.lance): seen subjects in new combinations and "
                       "subjects that appear only in the memory.")
 def eval_video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=dataset_metadata(pipeline.build_videos(vimi.load(), "eval")))
+    return _dataset_result(pipeline.build_videos(vimi.load(), "eval"))
 
 
-@dg.asset(deps=[image_text_memory], group_name="retrieval", kinds={"lucene"},
+@dg.asset(code_version=versions.code_version("bm25_index"), deps=[image_text_memory], group_name="retrieval", kinds={"lucene"},
           description="BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/), sharded by memory rows.")
 def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = pipeline.build_bm25_index(vimi.load())
-    return dg.MaterializeResult(metadata={
+    # The index is determined by the memory's rows and the BM25 parameters: that is its data version.
+    version = versions.digest_json([meta["memory_ids_sha256"], meta["k1"], meta["b"], len(meta["shards"])])
+    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
         "docs": dg.MetadataValue.int(meta["docs"]),
         "memory_version": dg.MetadataValue.int(meta["memory_version"]),
         "index_id": dg.MetadataValue.text(meta["index_id"]),
@@ -63,7 +67,7 @@ def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(deps=[bm25_index, video_corpus], group_name="retrieval", kinds={"lance"},
+@dg.asset(code_version=versions.code_version("augmented_video_dataset"), deps=[bm25_index, video_corpus], group_name="retrieval", kinds={"lance"},
           description="Retrieval-augmented video dataset (data/augmented.lance): per training clip, the top-k "
                       "memory documents of its caption, with scores, ranks and provenance.")
 def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
@@ -86,7 +90,30 @@ def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
     if "recall_at_k" in figures:
         metadata["recall_at_k"] = dg.MetadataValue.float(figures["recall_at_k"])
         metadata["top1_own_subject"] = dg.MetadataValue.float(figures["top1_own_subject"])
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=_lance_version(meta["path"]))
+
+
+def _dataset_result(meta: dict, **extra) -> dg.MaterializeResult:
+    """A Lance dataset's materialization: its metadata, and its row fingerprint as the data version."""
+    return dg.MaterializeResult(metadata={**dataset_metadata(meta), **extra},
+                                data_version=dg.DataVersion(str(meta["fingerprint"])[:16]))
+
+
+def _lance_version(path: str) -> dg.DataVersion:
+    from vimi import lance_io
+
+    return dg.DataVersion(str(lance_io.fingerprint(path))[:16])
+
+
+def _model_result(meta: dict, metadata: dict) -> dg.MaterializeResult:
+    """A trained model's materialization: its weights are its data version."""
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]))))
+
+
+def _metrics_version(result: dict) -> dg.DataVersion:
+    """Metrics: the figures and the model they are of."""
+    return dg.DataVersion(versions.digest_json([result["model"].get("uri"), result["model"].get("version"),
+                                                {k: v for k, v in result.items() if isinstance(v, float)}]))
 
 
 def _training_metadata(meta: dict) -> dict:
@@ -107,7 +134,7 @@ def _training_metadata(meta: dict) -> dict:
     return metadata
 
 
-@dg.asset(deps=[image_text_memory], group_name="models", kinds={"pytorch", "mlflow"},
+@dg.asset(code_version=versions.code_version("image_encoder"), deps=[image_text_memory], group_name="models", kinds={"pytorch", "mlflow"},
           description="Image encoder aligned contrastively to all-MiniLM-L6-v2 on the memory (models/encoder/); "
                       "MLflow experiment vimi-align.")
 def image_encoder(vimi: VimiSettings) -> dg.MaterializeResult:
@@ -115,17 +142,18 @@ def image_encoder(vimi: VimiSettings) -> dg.MaterializeResult:
     metadata = _training_metadata(meta)
     for key in ("caption_top1", "caption_top5", "chance_top1"):
         metadata[key] = dg.MetadataValue.float(float(meta[key]))
-    return dg.MaterializeResult(metadata=metadata)
+    return _model_result(meta, metadata)
 
 
-@dg.asset(deps=[augmented_video_dataset, image_encoder], group_name="models", kinds={"pytorch", "mlflow"},
+@dg.asset(code_version=versions.code_version("stage1_model"), deps=[augmented_video_dataset, image_encoder], group_name="models", kinds={"pytorch", "mlflow"},
           description="Stage 1: the video denoiser pretrained on the retrieval-augmented dataset, conditioned by the "
                       "multimodal encoder (models/stage1/, a ViMiPipeline directory); MLflow experiment vimi-stage1.")
 def stage1_model(vimi: VimiSettings) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata=_training_metadata(pipeline.train_stage1(vimi.load())))
+    meta = pipeline.train_stage1(vimi.load())
+    return _model_result(meta, _training_metadata(meta))
 
 
-@dg.asset(deps=[augmented_video_dataset, eval_video_corpus, image_text_memory], group_name="instructions",
+@dg.asset(code_version=versions.code_version("instruction_dataset"), deps=[augmented_video_dataset, eval_video_corpus, image_text_memory], group_name="instructions",
           kinds={"lance"},
           description="Stage-2 instruction dataset (data/instructions.lance): subject-driven (reference images of the "
                       "subject from the memory), video prediction (first frames given), text-to-video; training rows "
@@ -141,10 +169,10 @@ def instruction_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
         metadata["examples"] = dg.MetadataValue.md("\n".join(
             f"**{e['task']}**: `{e['instruction']}`\n" + "\n".join(f"- {s}" for s in e.get("sources", [])) + "\n"
             for e in examples))
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(meta["fingerprint"])[:16]))
 
 
-@dg.asset(deps=[stage1_model, instruction_dataset], group_name="models", kinds={"pytorch", "mlflow"},
+@dg.asset(code_version=versions.code_version("stage2_model"), deps=[stage1_model, instruction_dataset], group_name="models", kinds={"pytorch", "mlflow"},
           description="Stage 2: the stage-1 pipeline instruction-tuned on the three tasks (models/stage2/); MLflow "
                       "experiment vimi-stage2; registered as a new version of vimi-video-generator with alias @candidate.")
 def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
@@ -157,10 +185,10 @@ def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
         metadata["registered_model"] = dg.MetadataValue.text(registered["uri"])
         metadata["registered_version"] = dg.MetadataValue.int(int(registered["version"]))
         metadata["checks"] = dg.MetadataValue.text(f"{registered['checks']}: {registered['checks_detail']}")
-    return dg.MaterializeResult(metadata=metadata)
+    return _model_result(meta, metadata)
 
 
-@dg.asset(deps=[video_corpus, eval_video_corpus], group_name="evaluation", kinds={"pytorch", "mlflow"},
+@dg.asset(code_version=versions.code_version("feature_network"), deps=[video_corpus, eval_video_corpus], group_name="evaluation", kinds={"pytorch", "mlflow"},
           description="SpriteWorld's feature network (models/featurenet/): a video classifier of the action and the "
                       "subject's attributes, the eye of FVD_syn, IS_syn, motion and identity accuracy.")
 def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
@@ -169,10 +197,10 @@ def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
     for key, value in (meta.get("eval_accuracy") or {}).items():
         if isinstance(value, float):
             metadata[f"eval_{key}"] = dg.MetadataValue.float(value)
-    return dg.MaterializeResult(metadata=metadata)
+    return _model_result(meta, metadata)
 
 
-@dg.asset(deps=[stage2_model, feature_network, instruction_dataset], group_name="evaluation", kinds={"mlflow"},
+@dg.asset(code_version=versions.code_version("spriteworld_metrics"), deps=[stage2_model, feature_network, instruction_dataset], group_name="evaluation", kinds={"mlflow"},
           description="SpriteWorld grounding metrics of the newest @candidate on the evaluation split "
                       "(reports/metrics.json, MLflow vimi-eval, tags on the registered version).")
 def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
@@ -182,10 +210,10 @@ def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     metadata.update({"mlflow_run": dg.MetadataValue.url(result["run_link"]),
                      "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
                      "videos": dg.MetadataValue.json(result["videos"])})
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=_metrics_version(result))
 
 
-@dg.asset(deps=[stage2_model], group_name="evaluation", kinds={"mlflow"},
+@dg.asset(code_version=versions.code_version("ucf101_metrics"), deps=[stage2_model], group_name="evaluation", kinds={"mlflow"},
           description="Zero-shot UCF101 FVD (I3D) and IS (C3D, when its weights are configured) of the newest "
                       "@candidate, on the official split lists; params.yaml evaluate.ucf101 says where UCF101 is "
                       "(not shipped: without it this asset records that nothing was evaluated).")
@@ -193,22 +221,24 @@ def ucf101_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     result = pipeline.evaluate_model(vimi.load(), "ucf101")
     if not result["configured"]:
         return dg.MaterializeResult(metadata={"configured": dg.MetadataValue.bool(False),
-                                              "reason": dg.MetadataValue.text(result["reason"])})
+                                              "reason": dg.MetadataValue.text(result["reason"])},
+                                    data_version=dg.DataVersion("not-configured"))
     metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
     metadata.update({"configured": dg.MetadataValue.bool(True), "mlflow_run": dg.MetadataValue.url(result["run_link"]),
                      "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
                      "videos": dg.MetadataValue.int(int(result["videos"])),
                      "skipped": dg.MetadataValue.json(result["skipped"]),
                      "split": dg.MetadataValue.text(f"{result['split']}list0{result['fold']}")})
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=_metrics_version(result))
 
 
-@dg.asset(deps=[spriteworld_metrics, ucf101_metrics], group_name="models", kinds={"mlflow"},
+@dg.asset(code_version=versions.code_version("champion_model"), deps=[spriteworld_metrics, ucf101_metrics], group_name="models", kinds={"mlflow"},
           description="The registry's @champion: the promotion policy applied to the newest @candidate "
                       "(`vimi promote`); the decision and its reason are tagged on the version.")
 def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
     decision = pipeline.promote_model(vimi.load())
-    return dg.MaterializeResult(metadata={
+    return dg.MaterializeResult(data_version=dg.DataVersion(versions.digest_json(
+        [decision["name"], decision["champion"], decision["candidate"], decision["promoted"]])), metadata={
         "promoted": dg.MetadataValue.bool(bool(decision["promoted"])),
         "reason": dg.MetadataValue.text(decision["reason"]),
         "candidate_version": dg.MetadataValue.text(decision["candidate"]),
@@ -217,7 +247,7 @@ def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(deps=[champion_model, augmented_video_dataset, feature_network], group_name="evaluation", kinds={"html"},
+@dg.asset(code_version=versions.code_version("report"), deps=[champion_model, augmented_video_dataset, feature_network], group_name="evaluation", kinds={"html"},
           description="The run report (reports/index.html, self-contained): retrieved examples, sample videos of each "
                       "task, loss curves, metrics, the registry and the ablation; logged to the stage-2 MLflow run.")
 def report(vimi: VimiSettings) -> dg.MaterializeResult:
