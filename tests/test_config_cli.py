@@ -77,7 +77,8 @@ def test_world_generate_json_and_out(project, tmp_path):
 @pytest.mark.parametrize("command", [[], ["world", "generate"], ["memory", "ingest"], ["memory", "build"],
                                      ["videos", "ingest"], ["videos", "build"], ["validate"], ["bench", "memory"],
                                      ["instructions", "build"], ["train", "stage2"], ["promote"], ["generate"],
-                                     ["train", "featurenet"], ["evaluate"], ["fvd"], ["bench", "eval"], ["ablation"]])
+                                     ["train", "featurenet"], ["evaluate"], ["fvd"], ["bench", "eval"], ["ablation"],
+                                     ["bench", "pipeline"], ["report"]])
 def test_every_command_has_help(command):
     out = run(*command, "--help")
     assert out.returncode == 0 and "Usage" in out.stdout

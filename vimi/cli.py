@@ -679,6 +679,33 @@ def _figure_table(title: str, result: dict) -> None:
     out_console.print(table)
 
 
+@bench_app.command("pipeline")
+def bench_pipeline_cmd(
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Scratch project for the run (default: a new "
+                                           "temporary folder; the repository's data is not touched)."),
+    out: Path = typer.Option(Path("benchmarks/pipeline.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The whole graph step by step (the functions the assets call, with their blocking suites) against
+    `make run`'s 15-minute budget; the baseline is a process start, which Dagster pays per step."""
+    from vimi.pipeline_bench import bench_pipeline
+
+    result = bench_pipeline(_settings(profile), workdir,
+                            log=lambda line: err_console.print(line, markup=False, highlight=False))
+    if _save_benchmark(result, out, as_json):
+        return
+    table = Table(title=f"vimi bench pipeline → {out}")
+    for column in ("asset", "group", "seconds", "share"):
+        table.add_column(column)
+    for stage in result["stages"]:
+        table.add_row(stage["asset"], stage["group"], f"{stage['seconds']:.1f}", f"{stage['share']:.1%}")
+    out_console.print(table)
+    out_console.print(f"total {result['total_s']:.0f} s; with a process start per asset (Dagster) "
+                      f"{result['make_run_projected_s']:.0f} s = {result['budget_share']:.0%} of the "
+                      f"{result['budget_s'] // 60}-minute budget")
+
+
 @bench_app.command("train")
 def bench_train_cmd(
     steps: int = typer.Option(5, min=1, help="Timed training steps (best one counts)."),
