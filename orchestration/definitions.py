@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orchestration import assets, checks
+from orchestration.executors import configured_executor
 from orchestration.resources import VimiSettings
 from orchestration.schedules import retraining_schedule
 from orchestration.sensors import new_memory_version
@@ -13,7 +14,8 @@ defs = dg.Definitions(
     schedules=[retraining_schedule],
     sensors=[new_memory_version],
     resources={"vimi": VimiSettings()},
-    # One step at a time: each training step already uses every core (torch threads), and two side by
-    # side on 2 cores ran 7× slower (measured: the image encoder took 7 min beside the feature network).
-    executor=dg.multiprocess_executor.configured({"max_concurrent": 1}),
+    # By default one step at a time: each training step already uses every core (torch threads), and two
+    # side by side on 2 cores ran 7× slower (the image encoder took 7 min beside the feature network).
+    # VIMI_DAGSTER_EXECUTOR / VIMI_DAGSTER_MAX_CONCURRENT choose otherwise (docs/scaling.md).
+    executor=configured_executor(),
 )

@@ -271,3 +271,33 @@ def test_memory_sensor_requests_retrieval_once_per_new_version(project):
     second = tick()
     assert isinstance(second, dg.RunRequest) and second.run_key == "memory-v2"
     assert second.tags == {"vimi/memory_version": "2", "vimi/index_memory_version": "1"}
+
+
+def test_executor_is_chosen_by_configuration(monkeypatch):
+    from orchestration.executors import configured_executor
+    from vimi.errors import VimiError
+
+    monkeypatch.delenv("VIMI_DAGSTER_EXECUTOR", raising=False)
+    monkeypatch.delenv("VIMI_DAGSTER_MAX_CONCURRENT", raising=False)
+    default = configured_executor()
+    def concurrent(executor) -> int:
+        return executor.config_schema.resolve_config({}).value["config"]["max_concurrent"]
+
+    assert default.name == "multiprocess" and concurrent(default) == 1
+    monkeypatch.setenv("VIMI_DAGSTER_MAX_CONCURRENT", "4")
+    assert concurrent(configured_executor()) == 4
+    monkeypatch.setenv("VIMI_DAGSTER_EXECUTOR", "in_process")
+    assert configured_executor().name == "in_process"
+    for kind, requirement in (("celery", "dagster-celery==0.29.28"), ("k8s", "dagster-k8s==0.29.28")):
+        monkeypatch.setenv("VIMI_DAGSTER_EXECUTOR", kind)
+        try:
+            assert configured_executor().name in ("celery", "k8s")       # where the integration is installed
+        except VimiError as exc:
+            assert requirement in str(exc) and "docs/scaling.md" in str(exc)
+    monkeypatch.setenv("VIMI_DAGSTER_EXECUTOR", "threads")
+    with pytest.raises(VimiError, match="must be one of multiprocess, in_process, celery, k8s"):
+        configured_executor()
+    monkeypatch.setenv("VIMI_DAGSTER_EXECUTOR", "multiprocess")
+    monkeypatch.setenv("VIMI_DAGSTER_MAX_CONCURRENT", "0")
+    with pytest.raises(VimiError, match="positive integer"):
+        configured_executor()
