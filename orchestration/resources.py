@@ -10,12 +10,15 @@ from vimi.config import Settings
 
 
 class VimiSettings(dg.ConfigurableResource):
-    """params.yaml and the data directory. Unset fields fall back to vimi's own rules:
-    params.yaml found from the working directory (or VIMI_PARAMS), data under VIMI_DATA_DIR or ./data."""
+    """params.yaml, the data directory and the MLflow tracking store. Unset fields fall back to vimi's own
+    rules: params.yaml found from the working directory (or VIMI_PARAMS), data under VIMI_DATA_DIR or
+    ./data, tracking at MLFLOW_TRACKING_URI or sqlite in ./mlflow/."""
 
     params_path: Optional[str] = None
     data_dir: Optional[str] = None
     profile: Optional[str] = None
+    mlflow_tracking_uri: Optional[str] = None
 
     def load(self) -> Settings:
-        return Settings.load(profile=self.profile, params_path=self.params_path, data_dir=self.data_dir)
+        return Settings.load(profile=self.profile, params_path=self.params_path, data_dir=self.data_dir,
+                             tracking_uri=self.mlflow_tracking_uri)

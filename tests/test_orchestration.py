@@ -301,3 +301,15 @@ def test_executor_is_chosen_by_configuration(monkeypatch):
     monkeypatch.setenv("VIMI_DAGSTER_MAX_CONCURRENT", "0")
     with pytest.raises(VimiError, match="positive integer"):
         configured_executor()
+
+
+def test_resource_configures_paths_and_tracking_per_environment(project, tmp_path, monkeypatch):
+    from vimi.train.tracking import tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    resource = VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(tmp_path / "prod-data"),
+                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'prod.db'}")
+    settings = resource.load()
+    assert settings.data_dir == tmp_path / "prod-data" and settings.path("memory") == tmp_path / "prod-data" / "memory.lance"
+    assert tracking_uri(settings) == f"sqlite:///{tmp_path / 'prod.db'}"
+    assert tracking_uri(VimiSettings(params_path=str(project / "params.yaml")).load()) == "sqlite:///elsewhere.db"

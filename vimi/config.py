@@ -104,6 +104,8 @@ class Settings:
     # Tracking overrides: every run goes to this MLflow experiment, as a child of this run (the ablation).
     experiment: str | None = None
     parent_run_id: str | None = None
+    # The MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite in <root>/mlflow/).
+    tracking_uri: str | None = None
 
     @classmethod
     def load(
@@ -111,6 +113,7 @@ class Settings:
         profile: str | None = None,
         params_path: str | Path | None = None,
         data_dir: str | Path | None = None,
+        tracking_uri: str | None = None,
     ) -> "Settings":
         path = Path(params_path).resolve() if params_path else find_params_file()
         params = load_params(path, profile)
@@ -118,7 +121,7 @@ class Settings:
         # An explicit directory (argument or VIMI_DATA_DIR) is taken relative to the working directory.
         chosen = data_dir or os.environ.get("VIMI_DATA_DIR")
         data = Path(chosen).expanduser().resolve() if chosen else root / "data"
-        return cls(params=params, root=root, data_dir=data, params_path=path)
+        return cls(params=params, root=root, data_dir=data, params_path=path, tracking_uri=tracking_uri or None)
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.params.get(name)

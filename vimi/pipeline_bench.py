@@ -9,7 +9,6 @@ and the library's imports), measured here, so a step's time reads against it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -70,26 +69,18 @@ def bench_pipeline(settings: Settings, workdir: Path | None = None,
 
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vimi-bench-pipeline-"))
     s = Settings(params=settings.params, root=scratch, data_dir=scratch / "data", params_path=settings.params_path,
-                 models_dir=scratch / "models")
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{scratch / 'mlflow.db'}"
+                 models_dir=scratch / "models", tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}")
     stages: list[dict[str, Any]] = []
-    try:
-        baseline = _process_start_s()
-        total_start = time.perf_counter()
-        for name, group, run in _steps(s):
-            log(f"bench pipeline: {name} …")
-            start = time.perf_counter()
-            run()
-            seconds = time.perf_counter() - start
-            stages.append({"asset": name, "group": group, "seconds": round(seconds, 2)})
-            log(f"bench pipeline: {name}: {seconds:.1f} s")
-        total = time.perf_counter() - total_start
-    finally:
-        if saved is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+    baseline = _process_start_s()
+    total_start = time.perf_counter()
+    for name, group, run in _steps(s):
+        log(f"bench pipeline: {name} …")
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+        stages.append({"asset": name, "group": group, "seconds": round(seconds, 2)})
+        log(f"bench pipeline: {name}: {seconds:.1f} s")
+    total = time.perf_counter() - total_start
     for stage in stages:
         stage["share"] = round(stage["seconds"] / total, 3)
     by_group: dict[str, float] = {}

@@ -34,7 +34,7 @@ def pyfunc_signature():
 
 
 def tracking_uri(settings: Settings) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
     folder = settings.root / "mlflow"
