@@ -432,8 +432,12 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
     cfg = LoopConfig.from_params(section, settings.seed, "featurenet")
     world = settings.params.get("world", {})
     memory = settings.path("memory")
-    task = FeatureNetTask(settings.path("videos"), int(world.get("num_frames", 8)), int(world.get("frame_size", 32)),
-                          section, settings.seed, memory if lance_io.exists(memory) else None)
+    # The network may look at clips smaller than the world's (featurenet.num_frames / frame_size): clips are
+    # fitted to its shape when it trains and when it classifies.
+    num_frames = int(section.get("num_frames") or world.get("num_frames", 8))
+    frame_size = int(section.get("frame_size") or world.get("frame_size", 32))
+    task = FeatureNetTask(settings.path("videos"), num_frames, frame_size, section, settings.seed,
+                          memory if lance_io.exists(memory) else None)
     inputs = [_lance_input(settings.path("videos"), "videos")] + ([_lance_input(memory, "memory")] if task.stills else [])
     tracker = mlflow_tracker(settings, "vimi-eval", "feature-network", inputs,
                              tags={"vimi.stage": "featurenet", "vimi.profile": settings.profile}, log_model=False)
