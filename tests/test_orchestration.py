@@ -239,7 +239,7 @@ def test_retraining_schedule_and_jobs():
     assert schedule.execution_timezone == ops["timezone"] and schedule.job_name == "retraining"
     retraining = defs.resolve_job_def("retraining")
     assert {k.to_user_string() for k in retraining.asset_layer.executable_asset_keys} == {
-        "stage1_model", "stage2_model", "spriteworld_metrics", "ucf101_metrics", "champion_model"}
+        "stage1_model", "stage2_model", "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"}
     retrieval = defs.resolve_job_def("retrieval")
     assert {k.to_user_string() for k in retrieval.asset_layer.executable_asset_keys} == {
         "bm25_index", "augmented_video_dataset"}
