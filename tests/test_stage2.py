@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import real_clip_frames, real_image_files, write_params
+from tests.conftest import real_clip_frames, real_image_files, train_micro_pipeline, write_params
 from vimi.config import Settings
 from vimi.data.video_io import decode_container, write_video
 from vimi.errors import VimiError
@@ -33,8 +33,7 @@ NAME = "vimi-video-generator"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Data, image encoder, stage 1 (6 steps), stage 2 (4 steps, registered) and its promotion, once."""
-    from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
-                               generate_world, promote_model, train_feature_network, train_stage1, train_stage2)
+    from vimi.pipeline import promote_model, train_feature_network
 
     root = tmp_path_factory.mktemp("stage2")
     write_params(root)
@@ -46,13 +45,7 @@ def trained(tmp_path_factory):
         for key, value in env.items():
             mp.setenv(key, value)
         settings = Settings.load()
-        generate_world(settings)
-        build_bm25_index(settings)
-        augment_videos(settings)
-        align_image_encoder(settings)
-        stage1 = train_stage1(settings)
-        build_instruction_dataset(settings)
-        meta = train_stage2(settings)
+        stage1, meta = train_micro_pipeline(settings)
         promotion = promote_model(settings)
         train_feature_network(settings)
         yield {"settings": settings, "stage2": meta, "stage1": stage1, "promotion": promotion, "root": root, "env": env}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import write_params
+from tests.conftest import train_micro_pipeline, write_params
 from tests.test_orchestration import ASSETS
 from vimi.config import Settings
 
@@ -99,8 +99,7 @@ def browse(url: str, screenshot: Path | None = None, expect: tuple[str, ...] = (
 @pytest.fixture(scope="module")
 def pipeline_project(tmp_path_factory):
     """A micro pipeline run: data, retrieval, stage 1 and stage 2 registered and promoted."""
-    from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
-                               generate_world, promote_model, train_stage1, train_stage2)
+    from vimi.pipeline import promote_model
 
     root = tmp_path_factory.mktemp("ui")
     write_params(root)
@@ -114,13 +113,7 @@ def pipeline_project(tmp_path_factory):
         for key, value in env.items():
             mp.setenv(key, value)
         settings = Settings.load()
-        generate_world(settings)
-        build_bm25_index(settings)
-        augment_videos(settings)
-        align_image_encoder(settings)
-        train_stage1(settings)
-        build_instruction_dataset(settings)
-        train_stage2(settings)
+        train_micro_pipeline(settings)
         promote_model(settings)
     yield {"root": root, "env": {**os.environ, **env}}
 
