@@ -96,6 +96,21 @@ def log_lance_input(uri: Path, name: str, version: int, context: str = "training
     mlflow.log_input(MetaDataset(source, name=f"{name}@v{version}"), context=context)
 
 
+def log_system_snapshot(run_id: str) -> None:
+    """One sample of MLflow's own system monitors (CPU, memory, disk, network, GPU) when the
+    background monitor logged none: it publishes only after a full sampling interval, so a run
+    shorter than that would have no system metrics at all."""
+    import mlflow
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    if any(k.startswith("system/") for k in mlflow.tracking.MlflowClient().get_run(run_id).data.metrics):
+        return
+    monitor = SystemMetricsMonitor(run_id)
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
+    monitor.mlflow_logger.flush()
+
+
 def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: list[tuple[Path, str, int]],
                    tags: dict[str, str] | None = None, log_model: bool = True, input_example: Any = None):
     """A loop Tracker writing to MLflow: params.yaml flattened, the Lance inputs, metrics, sample
@@ -146,6 +161,7 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
             summary["model_uri"] = info.model_uri    # MLflow 3 keeps logged models apart: models:/m-<id>
         else:
             mlflow.log_artifacts(str(out_dir), "pipeline")
+        log_system_snapshot(state["run"].info.run_id)
         mlflow.end_run(status="FINISHED")
 
     def fail(message: str) -> None:
