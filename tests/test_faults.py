@@ -181,3 +181,31 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     assert json.loads((tmp_path / "stage1.lock").read_text())["step"] == "stage1"   # the file stays, the lock not
     with step_lock(tmp_path, "stage1") as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_runs_whose_process_died_are_closed_and_live_ones_left_alone(project):
+    import mlflow
+
+    from vimi.config import Settings
+    from vimi.train.tracking import close_orphan_runs, experiment_id, process_tags
+
+    exp = experiment_id(Settings.load(), "vimi-stage1")
+    client = mlflow.tracking.MlflowClient()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    live = client.create_run(exp, tags=process_tags()).info.run_id             # this test's own process
+    orphan = client.create_run(exp, tags={**process_tags(), "vimi.pid": str(dead.pid)}).info.run_id
+    # the pid alive again but another process (pid reuse): its start time differs
+    reused = client.create_run(exp, tags={**process_tags(), "vimi.pid_started": "1.000"}).info.run_id
+    elsewhere = client.create_run(exp, tags={**process_tags(), "vimi.host": "another-host",
+                                             "vimi.pid": str(dead.pid)}).info.run_id
+    untagged = client.create_run(exp).info.run_id
+    finished = client.create_run(exp, tags={**process_tags(), "vimi.pid": str(dead.pid)}).info.run_id
+    client.set_terminated(finished, "FINISHED")
+
+    assert sorted(close_orphan_runs(exp)) == sorted([orphan, reused])
+    status = {run: client.get_run(run).info.status for run in (live, orphan, reused, elsewhere, untagged, finished)}
+    assert status == {live: "RUNNING", orphan: "KILLED", reused: "KILLED", elsewhere: "RUNNING",
+                      untagged: "RUNNING", finished: "FINISHED"}
+    assert f"process {dead.pid} on " in client.get_run(orphan).data.tags["vimi.orphaned"]
+    assert close_orphan_runs(exp) == []

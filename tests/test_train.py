@@ -242,7 +242,11 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     client = mlflow.tracking.MlflowClient()
     steps = sorted(m.step for m in client.get_metric_history(meta["run_id"], "loss"))
     assert steps[-1] == 16 and set(range(2, 17, 2)) <= set(steps)
-    assert client.get_run(meta["run_id"]).info.status == "FINISHED"
+    run = client.get_run(meta["run_id"])
+    # the resume found the run orphaned (its process gone), closed it, then reopened and finished it
+    assert run.info.status == "FINISHED" and run.data.tags["vimi.resumed"] == "true"
+    assert run.data.tags["vimi.orphaned"].startswith(f"process {proc.pid} on ")
+    assert run.data.tags["vimi.pid"] != str(proc.pid)                    # the resuming process holds it now
 
     # Nothing left to resume now: --resume says so in one sentence.
     again = subprocess.run(VIMI + ["train", "stage1", "--resume"], env=env, capture_output=True, text=True)

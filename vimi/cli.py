@@ -316,7 +316,8 @@ def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
             lines.append(f"  {name}: not built")
         else:
             quarantined = ", ".join(f"{k} {v}" for k, v in meta["quarantined"].items()) or "none"
-            lines.append(f"  {name}: {meta['rows']} rows, version {meta['version']}, quarantined: {quarantined}")
+            lines.append(f"  {name}: {meta['rows']} rows, version {meta['version']}, {meta['fragments']} fragments, "
+                         f"quarantined: {quarantined}")
     for name, meta in status["models"].items():
         if meta is not None:
             lines.append(f"  models/{name}: {meta['steps']} steps, final loss {meta['final_loss']:.4f}, "
@@ -330,6 +331,42 @@ def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
     elif registry and "error" in registry:
         lines.append(f"  registry: {registry['error']}")
     _emit(status, as_json, "\n".join(lines), markup=False)
+
+
+@app.command("compact")
+def compact_cmd(
+    datasets: Optional[list[str]] = typer.Argument(None, help="memory, videos, eval_videos, augmented, instructions, "
+                                                   "quarantine (default: all that exist)."),
+    max_fragments: int = typer.Option(0, "--max-fragments", min=0, help="Leave datasets with at most this many "
+                                      "fragments alone (0: merge whenever there is more than one)."),
+    prune: bool = typer.Option(False, "--prune", help="Also delete older versions and the files only they use, "
+                               "keeping those the index, augmented and instruction datasets were built from "
+                               "(the history stays in DVC's commits; `lance.dataset(path, version=N)` of a pruned "
+                               "version then fails)."),
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Merge small Lance fragments into few large ones: one new version, the same rows in the same order,
+    older versions still readable. Appends do it past 64 fragments; this is for data other tools
+    appended, or before `dvc commit`/`dvc push` (fewer, larger files)."""
+    from vimi.pipeline import compact_datasets
+
+    result = compact_datasets(_settings(profile), datasets or None, max_fragments, prune)
+    lines = []
+    for name, meta in result.items():
+        if meta is None:
+            lines.append(f"  {name}: not built")
+            continue
+        if meta["compacted"]:
+            line = (f"  {name}: {meta['fragments_before']} → {meta['fragments']} fragments, "
+                    f"version {meta['version_before']} → {meta['version']}")
+        else:
+            line = f"  {name}: {meta['fragments']} fragments, left as they are (version {meta['version']})"
+        if prune:
+            line += (f"; pruned {meta['versions_pruned']} versions, kept {meta['versions_kept']}, "
+                     f"{meta['files_before']} → {meta['files']} files")
+        lines.append(line)
+    _emit(result, as_json, "\n".join(lines), markup=False)
 
 
 ResumeOption = typer.Option(None, "--resume/--fresh", help="--resume: continue the unfinished run from its last "
@@ -704,6 +741,42 @@ def bench_pipeline_cmd(
     out_console.print(f"total {result['total_s']:.0f} s; with a process start per asset (Dagster) "
                       f"{result['make_run_projected_s']:.0f} s = {result['budget_share']:.0%} of the "
                       f"{result['budget_s'] // 60}-minute budget")
+
+
+@bench_app.command("lance-dvc")
+def bench_lance_dvc_cmd(
+    appends: str = typer.Option("100,1000,3000", "--appends", help="Numbers of one-commit appends, comma-separated."),
+    rows: int = typer.Option(100, "--rows", min=1, help="Rows per append."),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", help="Where the scratch DVC projects go "
+                                           "(default: the system's temporary folder)."),
+    out: Path = typer.Option(Path("benchmarks/lance_dvc.json"), "--out", help="Where the JSON goes."),
+    as_json: bool = JsonOption,
+) -> None:
+    """DVC tracking a Lance dataset as appends multiply its fragments: files, manifest bytes, `dvc add`,
+    `dvc status` and `dvc add` after one more append, with vimi's fragment merging (and merging plus
+    `vimi compact --prune`) against plain Lance appends."""
+    from vimi.lance_dvc_bench import bench_lance_dvc
+
+    try:
+        counts = [int(a.replace("_", "")) for a in appends.split(",") if a.strip()]
+    except ValueError:
+        raise VimiError(f"--appends takes comma-separated integers, got {appends!r}.") from None
+    result = bench_lance_dvc(counts, rows, workdir,
+                             log=lambda line: err_console.print(line, markup=False, highlight=False))
+    if _save_benchmark(result, out, as_json):
+        return
+    table = Table(title=f"vimi bench lance-dvc ({rows} rows per append) → {out}")
+    for column in ("appends", "arm", "fragments", "files", "manifest MB", "ms/append", "dvc add s",
+                   "status s", "add after 1 append s"):
+        table.add_column(column, justify="right")
+    for size in result["sizes"].values():
+        for arm in ("merged", "merged_and_pruned", "plain_lance_baseline"):
+            r = size[arm]
+            table.add_row(f"{size['appends']:,}", arm, str(r["fragments"]), f"{r['files']:,}",
+                          f"{r['manifest_bytes'] / 1e6:,.1f}", f"{r['ms_per_append_last_100']:.1f}",
+                          f"{r['dvc_add_s']:.1f}", f"{r['dvc_status_unchanged_s']:.1f}",
+                          f"{r['dvc_add_after_one_append_s']:.1f}")
+    out_console.print(table)
 
 
 @bench_app.command("train")

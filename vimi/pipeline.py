@@ -244,7 +244,7 @@ def data_status(settings: Settings) -> dict[str, Any]:
         if lance_io.exists(uri):
             meta = lance_io.summary(uri, n_samples=0)
             datasets[name] = {"rows": meta["rows"], "version": meta["version"], "path": meta["path"],
-                              "quarantined": quarantine_counts(settings, uri)}
+                              "fragments": meta["fragments"], "quarantined": quarantine_counts(settings, uri)}
         else:
             datasets[name] = None
     models: dict[str, Any] = {}
@@ -261,6 +261,82 @@ def data_status(settings: Settings) -> dict[str, Any]:
         registry = {"error": str(exc).splitlines()[0]}
     return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets, "models": models,
             "registry": registry}
+
+
+# The step that writes each dataset: compaction takes its lock, so it never races that step's overwrite.
+DATASET_WRITERS = {"memory": "memory", "videos": "videos", "eval_videos": "eval_videos", "augmented": "augment",
+                   "instructions": "instructions", "quarantine": "quarantine"}
+
+
+def referenced_versions(settings: Settings) -> dict[str, set[int]]:
+    """Versions other datasets read rows at: the memory version the BM25 index was built from, the
+    memory and clip versions in the augmented dataset's rows, and the clip, memory and augmented
+    versions the instruction dataset recorded. Recorded paths are matched by their file name
+    (memory.lance, ...), so a data directory that moved still protects its references."""
+    from vimi.config import DATASET_FILES
+    from vimi.retrieval.bm25 import INFO_FILE
+
+    by_file = {file: name for name, file in DATASET_FILES.items() if name in DATASET_WRITERS}
+    refs: dict[str, set[int]] = {name: set() for name in DATASET_WRITERS}
+
+    def add(path: str, version: Any) -> None:
+        if Path(path).name in by_file and version is not None:
+            refs[by_file[Path(path).name]].add(int(version))
+
+    info = settings.path("bm25") / INFO_FILE
+    if info.is_file():
+        add(DATASET_FILES["memory"], json.loads(info.read_text())["memory_version"])
+    for name in ("augmented", "instructions"):
+        if not lance_io.exists(settings.path(name)):
+            continue
+        ds = lance_io.open_dataset(settings.path(name))
+        videos = ["videos_path"] if name == "instructions" else []   # augmented: always this directory's videos
+        table = ds.to_table(columns=["memory_path", "memory_version", *videos, "videos_version"])
+        for row in {tuple(r.values()) for r in table.to_pylist()}:
+            add(row[0], row[1])
+            add(row[2] if videos else DATASET_FILES["videos"], row[-1])
+        if name == "instructions":
+            provenance = json.loads((ds.schema.metadata or {}).get(b"provenance", b"{}"))
+            add(str(provenance.get("augmented_path", "")), provenance.get("augmented_version"))
+    return refs
+
+
+def compact_datasets(settings: Settings, names: list[str] | None = None, max_fragments: int = 0,
+                     prune: bool = False) -> dict[str, dict[str, Any] | None]:
+    """Merge the fragments of the named datasets (all by default) that have more than
+    ``max_fragments``: appends do it themselves past lance_io.MAX_FRAGMENTS; this is for data
+    appended by other tools, or to merge everything before a `dvc commit`/push.
+
+    ``prune`` also deletes every older version, and the files only they used, except the versions
+    other datasets refer to (`referenced_versions`): what keeps a Lance directory's file count and
+    size flat however often the pipeline rewrites it. The history then lives in DVC's commits."""
+    from vimi.locks import step_lock
+
+    unknown = sorted(set(names or []) - set(DATASET_WRITERS))
+    if unknown:
+        raise VimiError(f"no dataset named {', '.join(unknown)}; the datasets are {', '.join(DATASET_WRITERS)}.")
+    refs = referenced_versions(settings) if prune else {}
+    result: dict[str, dict[str, Any] | None] = {}
+    for name in names or list(DATASET_WRITERS):
+        uri = settings.path(name)
+        if not lance_io.exists(uri):
+            result[name] = None
+            continue
+        with step_lock(settings.data_dir / ".locks", DATASET_WRITERS[name]):
+            before = lance_io.open_dataset(uri)
+            fragments, version = len(before.get_fragments()), before.version
+            after = lance_io.compact(uri, max_fragments) or before
+            meta = {"path": str(uri), "fragments_before": fragments, "version_before": version,
+                    "fragments": len(after.get_fragments()), "version": after.version,
+                    "compacted": after.version != version}
+            if prune:
+                files = sum(1 for f in Path(uri).rglob("*") if f.is_file())
+                pruned = lance_io.prune(uri, refs[name])
+                meta |= {"versions_pruned": pruned,
+                         "versions_kept": [v["version"] for v in lance_io.open_dataset(uri).versions()],
+                         "files_before": files, "files": sum(1 for f in Path(uri).rglob("*") if f.is_file())}
+        result[name] = meta
+    return result
 
 
 def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:

@@ -69,12 +69,58 @@ def ui_link(settings: Settings, experiment: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id(settings, experiment)}/runs/{run_id}"
 
 
+def process_tags() -> dict[str, str]:
+    """Which process holds a run: host, pid and the pid's start time (pids are reused)."""
+    import socket
+
+    import psutil
+
+    return {"vimi.host": socket.gethostname(), "vimi.pid": str(os.getpid()),
+            "vimi.pid_started": f"{psutil.Process().create_time():.3f}"}
+
+
 def run_tags(settings: Settings, tags: dict[str, str] | None = None) -> dict[str, str]:
     """A new run's tags, with its parent run when settings name one (MLflow nests it under it)."""
-    out = dict(tags or {})
+    out = dict(tags or {}) | process_tags()
     if settings.parent_run_id:
         out["mlflow.parentRunId"] = settings.parent_run_id
     return out
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.3f}" == started
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def close_orphan_runs(experiment: str) -> list[str]:
+    """Mark KILLED the experiment's RUNNING runs whose process, on this host, is gone (kill -9, OOM,
+    a lost machine's reboot), with the reason tagged (`vimi.orphaned`), so the UI does not show them
+    running forever. Runs of other hosts are left alone (their processes cannot be checked from here).
+    A resumed training reopens its run (MLflow sets it RUNNING again). Returns the run ids closed."""
+    import socket
+    import time as _time
+
+    import mlflow
+
+    host = socket.gethostname()
+    client = mlflow.tracking.MlflowClient()
+    closed = []
+    for run in client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get("vimi.host") != host or "vimi.pid" not in tags:
+            continue
+        if _process_alive(int(tags["vimi.pid"]), tags.get("vimi.pid_started", "")):
+            continue
+        client.set_tag(run.info.run_id, "vimi.orphaned",
+                       f"process {tags['vimi.pid']} on {host} ended without finishing the run (killed?); "
+                       f"found at {_time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def log_params(params: dict[str, Any]) -> None:
@@ -126,6 +172,7 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
 
     def start(resume_run_id: str | None) -> str:
         exp = experiment_id(settings, experiment)
+        close_orphan_runs(exp)
         if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
             mlflow.set_system_metrics_sampling_interval(5)
         mlflow.set_system_metrics_samples_before_logging(1)
@@ -138,7 +185,7 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
             for uri, name, version in inputs:
                 log_lance_input(uri, name, version)
         else:
-            mlflow.set_tag("vimi.resumed", "true")
+            mlflow.set_tags({"vimi.resumed": "true"} | process_tags())
         return active.info.run_id
 
     def metrics(values: dict[str, float], step: int) -> None:
