@@ -18,7 +18,9 @@ class VimiSettings(dg.ConfigurableResource):
     data_dir: Optional[str] = None
     profile: Optional[str] = None
     mlflow_tracking_uri: Optional[str] = None
+    # The Lance datasets elsewhere, e.g. s3://bucket/vimi (default: VIMI_LANCE_URI, else in data_dir).
+    lance_uri: Optional[str] = None
 
     def load(self) -> Settings:
         return Settings.load(profile=self.profile, params_path=self.params_path, data_dir=self.data_dir,
-                             tracking_uri=self.mlflow_tracking_uri)
+                             tracking_uri=self.mlflow_tracking_uri, lance_uri=self.lance_uri)

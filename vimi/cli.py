@@ -619,8 +619,9 @@ def ablation_cmd(
 
 @app.command("fvd")
 def fvd_cmd(
-    a: Path = typer.Argument(..., help="A folder of videos (mp4, avi, gif, …) or a Lance video dataset."),
-    b: Path = typer.Argument(..., help="The other set, likewise."),
+    a: str = typer.Argument(..., help="A folder of videos (mp4, avi, gif, …) or a Lance video dataset (a path, "
+                            "or an object-store URI such as s3://bucket/eval_videos.lance)."),
+    b: str = typer.Argument(..., help="The other set, likewise."),
     num_videos: Optional[int] = typer.Option(None, "--num-videos", min=2, help="Clips from each set (the "
                                              "protocol: 2048); default: all."),
     allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Use all clips when a set has fewer than "

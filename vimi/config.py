@@ -32,6 +32,33 @@ DATASET_FILES = {
 }
 
 
+def is_remote(uri: str | Path) -> bool:
+    """An object-store URI (s3://, gs://, az://, memory://, ...), as opposed to a local path."""
+    text = str(uri)        # a pathlib.Path never holds "://" (it folds the slashes); a UPath keeps it
+    return "://" in text and not text.startswith("file://")
+
+
+def object_store_env() -> None:
+    """One S3-compatible endpoint for both readers of object stores here: Lance reads AWS_ENDPOINT
+    (and needs AWS_ALLOW_HTTP for http://), pyarrow and boto read AWS_ENDPOINT_URL. Either one set
+    fills in the other; nothing is overwritten."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+    if endpoint:
+        os.environ.setdefault("AWS_ENDPOINT_URL", endpoint)
+        os.environ.setdefault("AWS_ENDPOINT", endpoint)
+        if endpoint.startswith("http://"):
+            os.environ.setdefault("AWS_ALLOW_HTTP", "true")
+
+
+def dataset_location(uri: str | Path) -> Path:
+    """A local Path, or a `upath.UPath` for an object-store URI (`Path("s3://b/k")` would lose a slash)."""
+    if is_remote(uri):
+        from upath import UPath
+
+        return UPath(uri)
+    return Path(str(uri).removeprefix("file://"))
+
+
 def find_params_file(start: Path | None = None) -> Path:
     env = os.environ.get("VIMI_PARAMS")
     if env:
@@ -106,6 +133,10 @@ class Settings:
     parent_run_id: str | None = None
     # The MLflow tracking store (default: MLFLOW_TRACKING_URI, else sqlite in <root>/mlflow/).
     tracking_uri: str | None = None
+    # Where the Lance datasets live when not in data_dir: another directory or an object store
+    # (s3://bucket/prefix, gs://, az://; Lance's own storage). The world catalog, the BM25 index and
+    # the step locks stay in data_dir: they need a local file system.
+    lance_uri: str | None = None
 
     @classmethod
     def load(
@@ -114,6 +145,7 @@ class Settings:
         params_path: str | Path | None = None,
         data_dir: str | Path | None = None,
         tracking_uri: str | None = None,
+        lance_uri: str | None = None,
     ) -> "Settings":
         path = Path(params_path).resolve() if params_path else find_params_file()
         params = load_params(path, profile)
@@ -121,7 +153,13 @@ class Settings:
         # An explicit directory (argument or VIMI_DATA_DIR) is taken relative to the working directory.
         chosen = data_dir or os.environ.get("VIMI_DATA_DIR")
         data = Path(chosen).expanduser().resolve() if chosen else root / "data"
-        return cls(params=params, root=root, data_dir=data, params_path=path, tracking_uri=tracking_uri or None)
+        lance = lance_uri or os.environ.get("VIMI_LANCE_URI") or None
+        if lance and not is_remote(lance):
+            lance = str(dataset_location(lance).expanduser().resolve())
+        elif lance:
+            object_store_env()
+        return cls(params=params, root=root, data_dir=data, params_path=path, tracking_uri=tracking_uri or None,
+                   lance_uri=lance)
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.params.get(name)
@@ -142,5 +180,11 @@ class Settings:
         return (self.models_dir or self.root / "models") / name
 
     def path(self, name: str) -> Path:
-        """Location of a named dataset (see DATASET_FILES) under the data directory."""
-        return self.data_dir / DATASET_FILES[name]
+        """Location of a named dataset (see DATASET_FILES): under the data directory, or the Lance
+        datasets under lance_uri when that is set (a `upath.UPath` for an object store: it joins and
+        names like a Path; read and write it through Lance and `vimi.lance_io`, not `open`)."""
+        file = DATASET_FILES[name]
+        if self.lance_uri and file.endswith(".lance"):
+            return dataset_location(self.lance_uri) / file
+        return self.data_dir / file
+

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Iterator
 import lance
 import pyarrow as pa
 
+from vimi.config import dataset_location, is_remote, object_store_env
 from vimi.errors import VimiError
 
 QUARANTINE_SCHEMA = pa.schema(
@@ -76,7 +77,44 @@ class IngestReport:
 
 
 def exists(uri: str | Path) -> bool:
+    if is_remote(uri):
+        fs, path = _object_store(uri)
+        import pyarrow.fs as pafs
+
+        return fs.get_file_info(f"{path}/_versions").type == pafs.FileType.Directory
     return (Path(uri) / "_versions").is_dir()
+
+
+def _object_store(uri: str | Path):
+    """pyarrow's file system for an object-store URI (credentials and endpoint from the environment,
+    as Lance reads them), and the path inside it."""
+    import pyarrow.fs as pafs
+
+    object_store_env()
+    try:
+        return pafs.FileSystem.from_uri(str(uri))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise VimiError(f"cannot reach {uri}: {exc}") from None
+
+
+def location(uri: str | Path) -> str:
+    """How provenance names a dataset: the absolute local path, or the object-store URI as given."""
+    return str(uri) if is_remote(uri) else str(Path(uri).resolve())
+
+
+def file_sizes(uri: str | Path) -> list[int]:
+    """The size of every file of a dataset (all its versions), local or on an object store."""
+    if is_remote(uri):
+        import pyarrow.fs as pafs
+
+        fs, path = _object_store(uri)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        return [i.size or 0 for i in infos if i.type == pafs.FileType.File]
+    return [f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()]
+
+
+def total_bytes(uri: str | Path) -> int:
+    return sum(file_sizes(uri))
 
 
 def open_dataset(uri: str | Path, what: str = "dataset", hint: str = "") -> lance.LanceDataset:
@@ -140,7 +178,8 @@ def write_batches(
                 f"Existing: {existing.names}; expected: {schema.names}."
             )
     else:
-        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        if not is_remote(uri):
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
         mode = "create"
     reader = pa.RecordBatchReader.from_batches(schema, counting())
     try:
@@ -179,7 +218,7 @@ def prune(uri: str | Path, keep: set[int] = frozenset()) -> int:
 
 def quarantine_path_for(uri: str | Path) -> Path:
     """The quarantine table beside a dataset: one per data directory."""
-    return Path(uri).parent / "quarantine.lance"
+    return dataset_location(uri).parent / "quarantine.lance"
 
 
 def write_quarantine(uri: str | Path, dataset: str, ingest_id: str, rows: list[QuarantineRow]) -> int | None:
@@ -234,6 +273,6 @@ def summary(uri: str | Path, caption_column: str = "caption", n_samples: int = 5
     if n and caption_column in ds.schema.names:
         idx = sorted({int(i * (n - 1) / max(n_samples - 1, 1)) for i in range(min(n_samples, n))})
         samples = ds.take(idx, columns=[caption_column]).column(0).to_pylist()
-    size = sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file())
+    size = total_bytes(uri)
     return {"path": str(uri), "rows": n, "version": ds.version, "fragments": len(ds.get_fragments()), "bytes": size,
             "sample_captions": samples}

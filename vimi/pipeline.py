@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vimi import lance_io
-from vimi.config import Settings
+from vimi.config import Settings, dataset_location
 from vimi.data.ingest import video_candidates
 from vimi.data.schema import VIDEO_SCHEMA
 from vimi.errors import VimiError
@@ -127,13 +127,13 @@ def generate_world(settings: Settings, out_dir: Path | None = None,
         results["catalog"] = world_catalog(settings, world_dir)
     # Generation ignores data.*_sources: this command always writes SpriteWorld.
     world_only = Settings(params={**settings.params, "data": {}}, root=settings.root, data_dir=base,
-                          params_path=settings.params_path)
+                          params_path=settings.params_path, lance_uri=None if out_dir else settings.lance_uri)
     if "memory" in parts:
-        results["memory"] = build_memory(world_only, base / "memory.lance", world_dir)
+        results["memory"] = build_memory(world_only, world_only.path("memory"), world_dir)
     if "videos" in parts:
-        results["videos"] = build_videos(world_only, "train", base / "videos.lance", world_dir)
+        results["videos"] = build_videos(world_only, "train", world_only.path("videos"), world_dir)
     if "eval" in parts:
-        results["eval_videos"] = build_videos(world_only, "eval", base / "eval_videos.lance", world_dir)
+        results["eval_videos"] = build_videos(world_only, "eval", world_only.path("eval_videos"), world_dir)
     return results
 
 
@@ -330,11 +330,11 @@ def compact_datasets(settings: Settings, names: list[str] | None = None, max_fra
                     "fragments": len(after.get_fragments()), "version": after.version,
                     "compacted": after.version != version}
             if prune:
-                files = sum(1 for f in Path(uri).rglob("*") if f.is_file())
+                files = len(lance_io.file_sizes(uri))
                 pruned = lance_io.prune(uri, refs[name])
                 meta |= {"versions_pruned": pruned,
                          "versions_kept": [v["version"] for v in lance_io.open_dataset(uri).versions()],
-                         "files_before": files, "files": sum(1 for f in Path(uri).rglob("*") if f.is_file())}
+                         "files_before": files, "files": len(lance_io.file_sizes(uri))}
         result[name] = meta
     return result
 
@@ -473,7 +473,7 @@ def train_stage2(settings: Settings, init: str | None = None, resume: str = "aut
         source = resolve_model(settings, init)
     task = Stage2Task(settings.params, settings.path("instructions"), source.path)
     inputs = [_lance_input(settings.path("instructions"), "instructions")]
-    inputs += [(Path(p), name, int(v)) for name, keys in (("videos", task.dataset.videos), ("memory", task.dataset.memory))
+    inputs += [(dataset_location(p), name, int(v)) for name, keys in (("videos", task.dataset.videos), ("memory", task.dataset.memory))
                for p, v in keys]
     lineage = _lineage_tags(settings, task.dataset, source)
     tracker = mlflow_tracker(settings, "vimi-stage2", task.name, inputs,

@@ -19,6 +19,7 @@ import lance
 import numpy as np
 
 from vimi import lance_io
+from vimi.config import dataset_location
 from vimi.data.video_io import VideoDecodeError, decode_video
 from vimi.errors import VimiError
 
@@ -98,9 +99,9 @@ class AugmentedClips:
         self.augmented_version = aug.version
         self.memory_path, self.memory_version = table.column("memory_path")[0].as_py(), table.column("memory_version")[0].as_py()
         self.videos_version = table.column("videos_version")[0].as_py()
-        self.videos_uri = Path(videos_uri)
+        self.videos_uri = dataset_location(videos_uri)
         self.videos = self._open_version(self.videos_uri, self.videos_version, "video corpus")
-        self.memory = self._open_version(Path(self.memory_path), self.memory_version, "memory") if with_docs else None
+        self.memory = self._open_version(dataset_location(self.memory_path), self.memory_version, "memory") if with_docs else None
         video_ids = self.videos.to_table(columns=["id"]).column("id").to_pylist()
         position = {cid: i for i, cid in enumerate(video_ids)}
         missing = [c for c in self.clip_ids if c not in position]

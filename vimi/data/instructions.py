@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vimi import lance_io
+from vimi.config import dataset_location
 from vimi.errors import VimiError
 from vimi.progress import progress
 
@@ -367,20 +368,20 @@ def build_instructions(memory_uri: Path, videos_uri: Path, eval_videos_uri: Path
         raise VimiError(f"The augmented video dataset at {augmented_uri} has no rows; rerun `vimi augment`.")
     memory_version = _single(augmented, "memory_version", augmented_uri)
     videos_version = _single(augmented, "videos_version", augmented_uri)
-    memory = _open_at(Path(memory_uri), memory_version, "memory")
-    videos = _clip_columns(_open_at(Path(videos_uri), videos_version, "video corpus"))
+    memory = _open_at(memory_uri, memory_version, "memory")
+    videos = _clip_columns(_open_at(videos_uri, videos_version, "video corpus"))
     eval_ds = lance.dataset(str(eval_videos_uri)) if eval_videos_uri and lance_io.exists(eval_videos_uri) else None
     eval_videos = _clip_columns(eval_ds) if eval_ds is not None else None
 
-    memory_path = str(Path(memory_uri).resolve())
-    provenance = {"train": {"videos_path": str(Path(videos_uri).resolve()), "videos_version": videos_version,
+    memory_path = lance_io.location(memory_uri)
+    provenance = {"train": {"videos_path": lance_io.location(videos_uri), "videos_version": videos_version,
                             "memory_path": memory_path, "memory_version": memory_version}}
     if eval_ds is not None:
-        provenance["eval"] = {"videos_path": str(Path(eval_videos_uri).resolve()), "videos_version": eval_ds.version,
+        provenance["eval"] = {"videos_path": lance_io.location(eval_videos_uri), "videos_version": eval_ds.version,
                               "memory_path": memory_path, "memory_version": memory_version}
     planner = _Planner(params, seed, _SubjectDocs.from_memory(memory), provenance)
 
-    clips: Iterator[_Clip] = _train_clips(augmented, videos, Path(videos_uri), videos_version)
+    clips: Iterator[_Clip] = _train_clips(augmented, videos, dataset_location(videos_uri), videos_version)
     total = augmented.num_rows
     if eval_videos is not None:
         clips = itertools.chain(clips, _eval_clips(eval_videos))
@@ -392,7 +393,7 @@ def build_instructions(memory_uri: Path, videos_uri: Path, eval_videos_uri: Path
             "videos_path": provenance["train"]["videos_path"], "videos_version": videos_version,
             "eval_videos_path": provenance["eval"]["videos_path"] if eval_ds is not None else None,
             "eval_videos_version": eval_ds.version if eval_ds is not None else None,
-            "augmented_path": str(Path(augmented_uri).resolve()), "augmented_version": aug.version}
+            "augmented_path": lance_io.location(augmented_uri), "augmented_version": aug.version}
     # Provenance as one JSON document (sorted keys) under one metadata key.
     schema = INSTRUCTION_SCHEMA.with_metadata(
         {"provenance": json.dumps(info | {"seed": seed, "params": asdict(params)}, sort_keys=True)})
@@ -435,7 +436,7 @@ def instruction_examples(uri: Path, memory_uri: Path, n: int = 3) -> list[dict[s
     memory_rows = sorted({s["row"] for r in rows for s in r["image_sources"] if s["kind"] == "memory"})
     captions: dict[str, str] = {}
     if memory_rows:
-        memory = _open_at(Path(memory_uri), rows[0]["memory_version"], "memory")
+        memory = _open_at(memory_uri, rows[0]["memory_version"], "memory")
         taken = memory.take(memory_rows, columns=["id", "caption"])
         captions = dict(zip(taken["id"].to_pylist(), taken["caption"].to_pylist()))
     return [{"id": r["id"], "split": r["split"], "task": r["task"], "instruction": r["instruction"],

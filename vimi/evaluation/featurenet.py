@@ -18,6 +18,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from vimi import lance_io
+from vimi.config import dataset_location
 from vimi.errors import VimiError
 
 HEADS = ("action", "shape", "color1", "color2", "pattern", "scene")
@@ -88,7 +89,7 @@ class LabelledClips:
 
     def __init__(self, videos_uri: Path, labels: dict[str, list[str]], num_frames: int, frame_size: int):
         ds = lance_io.open_dataset(videos_uri, "video corpus")
-        self.uri, self.version, self.ds = Path(videos_uri), ds.version, ds
+        self.uri, self.version, self.ds = dataset_location(videos_uri), ds.version, ds
         table = ds.to_table(columns=["id", *labels, "subject_split"])
         self.ids = table.column("id").to_pylist()
         self.subject_split = table.column("subject_split").to_pylist()
@@ -115,7 +116,7 @@ class LabelledStills:
 
     def __init__(self, memory_uri: Path, labels: dict[str, list[str]], num_frames: int, frame_size: int):
         ds = lance_io.open_dataset(memory_uri, "memory")
-        self.uri, self.version, self.ds = Path(memory_uri), ds.version, ds
+        self.uri, self.version, self.ds = dataset_location(memory_uri), ds.version, ds
         table = ds.to_table(columns=["doc_type", *[h for h in labels if h != "action"]])
         kinds = table.column("doc_type").to_pylist()
         self.rows = np.array([i for i, k in enumerate(kinds) if k in ("subject", "anonymous")], dtype=np.int64)

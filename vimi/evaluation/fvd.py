@@ -145,13 +145,14 @@ class VideoSet:
     dataset (the video corpus schema). Undecodable files are skipped and counted."""
 
     def __init__(self, source: Path, max_frames: int = FVD_FRAMES):
-        self.source, self.max_frames = Path(source), int(max_frames)
+        from vimi import lance_io
+        from vimi.config import dataset_location, is_remote
+
+        self.source, self.max_frames = dataset_location(source), int(max_frames)
         self.skipped: dict[str, int] = {}
         self.examples: list[str] = []
-        if not self.source.exists():
+        if not is_remote(self.source) and not self.source.exists():
             raise VimiError(f"{self.source} does not exist (a folder of videos or a Lance video dataset).")
-        from vimi import lance_io
-
         self.is_lance = lance_io.exists(self.source)
         if self.is_lance:
             self.dataset = lance_io.open_dataset(self.source, "video dataset")
@@ -159,6 +160,8 @@ class VideoSet:
             if missing:
                 raise VimiError(f"{self.source} is a Lance dataset but not of videos (no {', '.join(sorted(missing))}).")
             self.count = self.dataset.count_rows()
+        elif is_remote(self.source):
+            raise VimiError(f"{self.source} is not a Lance dataset (on an object store, only Lance video datasets are read).")
         elif self.source.is_dir():
             self.files = sorted(p for p in self.source.rglob("*") if p.suffix.lower() in VIDEO_FILE_SUFFIXES)
             self.count = len(self.files)
@@ -200,7 +203,7 @@ def fvd_between(a: Path, b: Path, weights_dir: Path, num_videos: int | None = No
     from vimi.evaluation.i3d import load_i3d
 
     start = time.perf_counter()
-    sets = [VideoSet(Path(a)), VideoSet(Path(b))]
+    sets = [VideoSet(a), VideoSet(b)]
     for s in sets:
         if num_videos is not None and s.count < num_videos and not allow_fewer:
             raise VimiError(f"{s.source} has {s.count} video(s), fewer than the {num_videos} asked for "

@@ -31,6 +31,7 @@ import lance
 import numpy as np
 
 from vimi import lance_io
+from vimi.config import dataset_location
 from vimi.errors import VimiError
 from vimi.parallel import ordered_map
 from vimi.progress import counter
@@ -191,7 +192,7 @@ def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: 
         if rows is not None:
             np.save(tmp / ROWS_FILE, rows)
         info = IndexInfo(
-            index_id=uuid.uuid4().hex, memory_path=str(Path(memory_uri).resolve()), memory_version=ds.version,
+            index_id=uuid.uuid4().hex, memory_path=lance_io.location(memory_uri), memory_version=ds.version,
             memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()), docs=total,
             k1=float(k1), b=float(b),
             shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
@@ -286,10 +287,10 @@ _searchers_lock = threading.Lock()
 def open_searcher(index_dir: Path, memory_uri: Path) -> BM25Searcher:
     """A searcher per index build and memory, cached (a rebuilt index opens anew)."""
     info = IndexInfo.load(Path(index_dir))
-    key = f"{Path(index_dir).resolve()}:{info.index_id}:{Path(memory_uri).resolve()}"
+    key = f"{Path(index_dir).resolve()}:{info.index_id}:{lance_io.location(memory_uri)}"
     with _searchers_lock:
         if key not in _searchers:
-            _searchers[key] = BM25Searcher(Path(index_dir), Path(memory_uri))
+            _searchers[key] = BM25Searcher(Path(index_dir), dataset_location(memory_uri))
         return _searchers[key]
 
 

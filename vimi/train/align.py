@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vimi import lance_io
+from vimi.config import dataset_location
 from vimi.data.clips import decode_image
 from vimi.errors import VimiError
 from vimi.models.encoder import MultimodalEncoder, load_language_model
@@ -72,7 +73,7 @@ class AlignTask:
         self.encoder = MultimodalEncoder(self.tokenizer, self.language_model, self.model)
         self.dataset = MemoryImages(memory_uri, image_size, int(align.get("max_docs", 50_000)), seed)
         self.eval_docs = min(int(align.get("eval_docs", 256)), len(self.dataset))
-        self.memory_uri = Path(memory_uri)
+        self.memory_uri = dataset_location(memory_uri)
         self.targets = self._caption_embeddings()
 
     @torch.no_grad()

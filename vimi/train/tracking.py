@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vimi.config import Settings, flatten
+from vimi.config import Settings, flatten, is_remote
 
 # What `pip install` needs to load a logged pipeline (passed, so MLflow does not spend seconds inferring it).
 PIP_REQUIREMENTS = ["torch==2.14.1", "diffusers==0.42.1", "transformers==5.24.0", "safetensors",
@@ -135,10 +135,15 @@ def log_lance_input(uri: Path, name: str, version: int, context: str = "training
     """A Lance dataset as a run input: its path and version, nothing read (a Lance version is
     immutable, so path + version identify the content; MLflow digests that)."""
     import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    source = LocalArtifactDatasetSource(f"{Path(uri).resolve()}?version={version}")
+    from vimi import lance_io
+
+    where = f"{lance_io.location(uri)}?version={version}"
+    # s3://, gs://, ... get MLflow's source for that store; a local path its local-artifact source
+    source = resolve_dataset_source(where) if is_remote(uri) else LocalArtifactDatasetSource(where)
     mlflow.log_input(MetaDataset(source, name=f"{name}@v{version}"), context=context)
 
 

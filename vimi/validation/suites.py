@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from vimi import lance_io
+from vimi.config import dataset_location
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
 from vimi.data.video_io import VideoDecodeError, decode_video, probe
 from vimi.errors import VimiError
@@ -209,7 +210,7 @@ def validate_memory(uri: Path, params: dict[str, Any]) -> ValidationReport:
             gxe.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="decoded_height"),
         ]
 
-    return _validate("memory", Path(uri), MEMORY_SCHEMA, ["id", "caption", "source", "width", "height"],
+    return _validate("memory", dataset_location(uri), MEMORY_SCHEMA, ["id", "caption", "source", "width", "height"],
                      table, ["id", "image", "width", "height"], decode, media, params)
 
 
@@ -249,7 +250,7 @@ def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") ->
             gxe.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="decoded_width"),
         ]
 
-    return _validate(suite, Path(uri), VIDEO_SCHEMA,
+    return _validate(suite, dataset_location(uri), VIDEO_SCHEMA,
                      ["id", "caption", "video_format", "num_frames", "fps", "width", "height"], table,
                      ["id", "video", "video_format", "num_frames", "height", "width"], decode, media, params)
 
@@ -502,7 +503,7 @@ def validate_instructions(uri: Path, params: dict[str, Any]) -> ValidationReport
     figures: dict[str, Any] = {}
     if schema_check.success:
         num_frames = int(params.get("world", {}).get("num_frames", 0))
-        frame, figures = instructions_frame(Path(uri), num_frames)
+        frame, figures = instructions_frame(dataset_location(uri), num_frames)
         true = [True]
         expectations = [
             gxe.ExpectTableRowCountToBeBetween(min_value=int(params.get("validate", {}).get("min_rows", 1))),
