@@ -123,3 +123,26 @@ def test_dvc_push_and_pull_of_a_lance_dataset_through_s3(tmp_path, s3):
     assert lance.dataset(str(memory)).count_rows() == rows and lance_io.fingerprint(memory) == fingerprint
     assert "in sync" in run(dvc_binary(), "status", "-c")
 
+
+
+def test_dagster_materializes_the_data_assets_into_s3(project, s3):
+    import dagster as dg
+
+    from orchestration import assets, checks
+    from orchestration.resources import VimiSettings
+
+    resource = VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(project / "data"),
+                            lance_uri="s3://vimi-data/dagster")
+    result = dg.materialize([*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
+                            resources={"vimi": resource}, selection="*instruction_dataset", raise_on_error=False)
+    assert result.success
+    mats = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
+            for e in result.get_asset_materialization_events()}
+    assert mats["image_text_memory"]["path"].value == "s3://vimi-data/dagster/memory.lance"
+    assert mats["image_text_memory"]["dagster/row_count"].value == 240
+    assert mats["augmented_video_dataset"]["dagster/row_count"].value == 24
+    assert mats["instruction_dataset"]["path"].value == "s3://vimi-data/dagster/instructions.lance"
+    checks_run = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+                  for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert checks_run and all(checks_run.values())
+    assert not list((project / "data").glob("*.lance"))
