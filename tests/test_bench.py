@@ -103,3 +103,24 @@ def test_bench_pipeline_times_every_step(project, tmp_path):
     assert result["within_budget"] and result["budget_s"] == 900
     assert (tmp_path / "scratch" / "reports" / "index.html").is_file()
     assert not (project / "data").exists() and not (project / "models").exists()
+
+
+def test_bench_lance_dvc_compares_merging_and_pruning_with_plain_appends(tmp_path):
+    out_file = tmp_path / "lance_dvc.json"
+    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "lance-dvc", "--appends", "80", "--rows", "3",
+                          "--workdir", str(tmp_path), "--out", str(out_file), "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result == json.loads(out_file.read_text()) and result["max_fragments"] == 64
+    size = result["sizes"]["80"]
+    merged, pruned, plain = size["merged"], size["merged_and_pruned"], size["plain_lance_baseline"]
+    assert plain["fragments"] == 80 and plain["versions"] == 80
+    # 65 appends → merged to 1, then 15 more
+    assert merged["fragments"] == pruned["fragments"] == 16
+    assert plain["files"] == 3 * 80 + 1                          # data file, manifest, transaction each; the hint
+    assert pruned["files"] < 30 < plain["files"] and merged["manifest_bytes"] < plain["manifest_bytes"]
+    assert size["ratio_files_plain_vs_pruned"] == pytest.approx(plain["files"] / pruned["files"])
+    assert all(r[k] > 0 for r in (merged, pruned, plain)
+               for k in ("dvc_add_s", "dvc_status_unchanged_s", "dvc_add_after_one_append_s"))
+    assert not list(tmp_path.glob("vimi-bench-lance-dvc-*"))    # the scratch projects are removed
