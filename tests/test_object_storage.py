@@ -146,3 +146,22 @@ def test_dagster_materializes_the_data_assets_into_s3(project, s3):
                   for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
     assert checks_run and all(checks_run.values())
     assert not list((project / "data").glob("*.lance"))
+
+
+def test_an_unreachable_object_store_is_one_clear_line(project, s3, monkeypatch):
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]             # nothing listens here once the socket closes
+    env = dict(os.environ) | {"VIMI_LANCE_URI": "s3://vimi-data/x", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                              "AWS_EC2_METADATA_DISABLED": "true"}
+    out = subprocess.run([sys.executable, "-m", "vimi", "train", "align"], capture_output=True, text=True, env=env,
+                         cwd=project, timeout=300)
+    assert out.returncode != 0
+    assert out.stderr.startswith("error: cannot reach s3://vimi-data/x/memory.lance: ") and "Traceback" not in out.stderr
+    # a bucket that is there but holds no memory yet: the usual hint
+    env["AWS_ENDPOINT_URL"] = s3[0]
+    out = subprocess.run([sys.executable, "-m", "vimi", "train", "align"], capture_output=True, text=True, env=env,
+                         cwd=project, timeout=300)
+    assert out.returncode != 0 and "No image-text memory at s3://vimi-data/x/memory.lance" in out.stderr

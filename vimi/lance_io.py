@@ -78,10 +78,13 @@ class IngestReport:
 
 def exists(uri: str | Path) -> bool:
     if is_remote(uri):
-        fs, path = _object_store(uri)
         import pyarrow.fs as pafs
 
-        return fs.get_file_info(f"{path}/_versions").type == pafs.FileType.Directory
+        fs, path = _object_store(uri)
+        try:
+            return fs.get_file_info(f"{path}/_versions").type == pafs.FileType.Directory
+        except OSError as exc:   # unreachable endpoint, refused credentials: say so here, once
+            raise VimiError(f"cannot reach {uri}: {str(exc).splitlines()[0]}") from None
     return (Path(uri) / "_versions").is_dir()
 
 
@@ -108,7 +111,10 @@ def file_sizes(uri: str | Path) -> list[int]:
         import pyarrow.fs as pafs
 
         fs, path = _object_store(uri)
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        except OSError as exc:
+            raise VimiError(f"cannot reach {uri}: {str(exc).splitlines()[0]}") from None
         return [i.size or 0 for i in infos if i.type == pafs.FileType.File]
     return [f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()]
 
