@@ -57,17 +57,22 @@ def write_params(folder: Path, world: dict | None = None, **sections) -> Path:
     return path
 
 
+def micro_project(root: Path, **extra_env: str) -> dict[str, str]:
+    """Micro params and an empty MLflow store in ``root``; the environment that points vimi at them
+    (VIMI_PARAMS, VIMI_DATA_DIR, MLFLOW_TRACKING_URI), with ``extra_env`` added."""
+    write_params(root)
+    (root / "mlflow").mkdir()
+    return {"VIMI_PARAMS": str(root / "params.yaml"), "VIMI_DATA_DIR": str(root / "data"),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", **extra_env}
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A project directory with micro params; VIMI_PARAMS and VIMI_DATA_DIR point into it."""
-    write_params(tmp_path)
-    monkeypatch.setenv("VIMI_PARAMS", str(tmp_path / "params.yaml"))
-    monkeypatch.setenv("VIMI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     # Test trainings take under a second: the background monitor never publishes, and the one
     # snapshot at the end (tracking.log_system_snapshot) is what the tests see, on any machine.
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "600")
-    (tmp_path / "mlflow").mkdir()
+    for key, value in micro_project(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="600").items():
+        monkeypatch.setenv(key, value)
     return tmp_path
 
 

@@ -16,14 +16,9 @@ import pytest
 
 from tests.conftest import REPO, write_params
 from vimi import lance_io
+from vimi.lance_dvc_bench import dvc_binary
 
 pytestmark = pytest.mark.slow
-
-
-def dvc_binary() -> str:
-    found = shutil.which("dvc") or str(REPO / ".venv-dvc" / "bin" / "dvc")
-    assert Path(found).exists(), "dvc not found: run `make setup` (it builds .venv-dvc and links .venv/bin/dvc)"
-    return found
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import train_micro_pipeline, write_params
+from tests.conftest import micro_project, train_micro_pipeline
 from vimi import lance_io
 from vimi.config import Settings
 from vimi.errors import VimiError
@@ -89,10 +89,7 @@ def trained(tmp_path_factory):
     from vimi.pipeline import train_feature_network
 
     root = tmp_path_factory.mktemp("faults")
-    write_params(root)
-    (root / "mlflow").mkdir()
-    env = {"VIMI_PARAMS": str(root / "params.yaml"), "VIMI_DATA_DIR": str(root / "data"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", "VIMI_PROGRESS": "0"}
+    env = micro_project(root, VIMI_PROGRESS="0")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import real_clip_frames, real_image_files, train_micro_pipeline, write_params
+from tests.conftest import micro_project, real_clip_frames, real_image_files, train_micro_pipeline
 from vimi.config import Settings
 from vimi.data.video_io import decode_container, write_video
 from vimi.errors import VimiError
@@ -36,11 +36,7 @@ def trained(tmp_path_factory):
     from vimi.pipeline import promote_model, train_feature_network
 
     root = tmp_path_factory.mktemp("stage2")
-    write_params(root)
-    (root / "mlflow").mkdir()
-    env = {"VIMI_PARAMS": str(root / "params.yaml"), "VIMI_DATA_DIR": str(root / "data"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    env = micro_project(root, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import train_micro_pipeline, write_params
+from tests.conftest import micro_project, train_micro_pipeline
 from tests.test_orchestration import ASSETS
 from vimi.config import Settings
 
@@ -102,13 +102,10 @@ def pipeline_project(tmp_path_factory):
     from vimi.pipeline import promote_model
 
     root = tmp_path_factory.mktemp("ui")
-    write_params(root)
-    (root / "mlflow").mkdir()
+    env = micro_project(root, DAGSTER_HOME=str(root / "dagster"), DAGSTER_DISABLE_TELEMETRY="1",
+                        MLFLOW_DISABLE_TELEMETRY="true")
     (root / "dagster").mkdir()
     (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
-    env = {"VIMI_PARAMS": str(root / "params.yaml"), "VIMI_DATA_DIR": str(root / "data"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", "DAGSTER_HOME": str(root / "dagster"),
-           "DAGSTER_DISABLE_TELEMETRY": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

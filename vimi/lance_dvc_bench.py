@@ -41,9 +41,9 @@ def _dvc(root: Path, *args: str) -> float:
 
 
 def _tree(uri: Path) -> tuple[int, int, int]:
-    files = [p for p in uri.rglob("*") if p.is_file()]
+    sizes = lance_io.file_sizes(uri)
     manifests = sum(p.stat().st_size for p in (uri / "_versions").glob("*.manifest"))
-    return len(files), sum(p.stat().st_size for p in files), manifests
+    return len(sizes), sum(sizes), manifests
 
 
 def _append(uri: Path, start: int, rows: int, max_fragments: int | None) -> None:
