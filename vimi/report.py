@@ -86,23 +86,20 @@ def loss_curves_png(curves: dict[str, Path]) -> bytes | None:
 
 
 def _retrieved_examples(settings: Settings, n: int = 4) -> str:
+    from vimi.retrieval.augment import examples
+
     augmented = settings.path("augmented")
     if not lance_io.exists(augmented):
         return "<p class=muted>No augmented dataset yet.</p>"
-    ds = lance_io.open_dataset(augmented, "augmented dataset")
-    total = ds.count_rows()
-    picks = ds.take(sorted({int(i * (total - 1) / max(n - 1, 1)) for i in range(min(n, total))}),
-                    columns=["clip_id", "caption", "memory_rows", "memory_version", "scores", "flag"]).to_pylist()
+    picks = examples(augmented, settings.path("memory"), n, with_images=True)
     if not picks:
         return "<p class=muted>The augmented dataset is empty.</p>"
-    memory = lance_io.open_dataset(settings.path("memory")).checkout_version(picks[0]["memory_version"])
     out = []
     for row in picks:
-        docs = memory.take(row["memory_rows"], columns=["caption", "image"]).to_pylist() if row["memory_rows"] else []
         cells = "".join(
             f"<span class=doc><img src=\"{_data_uri(d['image'], _mime(d['image']))}\" alt=\"\"><br>"
-            f"{html.escape(d['caption'])} <span class=muted>({score:.2f})</span></span>"
-            for d, score in zip(docs, row["scores"]))
+            f"{html.escape(d['caption'])} <span class=muted>({d['score']:.2f})</span></span>"
+            for d in row["docs"])
         out.append(f"<tr><td><b>{html.escape(row['caption'])}</b><br><span class=muted>{html.escape(row['clip_id'])}"
                    f" · {row['flag']}</span></td><td>{cells or '<span class=muted>no hit</span>'}</td></tr>")
     return "<table><tr><th>video caption (the query)</th><th>retrieved memory documents (BM25 score)</th></tr>" + \

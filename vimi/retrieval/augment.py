@@ -84,20 +84,25 @@ def augment(videos_uri: Path, memory_uri: Path, index_dir: Path, out_uri: Path, 
             "seconds": round(seconds, 2), "clips_per_s": round(result.total_rows / seconds, 1), **provenance}
 
 
-def examples(out_uri: Path, memory_uri: Path, n: int = 3) -> list[dict[str, Any]]:
-    """A few clips with the captions they retrieved, for people to read."""
+def examples(out_uri: Path, memory_uri: Path, n: int = 3, with_images: bool = False) -> list[dict[str, Any]]:
+    """A few clips, evenly spread over the dataset, with the captions they retrieved, for people to
+    read; ``with_images`` adds each clip's flag and its retrieved documents' images and scores."""
     ds = lance_io.open_dataset(out_uri, "augmented dataset")
     total = ds.count_rows()
     picks = ds.take(sorted({int(i * (total - 1) / max(n - 1, 1)) for i in range(min(n, total))}),
-                    columns=["clip_id", "caption", "memory_rows", "memory_version", "scores"]).to_pylist()
+                    columns=["clip_id", "caption", "memory_rows", "memory_version", "scores", "flag"]).to_pylist()
     if not picks:
         return []
     import lance
 
     memory = lance.dataset(str(memory_uri), version=picks[0]["memory_version"])
+    columns = ["caption", "image"] if with_images else ["caption"]
     out = []
     for row in picks:
-        captions = memory.take(row["memory_rows"], columns=["caption"]).column(0).to_pylist() if row["memory_rows"] else []
-        out.append({"clip_id": row["clip_id"], "caption": row["caption"],
-                    "retrieved": [f"{c} ({s:.2f})" for c, s in zip(captions, row["scores"])]})
+        docs = memory.take(row["memory_rows"], columns=columns).to_pylist() if row["memory_rows"] else []
+        item = {"clip_id": row["clip_id"], "caption": row["caption"],
+                "retrieved": [f"{d['caption']} ({s:.2f})" for d, s in zip(docs, row["scores"])]}
+        if with_images:
+            item |= {"flag": row["flag"], "docs": [d | {"score": s} for d, s in zip(docs, row["scores"])]}
+        out.append(item)
     return out
