@@ -25,8 +25,8 @@ MICRO_WORLD = {
 # Training at micro sizes: a small image encoder and denoiser, a few steps (seconds on 2 cores).
 MICRO_TRAIN = {
     "model": {"image_size": 16, "image_channels": [16, 32],
-              "denoiser": {"layers": 2, "heads": 2, "head_dim": 16, "ffn_dim": 64, "patch_size": [2, 4, 4],
-                           "freq_dim": 32}},
+              "denoiser": {"type": "frame_stack_unet", "block_out_channels": [16, 32], "cross_attention": [False, True],
+                           "attention_heads": 2, "norm_groups": 8}},
     "align": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "eval_docs": 32},
     "stage1": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 3, "log_every": 2,
                "sample_every": 3, "sample_prompts": 2, "sample_steps": 2},

@@ -174,7 +174,9 @@ def test_overfits_a_handful_of_clips(project):
     from vimi.models.denoiser import DENOISER_DEFAULTS, build_denoiser
     from vimi.models.pipeline import load_pipeline
 
+    # The Wan denoiser predicting v (the former default; tests/test_overfit.py holds the default recipe).
     write_params(project, world={**MICRO_WORLD, "train_clips": 4}, model={"denoiser": DENOISER_DEFAULTS},
+                 diffusion={"prediction_type": "v_prediction"},
                  stage1={"steps": 150, "batch_size": 4, "lr": 0.002, "warmup_steps": 5, "cfg_dropout": 0.0,
                          "doc_dropout": 0.0, "log_every": 10, "sample_every": 0, "checkpoint_every": 100,
                          "ema_decay": 0.9})
@@ -298,7 +300,8 @@ def test_mlflow_run_holds_params_metrics_inputs_and_artifacts(trained):
     assert mlflow.get_experiment(run.info.experiment_id).name == "vimi-stage1"
     params = run.data.params
     assert params["stage1.batch_size"] == "4" and params["retrieval.k"] == "4"
-    assert params["model.denoiser.layers"] == "2" and params["diffusion.prediction_type"] == "v_prediction"
+    assert params["model.denoiser.type"] == "frame_stack_unet" and params["model.denoiser.block_out_channels"] == "[16, 32]"
+    assert params["diffusion.prediction_type"] == "sample"
     for key in ("loss", "lr", "grad_norm", "clips_per_s", "final_loss"):
         assert key in run.data.metrics, key
     assert any(k.startswith("system/") for k in run.data.metrics)

@@ -146,7 +146,7 @@ class MultimodalEncoder:
     def __call__(self, prompts: Sequence[Prompt]) -> EncoderOutput:
         embeds, mask, lengths, truncated = self.embed(prompts)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        # The denoiser (Wan) takes no context mask: padding reads as zeros, as Wan's own padded T5 context.
+        # The denoiser takes no context mask: padding reads as zeros, as Wan's own padded T5 context.
         hidden = hidden * mask[..., None].to(hidden.dtype)
         return EncoderOutput(hidden, mask, lengths, truncated)
 

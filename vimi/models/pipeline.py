@@ -82,18 +82,26 @@ class ViMiPipeline(DiffusionPipeline):
                  show_progress: bool = False):
         """Generate one clip per prompt. `context_frames`: the first frames of the clip to continue
         (m×H×W×3 uint8, or one such array — or None — per prompt); they are given to the denoiser,
-        and the output starts with them (resized to the model's frame size)."""
+        and the output starts with them (resized to the model's frame size). A denoiser of a fixed clip
+        length (FrameStackUNet) generates that length; a shorter `num_frames` is its start."""
         prompts = normalize_prompts(prompt, images)
         num_frames = int(num_frames or self.config.num_frames)
         size = int(self.config.frame_size)
         scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
         if num_inference_steps < 1:
             raise VimiError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        pt = self.transformer.config.patch_size[0]
-        if num_frames % pt:
-            raise VimiError(f"num_frames must be a multiple of the denoiser's temporal patch ({pt}), got {num_frames}.")
+        if num_frames < 1:
+            raise VimiError(f"num_frames must be >= 1, got {num_frames}.")
+        # A frame-stacked UNet generates its training length; a shorter clip is the start of one.
+        fixed = getattr(self.transformer.config, "num_frames", None)
+        if fixed is not None and num_frames > int(fixed):
+            raise VimiError(f"This model generates clips of at most {fixed} frames, not {num_frames}.")
+        wanted, num_frames = num_frames, int(fixed or num_frames)
+        pt = getattr(self.transformer.config, "patch_size", None) or (1,)
+        if num_frames % pt[0]:
+            raise VimiError(f"num_frames must be a multiple of the denoiser's temporal patch ({pt[0]}), got {num_frames}.")
         device, dtype = self.transformer.device, self.transformer.dtype
-        given, condition = self._given_frames(context_frames, len(prompts), num_frames, size)
+        given, condition = self._given_frames(context_frames, len(prompts), num_frames, size, wanted)
         condition = None if condition is None else condition.to(device, dtype)
         context = self.encode(prompts).to(dtype)
         use_cfg = scale > 1.0
@@ -116,7 +124,7 @@ class ViMiPipeline(DiffusionPipeline):
                 uncond_pred, cond_pred = pred.chunk(2)
                 pred = uncond_pred + scale * (cond_pred - uncond_pred)
             sample = self.scheduler.step(pred, t, sample, generator=generator).prev_sample
-        sample = sample.clamp(-1, 1)
+        sample = sample.clamp(-1, 1)[:, :, :wanted]
         if given is not None:   # the given frames are the clip's start, as given
             for b, clip in enumerate(given):
                 if clip is not None:
@@ -124,7 +132,7 @@ class ViMiPipeline(DiffusionPipeline):
         frames = to_uint8_frames(sample) if output_type == "np" else sample
         return ViMiPipelineOutput(frames=frames) if return_dict else (frames,)
 
-    def _given_frames(self, context_frames: Any, batch: int, num_frames: int, size: int):
+    def _given_frames(self, context_frames: Any, batch: int, num_frames: int, size: int, wanted: int):
         """Per prompt, the given frames as 3×m×H×W in [-1, 1] (or None), and the denoiser's conditioning."""
         if context_frames is None:
             return None, None
@@ -143,8 +151,8 @@ class ViMiPipeline(DiffusionPipeline):
                 given.append(None)
                 counts.append(0)
                 continue
-            if len(clip) >= num_frames:
-                raise VimiError(f"{len(clip)} context frames leave nothing to predict in a {num_frames}-frame clip.")
+            if len(clip) >= wanted:
+                raise VimiError(f"{len(clip)} context frames leave nothing to predict in a {wanted}-frame clip.")
             fitted = np.stack([to_image_array(np.asarray(f), size) for f in clip])
             given.append(to_model_frames(fitted[None])[0])
             counts.append(len(clip))

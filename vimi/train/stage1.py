@@ -28,8 +28,8 @@ def noise_schedulers(diffusion: dict[str, Any]):
     from diffusers import DDIMScheduler, DDPMScheduler
 
     prediction = diffusion.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise VimiError(f"params.yaml diffusion.prediction_type must be epsilon or v_prediction, got {prediction!r}.")
+    if prediction not in ("epsilon", "v_prediction", "sample"):
+        raise VimiError(f"params.yaml diffusion.prediction_type must be epsilon, v_prediction or sample, got {prediction!r}.")
     steps = int(diffusion.get("train_timesteps", 1000))
     if steps < 2:
         raise VimiError(f"params.yaml diffusion.train_timesteps must be >= 2, got {steps}.")
@@ -37,6 +37,26 @@ def noise_schedulers(diffusion: dict[str, Any]):
                          prediction_type=prediction, clip_sample=False)
     ddim = DDIMScheduler.from_config(ddpm.config, set_alpha_to_one=True, timestep_spacing="trailing")
     return ddpm, ddim
+
+
+LOSS_WEIGHTINGS = ("none", "min_snr", "truncated_v")
+
+
+def loss_weighting(diffusion: dict[str, Any]) -> tuple[str, float | None]:
+    """params.yaml's diffusion.loss_weighting and snr_gamma, checked."""
+    kind = str(diffusion.get("loss_weighting") or "none")
+    if kind not in LOSS_WEIGHTINGS:
+        raise VimiError(f"params.yaml diffusion.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {kind!r}.")
+    if kind == "none":
+        return kind, None
+    value = diffusion.get("snr_gamma", 5.0)
+    try:
+        gamma = float(value)
+    except (TypeError, ValueError):
+        gamma = float("nan")
+    if not gamma > 0:
+        raise VimiError(f"params.yaml diffusion.snr_gamma must be a number > 0, got {value!r}.")
+    return kind, gamma
 
 
 def file_digest(path: Path) -> str:
@@ -47,16 +67,32 @@ def file_digest(path: Path) -> str:
 
 
 def diffusion_loss(model, scheduler, clean: torch.Tensor, context: torch.Tensor, generator: torch.Generator,
-                   condition: torch.Tensor | None = None) -> torch.Tensor:
-    """DDPM training loss of clean B×3×T×H×W clips: noise at random timesteps, predict ε or v."""
+                   condition: torch.Tensor | None = None, weighting: tuple[str, float | None] = ("none", None)
+                   ) -> torch.Tensor:
+    """DDPM training loss of clean B×3×T×H×W clips: noise at random timesteps, predict ε, v or the clean
+    clip (`sample`), mean squared error. `weighting` reweights timesteps by their SNR, as a weight on
+    the clean-clip error whatever is predicted: `min_snr` min(SNR, γ) (Hang et al. 2023); `truncated_v`
+    min(SNR + 1, γ) (v's own weight, capped: sharpens detail without starving the noisy steps)."""
     device = next(model.parameters()).device
     noise = torch.randn(clean.shape, generator=generator)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
     noisy = scheduler.add_noise(clean, noise, timesteps)
-    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(clean, noise, timesteps)
+    prediction = scheduler.config.prediction_type
+    target = {"epsilon": noise, "sample": clean}.get(prediction)
+    if target is None:
+        target = scheduler.get_velocity(clean, noise, timesteps)
     condition = None if condition is None else condition.to(device)
     pred = denoise(model, noisy.to(device), timesteps.to(device), context, condition)
-    return torch.nn.functional.mse_loss(pred.float(), target.to(device))
+    error = (pred.float() - target.to(device)) ** 2
+    kind, gamma = weighting
+    if kind == "none":
+        return error.mean()
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    # A target's squared error is the clean-clip error times: ε SNR, v SNR + 1, the clip itself 1.
+    factor = {"epsilon": snr, "sample": torch.ones_like(snr)}.get(prediction, snr + 1)
+    wanted = torch.clamp(snr if kind == "min_snr" else snr + 1, max=float(gamma))
+    return (error.mean(dim=tuple(range(1, error.ndim))) * (wanted / factor).to(device)).mean()
 
 
 def real_over_generated(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
@@ -103,6 +139,7 @@ class Stage1Task:
         self.diffusion = params.get("diffusion", {})
         self.train_scheduler, self.sample_scheduler = noise_schedulers(self.diffusion)
         self.guidance_scale = float(self.diffusion.get("guidance_scale", 3.0))
+        self.weighting = loss_weighting(self.diffusion)
         self.dataset = AugmentedClips(augmented_uri, videos_uri, self.num_frames, self.frame_size,
                                       self.vision.config.image_size, max_docs=self.max_docs, with_docs=not text_only)
         self._model_params = model_params
@@ -141,7 +178,8 @@ class Stage1Task:
         prompts = self.prompts(batch, generator)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
-        return diffusion_loss(model, self.train_scheduler, to_model_frames(batch.frames), context, generator)
+        return diffusion_loss(model, self.train_scheduler, to_model_frames(batch.frames), context, generator,
+                              weighting=self.weighting)
 
     def pipeline(self, model) -> ViMiPipeline:
         pipe = ViMiPipeline(self.tokenizer, self.language_model, self.vision, model, self.sample_scheduler,

@@ -21,7 +21,7 @@ from vimi.errors import VimiError
 from vimi.models.denoiser import add_frame_conditioning, frame_conditioning
 from vimi.models.encoder import MultimodalEncoder
 from vimi.models.pipeline import ViMiPipeline, load_pipeline, to_model_frames
-from vimi.train.stage1 import diffusion_loss, file_digest, real_over_generated
+from vimi.train.stage1 import diffusion_loss, file_digest, loss_weighting, real_over_generated
 
 TASKS = ("subject", "prediction", "text_to_video")
 
@@ -43,6 +43,7 @@ class Stage2Task:
         if not 0 <= self.cfg_dropout < 1:
             raise VimiError(f"params.yaml stage2.cfg_dropout must be in [0, 1), got {self.cfg_dropout}.")
         self.sample_steps = int(stage.get("sample_steps", 10))
+        self.weighting = loss_weighting(params.get("diffusion", {}))
         init = load_pipeline(init_dir)
         self.init_digest = file_digest(Path(init_dir) / "transformer" / "diffusion_pytorch_model.safetensors")
         self.tokenizer, self.language_model, self.vision = init.tokenizer, init.language_model, init.vision
@@ -65,7 +66,7 @@ class Stage2Task:
         self.model.to(device)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "init": self.init_digest, "cfg_dropout": self.cfg_dropout,
+        return {"name": self.name, "init": self.init_digest, "cfg_dropout": self.cfg_dropout, "weighting": list(self.weighting),
                 "data": self.dataset.versions(), "pipeline": {k: v for k, v in self.config.items()
                                                              if not k.startswith("_") and isinstance(v, (int, float, str))}}
 
@@ -76,7 +77,7 @@ class Stage2Task:
             context = self.encoder(prompts).hidden_states
         clean = to_model_frames(batch.frames)
         return diffusion_loss(model, self.train_scheduler, clean, context, generator,
-                              frame_conditioning(clean, batch.context_frames))
+                              frame_conditioning(clean, batch.context_frames), weighting=self.weighting)
 
     def pipeline(self, model) -> ViMiPipeline:
         keys = ("num_frames", "frame_size", "max_tokens", "max_segment_tokens", "guidance_scale", "fps")
