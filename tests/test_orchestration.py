@@ -102,7 +102,9 @@ def test_materialize_in_process(project):
     # The run report: one self-contained page with what a person looks at after a run.
     page = (project / "reports" / "index.html").read_text()
     assert mats["report"]["path"].path == str(project / "reports" / "index.html")
-    assert mats["report"]["sample_videos"].value == 2 and mats["report"]["mlflow_run"].url
+    # stage 2's and stage 1's samples, and unseen subjects with and without their reference image
+    assert mats["report"]["sample_videos"].value == 3 and mats["report"]["mlflow_run"].url
+    assert "the clip generated with it" in page
     for section in ("Datasets", "Retrieved examples", "Sample videos", "Loss curves", "Metrics", "Registry", "Ablation"):
         assert f"<h2>{section}</h2>" in page
     assert page.count('src="data:image/gif;base64,') == 2 and 'src="data:image/png;base64,' in page

@@ -392,20 +392,27 @@ def test_evaluate_spriteworld_metrics_reach_mlflow_the_file_and_the_version(env,
     from vimi.evaluation.evaluate import evaluate_spriteworld
 
     metrics_file = tmp_path / "metrics.json"
-    result = evaluate_spriteworld(env["settings"], f"models:/{NAME}/1", metrics_file=metrics_file)
-    assert result["videos"] == {"prediction": 3, "subject": 3, "text_to_video": 3}
-    # Accuracies are shares of the clips they count: of 3 per task, of 9 in all.
-    for key, n in (("motion_accuracy", 9), ("motion_accuracy_real", 9), ("motion_accuracy_subject", 3),
-                   ("motion_accuracy_prediction", 3), ("motion_accuracy_text_to_video", 3)):
+    # All 8 evaluation clips per task: 4 of them of unseen subjects.
+    result = evaluate_spriteworld(env["settings"], f"models:/{NAME}/1", metrics_file=metrics_file, videos_per_task=8)
+    assert result["videos"] == {"prediction": 8, "subject": 8, "text_to_video": 8}
+    # Accuracies are shares of the clips they count: of 8 per task, of 24 in all.
+    for key, n in (("motion_accuracy", 24), ("motion_accuracy_real", 24), ("motion_accuracy_subject", 8),
+                   ("motion_accuracy_prediction", 8), ("motion_accuracy_text_to_video", 8)):
         assert 0 <= result[key] <= 1 and result[key] * n == pytest.approx(round(result[key] * n)), key
     assert result["motion_accuracy"] == pytest.approx(np.mean([result[f"motion_accuracy_{t}"] for t in
                                                                ("subject", "prediction", "text_to_video")]))
     assert result["fvd_syn"] >= 0 and 1 <= result["is_syn"] <= 12
     assert np.isfinite(result["prediction_psnr"]) and -1 <= result["prediction_ssim"] <= 1
     assert any(k.startswith("identity_accuracy_") for k in result)
+    # Unseen subjects are generated with their reference image and, from the same noise, without it.
+    for arm in ("with_reference", "without_reference"):
+        assert 0 <= result[f"color_pair_accuracy_unseen_{arm}"] <= 1
+    assert result["identity_clips_without_truth"] == 0
+    gif = Path(result["grounding_gif"])
+    assert gif.parent == tmp_path and gif.stat().st_size > 0
     run = MlflowClient().get_run(result["run_id"])
     assert run.data.metrics["fvd_syn"] == pytest.approx(result["fvd_syn"])
     assert run.data.tags["vimi.benchmark"] == "spriteworld"
     tags = MlflowClient().get_model_version(NAME, "1").tags
     assert float(tags["vimi.metric.motion_accuracy"]) == pytest.approx(result["motion_accuracy"], abs=1e-6)
-    assert json.loads(metrics_file.read_text())["spriteworld"]["videos"] == 9
+    assert json.loads(metrics_file.read_text())["spriteworld"]["videos"] == 24

@@ -35,6 +35,7 @@ ARMS = {
 # Columns of the table, with the direction that is better.
 TABLE_METRICS = [
     ("fvd_syn", "FVD_syn ↓"), ("is_syn", "IS_syn ↑"), ("motion_accuracy", "motion acc. ↑"),
+    ("subject_there_rate", "subject there ↑"), ("color_pair_accuracy_unseen", "colour pair unseen ↑"),
     ("identity_accuracy_seen", "identity seen ↑"), ("identity_accuracy_unseen", "identity unseen ↑"),
     ("prediction_psnr", "pred. PSNR ↑"), ("prediction_ssim", "pred. SSIM ↑"), ("final_loss", "final loss"),
 ]
@@ -218,9 +219,8 @@ def write_report(state: dict[str, Any], report: Path) -> str:
         if result is not None:
             rows.append(f"| {label} | " + " | ".join(_cell(result.get(key)) for key, _ in TABLE_METRICS) + " |")
     ceiling = next(iter(state["results"].values()), {})
-    rows.append("| real clips (ceiling) | — | — | " + " | ".join(
-        _cell(ceiling.get(f"{key}_real")) for key in ("motion_accuracy", "identity_accuracy_seen",
-                                                      "identity_accuracy_unseen")) + " | — | — | — |")
+    rows.append("| real clips (ceiling) | " + " | ".join(
+        _cell(ceiling[f"{key}_real"]) if f"{key}_real" in ceiling else "—" for key, _ in TABLE_METRICS) + " |")
     table = "\n".join(rows)
     any_result = ceiling
     steps = state["steps"]

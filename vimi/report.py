@@ -154,6 +154,10 @@ def build_report(settings: Settings, out: Path | None = None, log_to_mlflow: boo
         gif = settings.model_path(name) / "samples" / "final.gif"
         if gif.is_file():
             samples.append(_gif(gif, title))
+    grounding = reports / "grounding.gif"
+    if grounding.is_file():
+        samples.append(_gif(grounding, "unseen subjects (evaluation): the reference image · the clip generated with "
+                                       "it · the same prompt and noise without it · the real clip"))
     sections.append(("Sample videos", "".join(samples) or "<p class=muted>No trained model yet.</p>"))
 
     curves = {name: settings.model_path(name) / "loss.csv"

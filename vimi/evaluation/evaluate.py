@@ -162,13 +162,70 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
 PROMPT_MODES = ("instruction", "caption")
 
 
+def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, split: np.ndarray,
+                      targets: list[dict[str, Any]], given_counts: list[int]) -> dict[str, float]:
+    """`vimi.evaluation.identity` on the generated clips and on the real ones (the `_real` ceiling), for
+    the clips with SpriteWorld ground truth (those without are counted; none at all is an error);
+    predicted frames only for video prediction."""
+    from vimi.evaluation.identity import TRUTH_KEYS, evaluation_metrics, measure_clips, score
+
+    keep = [i for i, t in enumerate(targets) if all(t.get(k) for k in TRUTH_KEYS)]
+    if not keep:
+        raise VimiError(f"None of the {len(targets)} evaluation clips carries SpriteWorld ground truth "
+                        f"({', '.join(TRUTH_KEYS)}): the identity measure is SpriteWorld's.")
+    scenes = [targets[i]["scene"] for i in keep]
+    kept = [targets[i] for i in keep]
+    out: dict[str, float] = {"identity_clips_without_truth": float(len(targets) - len(keep))}
+    for clips, suffix in ((fake, ""), (real, "_real")):
+        frames = [np.ascontiguousarray(clips[i, given_counts[i]:] if given_counts[i] else clips[i]) for i in keep]
+        right = score(measure_clips(frames, scenes), kept)
+        out.update(evaluation_metrics(right, tasks[keep], split[keep], suffix))
+    return out
+
+
+def _reference_metrics(without: dict[int, tuple], targets: list[dict[str, Any]]) -> dict[str, float]:
+    """Unseen subjects generated with their reference image and, from the same noise, without it."""
+    from vimi.evaluation.identity import TRUTH_KEYS, measure_clips, score
+
+    keys = [i for i in sorted(without) if all(targets[i].get(k) for k in TRUTH_KEYS)]
+    if not keys:
+        return {}
+    out: dict[str, float] = {}
+    for slot, suffix in ((1, "with_reference"), (0, "without_reference")):
+        right = score(measure_clips([without[i][slot] for i in keys], [targets[i]["scene"] for i in keys]),
+                      [targets[i] for i in keys])
+        for attribute in ("subject_there", "color_pair", "identity"):
+            name = "subject_there_rate" if attribute == "subject_there" else f"{attribute}_accuracy"
+            out[f"{name}_unseen_{suffix}"] = float(right[attribute].mean())
+    return out
+
+
+def _grounding_gif(without: dict[int, tuple], real: np.ndarray, path: Path, fps: float, n: int = 4) -> Path:
+    """A few unseen subjects, side by side: the reference image, the clip generated with it, without it,
+    and the real clip."""
+    from vimi.data.video_io import write_video
+    from vimi.models.encoder import to_image_array
+
+    rows = []
+    for i in sorted(without)[:n]:
+        clip, with_ref, image = without[i]
+        t, h = clip.shape[:2]
+        ref = np.zeros_like(clip) if image is None else np.repeat(to_image_array(np.asarray(image), h)[None], t, 0)
+        rows.append(np.concatenate([ref, with_ref, clip, real[i]], axis=2))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(np.concatenate(rows, axis=1), path, fps=fps)
+
+
 @locked("evaluate_spriteworld")
 def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | None = None, steps: int | None = None,
                          seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None,
                          prompt_mode: str = "instruction") -> dict[str, Any]:
     """SpriteWorld's grounding metrics on the evaluation split's instructions (README "Evaluation"):
-    FVD_syn and IS_syn (feature network), motion accuracy, identity accuracy of subject-driven clips
-    for seen and unseen subjects, PSNR/SSIM of predicted frames.
+    FVD_syn and IS_syn (feature network), motion accuracy, PSNR/SSIM of predicted frames, and identity
+    measured against the rasterizer (`vimi.evaluation.identity`): whether exactly one sprite is there,
+    and its colour pair, colours, shape, pattern and identity tuple per task and seen/unseen subject,
+    for the generated clips and, as their ceiling, the real ones (`_real`). Prediction clips are
+    measured on their predicted frames only.
 
     Every model sees the same clips and seeds. A stage-1 model (no frame conditioning) gets the given
     frames of video prediction in its prompt only, as images; `prompt_mode="caption"` gives each clip's
@@ -197,7 +254,7 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
     clips = InstructionClips(settings.path("instructions"), "eval", pipe.config.num_frames, pipe.config.frame_size,
                              pipe.vision.config.image_size)
     truth = lance_io.open_dataset(settings.path("eval_videos"), "evaluation clips").to_table(
-        columns=["id", "action", *IDENTITY_HEADS, "subject_split"]).to_pylist()
+        columns=["id", "action", "scene", *IDENTITY_HEADS, "subject_split"]).to_pylist()
     truth = {r["id"]: r for r in truth}
     rng = np.random.default_rng(int(seed))
     by_task: dict[str, list[int]] = {}
@@ -205,6 +262,7 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
         by_task.setdefault(row["task"], []).append(i)
     chosen = {t: sorted(rng.permutation(rows)[:videos_per_task].tolist()) for t, rows in sorted(by_task.items())}
     real, fake, tasks, targets, given_counts = [], [], [], [], []
+    unseen_subject: list[tuple[int, list[Any], str]] = []   # (clip, its instruction, its caption) for the no-reference arm
     generator = torch.Generator().manual_seed(int(seed))
     for task, rows in chosen.items():
         for first in progress(range(0, len(rows), batch_size), desc=f"generating {task}", unit="batch"):
@@ -218,8 +276,22 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
             fake.extend(out)
             tasks.extend(batch.tasks)
             given_counts.extend(batch.context_frames)
-            targets.extend(truth[clips.rows[r]["clip_id"]] for r in rows[first:first + batch_size])
+            for b, r in enumerate(rows[first:first + batch_size]):
+                target = truth[clips.rows[r]["clip_id"]]
+                if task == "subject" and target["subject_split"] == "unseen" and prompt_mode == "instruction":
+                    unseen_subject.append((len(targets), batch.prompts[b], batch.captions[b]))
+                targets.append(target)
     real, fake, tasks = np.stack(real), np.stack(fake), np.array(tasks)
+    # The same unseen-subject prompts without their reference images, from the same noise: what the image adds.
+    without = {}
+    for first in range(0, len(unseen_subject), batch_size):
+        part = unseen_subject[first:first + batch_size]
+        noise = torch.Generator().manual_seed(int(seed) + 1 + first)
+        out = pipe([[caption] for _, _, caption in part], num_inference_steps=steps, generator=noise).frames
+        with_image = pipe([prompt for _, prompt, _ in part], num_inference_steps=steps,
+                          generator=torch.Generator().manual_seed(int(seed) + 1 + first)).frames
+        for (i, prompt, _), clip, ref_clip in zip(part, out, with_image):
+            without[i] = (clip, ref_clip, next((x for x in prompt if not isinstance(x, str)), None))
     real_features, real_probs = classify(net, real)
     fake_features, fake_probs = classify(net, fake)
     labels = net.config.labels
@@ -236,15 +308,9 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
         "motion_accuracy": float(correct(fake_probs, "action").mean()),
         "motion_accuracy_real": float(correct(real_probs, "action").mean()),
     }
-    identity = {name: np.all([correct(p, h) for h in IDENTITY_HEADS], axis=0)
-                for name, p in (("generated", fake_probs), ("real", real_probs))}
     for task in chosen:
         metrics[f"motion_accuracy_{task}"] = float(correct(fake_probs, "action")[tasks == task].mean())
-    for subject_split in ("seen", "unseen"):
-        mask = (tasks == "subject") & (split == subject_split)
-        if mask.any():
-            metrics[f"identity_accuracy_{subject_split}"] = float(identity["generated"][mask].mean())
-            metrics[f"identity_accuracy_{subject_split}_real"] = float(identity["real"][mask].mean())
+    metrics.update(_identity_metrics(fake, real, tasks, split, targets, given_counts))
     predicted = [i for i in range(len(tasks)) if tasks[i] == "prediction"]
     if predicted:
         metrics["prediction_psnr"] = float(np.mean([_psnr(fake[i, given_counts[i]:], real[i, given_counts[i]:])
@@ -255,6 +321,13 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
                               "videos": {t: len(r) for t, r in chosen.items()}, "steps": steps, "seed": seed,
                               "prompt_mode": prompt_mode, "frame_conditioning": bool(pipe.predicts_video), **metrics}
     order = [i for t in chosen for i in np.flatnonzero(tasks == t)[:3]]
+    if without:
+        reference = _reference_metrics(without, targets)
+        metrics.update(reference)
+        result.update(reference)
+        if metrics_file is not None:
+            result["grounding_gif"] = str(_grounding_gif(without, real, Path(metrics_file).parent / "grounding.gif",
+                                                         float(getattr(pipe.config, "fps", 8.0))))
     samples = np.concatenate([real[order], fake[order]], axis=2)      # real above generated, 3 per task
     record_evaluation(settings, "spriteworld", resolved, metrics, result, samples,
                       float(getattr(pipe.config, "fps", 8.0)), metrics_file,
