@@ -107,7 +107,7 @@ def test_materialize_in_process(project):
     assert "the clip generated with it" in page
     for section in ("Datasets", "Retrieved examples", "Sample videos", "Loss curves", "Metrics", "Registry", "Ablation"):
         assert f"<h2>{section}</h2>" in page
-    assert page.count('src="data:image/gif;base64,') == 2 and 'src="data:image/png;base64,' in page
+    assert page.count('src="data:image/gif;base64,') == 3 and 'src="data:image/png;base64,' in page
     assert "fvd_syn" in page and "http" not in page.replace("http://127.0.0.1", "") and "<script" not in page
     caption = augmented["examples"].value.split("**")[1]             # a clip's caption with its retrieved images
     assert caption in page
