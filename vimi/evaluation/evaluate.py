@@ -167,9 +167,9 @@ def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, spl
     """`vimi.evaluation.identity` on the generated clips and on the real ones (the `_real` ceiling), for
     the clips with SpriteWorld ground truth (those without are counted; none at all is an error);
     predicted frames only for video prediction."""
-    from vimi.evaluation.identity import TRUTH_KEYS, evaluation_metrics, measure_clips, score
+    from vimi.evaluation.identity import TRUTH_KEYS, evaluation_metrics, measure_clips, missing_truth, score
 
-    keep = [i for i, t in enumerate(targets) if all(t.get(k) for k in TRUTH_KEYS)]
+    keep = [i for i, t in enumerate(targets) if not missing_truth(t)]
     if not keep:
         raise VimiError(f"None of the {len(targets)} evaluation clips carries SpriteWorld ground truth "
                         f"({', '.join(TRUTH_KEYS)}): the identity measure is SpriteWorld's.")
@@ -183,32 +183,31 @@ def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, spl
     return out
 
 
-def _reference_metrics(without: dict[int, tuple], targets: list[dict[str, Any]]) -> dict[str, float]:
+def _reference_metrics(pairs: dict[int, tuple], targets: list[dict[str, Any]]) -> dict[str, float]:
     """Unseen subjects generated with their reference image and, from the same noise, without it."""
-    from vimi.evaluation.identity import TRUTH_KEYS, measure_clips, score
+    from vimi.evaluation.identity import measure_clips, metric_name, missing_truth, score
 
-    keys = [i for i in sorted(without) if all(targets[i].get(k) for k in TRUTH_KEYS)]
+    keys = [i for i in sorted(pairs) if not missing_truth(targets[i])]
     if not keys:
         return {}
     out: dict[str, float] = {}
     for slot, suffix in ((1, "with_reference"), (0, "without_reference")):
-        right = score(measure_clips([without[i][slot] for i in keys], [targets[i]["scene"] for i in keys]),
+        right = score(measure_clips([pairs[i][slot] for i in keys], [targets[i]["scene"] for i in keys]),
                       [targets[i] for i in keys])
         for attribute in ("subject_there", "color_pair", "identity"):
-            name = "subject_there_rate" if attribute == "subject_there" else f"{attribute}_accuracy"
-            out[f"{name}_unseen_{suffix}"] = float(right[attribute].mean())
+            out[f"{metric_name(attribute)}_unseen_{suffix}"] = float(right[attribute].mean())
     return out
 
 
-def _grounding_gif(without: dict[int, tuple], real: np.ndarray, path: Path, fps: float, n: int = 4) -> Path:
+def _grounding_gif(pairs: dict[int, tuple], real: np.ndarray, path: Path, fps: float, n: int = 4) -> Path:
     """A few unseen subjects, side by side: the reference image, the clip generated with it, without it,
     and the real clip."""
     from vimi.data.video_io import write_video
     from vimi.models.encoder import to_image_array
 
     rows = []
-    for i in sorted(without)[:n]:
-        clip, with_ref, image = without[i]
+    for i in sorted(pairs)[:n]:
+        clip, with_ref, image = pairs[i]
         t, h = clip.shape[:2]
         ref = np.zeros_like(clip) if image is None else np.repeat(to_image_array(np.asarray(image), h)[None], t, 0)
         rows.append(np.concatenate([ref, with_ref, clip, real[i]], axis=2))
@@ -262,7 +261,7 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
         by_task.setdefault(row["task"], []).append(i)
     chosen = {t: sorted(rng.permutation(rows)[:videos_per_task].tolist()) for t, rows in sorted(by_task.items())}
     real, fake, tasks, targets, given_counts = [], [], [], [], []
-    unseen_subject: list[tuple[int, list[Any], str]] = []   # (clip, its instruction, its caption) for the no-reference arm
+    pairs: dict[int, tuple] = {}   # unseen subject clips: (without its reference image, with it, the image)
     generator = torch.Generator().manual_seed(int(seed))
     for task, rows in chosen.items():
         for first in progress(range(0, len(rows), batch_size), desc=f"generating {task}", unit="batch"):
@@ -270,28 +269,24 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
             given = [batch.frames[i, :m] if m else None for i, m in enumerate(batch.context_frames)]
             conditioned = pipe.predicts_video and any(batch.context_frames)
             prompts = batch.prompts if prompt_mode == "instruction" else [[c] for c in batch.captions]
+            noise = generator.get_state()      # DDIM draws its noise once, at the start: replayable
             out = pipe(prompts, context_frames=given if conditioned else None,
                        num_inference_steps=steps, generator=generator).frames
+            first_target = len(targets)
             real.extend(batch.frames)
             fake.extend(out)
             tasks.extend(batch.tasks)
             given_counts.extend(batch.context_frames)
-            for b, r in enumerate(rows[first:first + batch_size]):
-                target = truth[clips.rows[r]["clip_id"]]
-                if task == "subject" and target["subject_split"] == "unseen" and prompt_mode == "instruction":
-                    unseen_subject.append((len(targets), batch.prompts[b], batch.captions[b]))
-                targets.append(target)
+            targets.extend(truth[clips.rows[r]["clip_id"]] for r in rows[first:first + batch_size])
+            unseen = [b for b in range(len(batch)) if targets[first_target + b]["subject_split"] == "unseen"]
+            if task == "subject" and prompt_mode == "instruction" and unseen:
+                # The same prompts without their reference images, from the same noise: what the image adds.
+                without = pipe([[c] for c in batch.captions], num_inference_steps=steps,
+                               generator=torch.Generator().set_state(noise)).frames
+                for b in unseen:
+                    image = next((x for x in batch.prompts[b] if not isinstance(x, str)), None)
+                    pairs[first_target + b] = (without[b], out[b], image)
     real, fake, tasks = np.stack(real), np.stack(fake), np.array(tasks)
-    # The same unseen-subject prompts without their reference images, from the same noise: what the image adds.
-    without = {}
-    for first in range(0, len(unseen_subject), batch_size):
-        part = unseen_subject[first:first + batch_size]
-        noise = torch.Generator().manual_seed(int(seed) + 1 + first)
-        out = pipe([[caption] for _, _, caption in part], num_inference_steps=steps, generator=noise).frames
-        with_image = pipe([prompt for _, prompt, _ in part], num_inference_steps=steps,
-                          generator=torch.Generator().manual_seed(int(seed) + 1 + first)).frames
-        for (i, prompt, _), clip, ref_clip in zip(part, out, with_image):
-            without[i] = (clip, ref_clip, next((x for x in prompt if not isinstance(x, str)), None))
     real_features, real_probs = classify(net, real)
     fake_features, fake_probs = classify(net, fake)
     labels = net.config.labels
@@ -321,12 +316,12 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
                               "videos": {t: len(r) for t, r in chosen.items()}, "steps": steps, "seed": seed,
                               "prompt_mode": prompt_mode, "frame_conditioning": bool(pipe.predicts_video), **metrics}
     order = [i for t in chosen for i in np.flatnonzero(tasks == t)[:3]]
-    if without:
-        reference = _reference_metrics(without, targets)
+    if pairs:
+        reference = _reference_metrics(pairs, targets)
         metrics.update(reference)
         result.update(reference)
         if metrics_file is not None:
-            result["grounding_gif"] = str(_grounding_gif(without, real, Path(metrics_file).parent / "grounding.gif",
+            result["grounding_gif"] = str(_grounding_gif(pairs, real, Path(metrics_file).parent / "grounding.gif",
                                                          float(getattr(pipe.config, "fps", 8.0))))
     samples = np.concatenate([real[order], fake[order]], axis=2)      # real above generated, 3 per task
     record_evaluation(settings, "spriteworld", resolved, metrics, result, samples,

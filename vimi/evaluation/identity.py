@@ -636,10 +636,20 @@ def _one_blas_thread():
 
 # ------------------------------------------------------------------------------------ scoring
 
+def missing_truth(target: dict) -> list[str]:
+    """The ground-truth keys a clip's row lacks (none: a SpriteWorld clip the measure can score)."""
+    return [k for k in TRUTH_KEYS if not target.get(k)]
+
+
+def metric_name(key: str) -> str:
+    """A scored key's metric: subject_there → subject_there_rate, an attribute → `<attribute>_accuracy`."""
+    return "subject_there_rate" if key == "subject_there" else f"{key}_accuracy"
+
+
 def _check_target(i: int, target: Any) -> dict:
     if not isinstance(target, dict):
         raise VimiError(f"Target {i} is a {type(target).__name__}, not a dict of SpriteWorld ground truth.")
-    missing = [k for k in TRUTH_KEYS if not target.get(k)]
+    missing = missing_truth(target)
     if missing:
         raise VimiError(f"Target {i} has no SpriteWorld ground truth for {', '.join(missing)} (identity is measured "
                         "on SpriteWorld clips only).")
@@ -674,7 +684,7 @@ def summarize(right: dict[str, np.ndarray], splits: Sequence[str | None] | None 
     out: dict[str, Any] = {"clips": n}
     split = np.array([s or "" for s in splits]) if splits is not None else None
     for key, values in right.items():
-        name = "subject_there_rate" if key == "subject_there" else f"{key}_accuracy"
+        name = metric_name(key)
         out[name] = float(values.mean()) if n else float("nan")
         if split is not None:
             for s in ("seen", "unseen"):
@@ -727,7 +737,7 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
         raise VimiError(f"{eval_videos_uri} holds no clips to measure.")
     clips, targets = [], []
     for row in rows:
-        missing = [k for k in TRUTH_KEYS if not row.get(k)]
+        missing = missing_truth(row)
         if missing:
             raise VimiError(f"Clip {row['id']} of {eval_videos_uri} has no SpriteWorld ground truth "
                             f"({', '.join(missing)} missing): identity is measured on SpriteWorld clips only.")
