@@ -29,12 +29,12 @@ def clips():
     rows = list(clip_rows(cfg, plan_clips(cfg, cfg.catalog(), "train"), "train"))
     frames = np.stack([decode_video(r["video"], r["video_format"], r["num_frames"], r["height"], r["width"])
                        for r in rows])
-    return frames, [r["caption"] for r in rows], params
+    return frames, [r["caption"] for r in rows], params, load_language_model()
 
 
-def _overfit(frames, captions, params, denoiser, prediction, steps):
+def _overfit(frames, captions, params, language_model, denoiser, prediction, steps):
     torch.manual_seed(0)
-    tokenizer, lm = load_language_model()
+    tokenizer, lm = language_model
     vision = ImageTokenizer(image_size=16, channels=(16, 32))
     encoder = MultimodalEncoder(tokenizer, lm, vision)
     with torch.no_grad():
@@ -64,9 +64,9 @@ def _distances(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
 
 @pytest.mark.slow
 def test_the_recipe_memorises_four_clips(clips):
-    frames, captions, params = clips
+    frames, captions, params, language_model = clips
     denoiser = params["model"]["denoiser"] | {"block_out_channels": [32, 64], "cross_attention": [False, True]}
-    generated = _overfit(frames, captions, params, denoiser, params["diffusion"]["prediction_type"], steps=300)
+    generated = _overfit(frames, captions, params, language_model, denoiser, params["diffusion"]["prediction_type"], steps=300)
     d = _distances(generated, frames)
     # Each sample is close to its own clip (measured 6-10); uniform noise is ~85 away, a clip of another
     # scene 50-80 (two of the four clips share a scene and lie ~8 apart).
@@ -81,8 +81,8 @@ def test_the_recipe_memorises_four_clips(clips):
 @pytest.mark.slow
 def test_the_former_recipe_does_not(clips):
     """The control: a Wan transformer over 2×4×4 patches predicting v, same steps — 50-75 from its clips."""
-    frames, captions, params = clips
+    frames, captions, params, language_model = clips
     wan = {"type": "wan", "layers": 2, "heads": 2, "head_dim": 16, "ffn_dim": 64, "patch_size": [2, 4, 4],
            "freq_dim": 32}
-    d = _distances(_overfit(frames, captions, params, wan, "v_prediction", steps=300), frames)
+    d = _distances(_overfit(frames, captions, params, language_model, wan, "v_prediction", steps=300), frames)
     assert np.diag(d).min() > 30, d.round(1)
