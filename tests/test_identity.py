@@ -73,7 +73,8 @@ def test_sprites_at_64():
 
 @pytest.fixture(scope="module")
 def tiny_eval(tmp_path_factory):
-    """The tiny profile's 256 evaluation clips (8×32×32) as the pipeline writes them."""
+    """The tiny profile's 256 evaluation clips (8×16×16, sprites at twice the base size) as the pipeline
+    writes them."""
     params = deep_merge(load_params(REPO / "params.yaml", "tiny"), {"world": {"workers": 1}})
     cfg = WorldConfig.from_params(params)
     uri = tmp_path_factory.mktemp("identity") / "eval_videos.lance"
@@ -82,27 +83,30 @@ def tiny_eval(tmp_path_factory):
 
 
 def test_ceiling_on_the_tiny_worlds_evaluation_clips(tiny_eval):
-    _, uri = tiny_eval
     start = time.perf_counter()
-    c = I.ceiling(uri)
+    cfg, uri = tiny_eval
+    c = I.ceiling(uri, sprite_scale=cfg.sprite_scale)
     seconds = time.perf_counter() - start
-    # measured: subject 1.00; colour pair 0.996 (seen 0.992, unseen 1.00); shape 0.977; pattern 1.00;
-    # identity (colour pair + shape + pattern) 0.973 (seen 0.969, unseen 0.977); ~3-4 s
-    assert c["clips"] == 256 and c["frame_sizes"] == [32]
-    assert c["identity_attributes"] == {32: ["color_pair", "shape", "pattern"]} and I.IDENTITY_INCLUDES_PATTERN
+    # measured: subject 0.977; colour pair 0.953 (seen 0.922, unseen 0.984); shape 0.930; pattern 0.961;
+    # identity (colour pair + shape + pattern) 0.914 (seen 0.875, unseen 0.953); ~3 s. Misses: spin and
+    # shrink, whose largest sprites touch the frame's edges.
+    assert c["clips"] == 256 and c["frame_sizes"] == [16] and cfg.sprite_scale == 2.0
+    assert c["identity_attributes"] == {16: ["color_pair", "shape", "pattern"]} and I.IDENTITY_INCLUDES_PATTERN
+    assert c["color_pair_accuracy"] >= 0.94 and c["identity_accuracy"] >= 0.90, c
     for split in ("", "_seen", "_unseen"):
-        assert c[f"subject_there_rate{split}"] >= 0.97, c
-        assert c[f"color_pair_accuracy{split}"] >= 0.95, c
-        assert c[f"identity_accuracy{split}"] >= 0.90, c
+        assert c[f"subject_there_rate{split}"] >= 0.95, c
+        assert c[f"color_pair_accuracy{split}"] >= 0.90, c
+        assert c[f"identity_accuracy{split}"] >= 0.85, c
         assert c[f"pattern_accuracy{split}"] >= 0.90, c
-    assert c["shape_accuracy"] >= 0.92 and c["mean_shape_iou"] > 0.8, c
+    assert c["shape_accuracy"] >= 0.90 and c["mean_shape_iou"] > 0.8, c
     assert seconds < 30, seconds                                       # thousands of clips in well under a minute
 
 
-def test_sprites_that_stay_in_place_are_found(tiny_eval):
+def test_sprites_that_stay_in_place_are_found():
     """Spin, grow, shrink and pulse keep the sprite in place: the temporal median holds it, the known
-    background does not."""
-    cfg, _ = tiny_eval
+    background does not (32×32 clips of the full pose and background range)."""
+    world = {"frame_size": 32, "sprite_scale": 1.0, "pose_jitter": 1.0, "scene_variants": 16, "workers": 1}
+    cfg = WorldConfig.from_params(deep_merge(load_params(REPO / "params.yaml", "tiny"), {"world": world}))
     plans = [p for p in plan_clips(cfg, cfg.catalog(), "eval") if p.action in ("spin", "grow", "shrink", "pulse")]
     rows = list(clip_rows(cfg, plans[:24], "eval"))
     clips = [np.frombuffer(r["video"], np.uint8).reshape(r["num_frames"], r["height"], r["width"], 3) for r in rows]
@@ -166,6 +170,7 @@ def test_score_reads_the_colour_pair_unordered_and_the_pattern_by_size():
     assert right["identity"].tolist() == [False, True]   # the pattern counts from 32×32 up, not at 16×16
     assert I.identity_attributes(32) == ("color_pair", "shape", "pattern")
     assert I.identity_attributes(16) == ("color_pair", "shape")
+    assert I.identity_attributes(16, sprite_scale=2.0) == ("color_pair", "shape", "pattern")
 
 
 def test_evaluation_keys_keep_their_names():
@@ -197,6 +202,8 @@ def test_bad_input_is_one_clear_error(tiny_eval, tmp_path):
         I.measure_clips([clip], [None])
     with pytest.raises(VimiError, match="2 clip\\(s\\) but 1 scene"):
         I.measure_clips([clip, clip], ["beach"])
+    with pytest.raises(VimiError, match="sprite scale to measure at must be a number in \\[0.25, 4\\], got 0"):
+        I.measure_clips([clip], ["beach"], sprite_scale=0)
     measured = I.measure_clips([clip], ["beach"])
     real_data = {"scene": None, "shape": None, "color1": None, "color2": None, "pattern": None}
     with pytest.raises(VimiError, match="Target 0 has no SpriteWorld ground truth for scene, shape, color1"):

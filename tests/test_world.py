@@ -32,7 +32,8 @@ def test_tiny_profile_is_at_least_what_the_issue_asks():
     assert len(catalog.subjects) == 64
     assert len(catalog.unseen) == 16 and len(catalog.seen) == 48
     assert len(catalog.actions) == 12 and len(catalog.scenes) == 6
-    assert (cfg.memory_docs, cfg.train_clips, cfg.num_frames, cfg.frame_size) == (5000, 2000, 8, 32)
+    assert (cfg.memory_docs, cfg.train_clips, cfg.num_frames, cfg.frame_size) == (5000, 2000, 8, 16)
+    assert (cfg.sprite_scale, cfg.pose_jitter, cfg.scene_variants) == (2.0, 0.0, 1)
     names = [s.name for s in catalog.subjects]
     assert len(set(names)) == 64
     looks = {(s.shape, s.color1, s.color2, s.pattern) for s in catalog.subjects}
@@ -157,6 +158,42 @@ def test_actions_mean_what_they_say():
         assert np.all(poses[:, 1] - radius > -0.02) and np.all(poses[:, 1] + radius < 1.02), name
 
 
+def test_pose_jitter_scales_the_random_part_of_a_trajectory():
+    for action in ACTIONS:
+        full = trajectory(action, 8, np.random.default_rng(7))
+        assert np.array_equal(trajectory(action, 8, np.random.default_rng(7), jitter=1.0), full)  # the default
+        fixed = [trajectory(action, 8, np.random.default_rng(seed), jitter=0.0) for seed in range(5)]
+        assert all(np.array_equal(f, fixed[0]) for f in fixed), action   # the action alone fixes the clip
+        half = trajectory(action, 8, np.random.default_rng(7), jitter=0.5)
+        # Half the jitter: every continuous pose value halfway between the fixed clip and the full one
+        # (turn directions stay random above zero jitter; angles of spin/default are scaled too).
+        if action not in ("circle", "spin", "zigzag", "shake"):
+            assert np.allclose(half[:, :3], (full[:, :3] + fixed[0][:, :3]) / 2, atol=1e-5), action
+    with pytest.raises(ValueError, match="jitter must be in"):
+        trajectory("rise", 8, np.random.default_rng(0), jitter=1.5)
+
+
+def test_fixed_poses_one_background_and_a_larger_sprite():
+    """pose_jitter 0 and scene_variants 1: a clip is a function of subject, action and scene;
+    sprite_scale multiplies the sprite's size in the clip and in its ground truth."""
+    cfg = micro_cfg(pose_jitter=0.0, scene_variants=1, sprite_scale=1.0, train_clips=400)
+    plans = plan_clips(cfg, cfg.catalog(), "train")
+    rows = {p.index: r for p, r in zip(plans, clip_rows(cfg, plans, "train"))}
+    groups: dict[tuple, list[int]] = {}
+    for p in plans:
+        groups.setdefault((p.subject.id, p.action, p.scene), []).append(p.index)
+    twins = [g for g in groups.values() if len(g) > 1]
+    assert twins   # 400 clips over a few hundred combinations repeat some
+    for group in twins:
+        first = rows[group[0]]
+        for other in group[1:]:
+            assert rows[other]["video"] == first["video"] and rows[other]["trajectory"] == first["trajectory"]
+    big = micro_cfg(pose_jitter=0.0, scene_variants=1, sprite_scale=1.5, train_clips=400)
+    big_rows = list(clip_rows(big, plans[:4], "train"))
+    for row, small_row in zip(big_rows, [rows[p.index] for p in plans[:4]]):
+        assert np.allclose(np.array(row["trajectory"])[:, 2], 1.5 * np.array(small_row["trajectory"])[:, 2])
+
+
 def test_video_rows_decode_to_their_trajectory():
     cfg = micro_cfg()
     catalog = cfg.catalog()
@@ -185,6 +222,12 @@ def test_bad_world_params_are_named():
         micro_cfg(actions=13).catalog()
     with pytest.raises(VimiError, match="frame_size must be >= 8"):
         micro_cfg(frame_size=4)
+    with pytest.raises(VimiError, match="pose_jitter must be in"):
+        micro_cfg(pose_jitter=-0.1)
+    with pytest.raises(VimiError, match="scene_variants must be in 1..16"):
+        micro_cfg(scene_variants=0)
+    with pytest.raises(VimiError, match="sprite_scale must be in"):
+        micro_cfg(sprite_scale=3)
 
 
 @pytest.mark.slow
@@ -198,7 +241,7 @@ def test_tiny_world_end_to_end(tmp_path, monkeypatch):
     assert results["eval_videos"]["rows"] == 256
     videos = lance.dataset(str(tmp_path / "videos.lance"))
     row = videos.take([0]).to_pylist()[0]
-    assert (row["num_frames"], row["height"], row["width"]) == (8, 32, 32)
+    assert (row["num_frames"], row["height"], row["width"]) == (8, 16, 16)
     from vimi.pipeline import validate_dataset
 
     for which in ("memory", "videos", "eval_videos"):

@@ -163,7 +163,8 @@ PROMPT_MODES = ("instruction", "caption")
 
 
 def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, split: np.ndarray,
-                      targets: list[dict[str, Any]], given_counts: list[int]) -> dict[str, float]:
+                      targets: list[dict[str, Any]], given_counts: list[int], sprite_scale: float = 1.0
+                      ) -> dict[str, float]:
     """`vimi.evaluation.identity` on the generated clips and on the real ones (the `_real` ceiling), for
     the clips with SpriteWorld ground truth (those without are counted; none at all is an error);
     predicted frames only for video prediction."""
@@ -178,12 +179,13 @@ def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, spl
     out: dict[str, float] = {"identity_clips_without_truth": float(len(targets) - len(keep))}
     for clips, suffix in ((fake, ""), (real, "_real")):
         frames = [np.ascontiguousarray(clips[i, given_counts[i]:] if given_counts[i] else clips[i]) for i in keep]
-        right = score(measure_clips(frames, scenes), kept)
+        right = score(measure_clips(frames, scenes, sprite_scale=sprite_scale), kept)
         out.update(evaluation_metrics(right, tasks[keep], split[keep], suffix))
     return out
 
 
-def _reference_metrics(pairs: dict[int, tuple], targets: list[dict[str, Any]]) -> dict[str, float]:
+def _reference_metrics(pairs: dict[int, tuple], targets: list[dict[str, Any]], sprite_scale: float = 1.0
+                       ) -> dict[str, float]:
     """Unseen subjects generated with their reference image and, from the same noise, without it."""
     from vimi.evaluation.identity import measure_clips, metric_name, missing_truth, score
 
@@ -192,7 +194,8 @@ def _reference_metrics(pairs: dict[int, tuple], targets: list[dict[str, Any]]) -
         return {}
     out: dict[str, float] = {}
     for slot, suffix in ((1, "with_reference"), (0, "without_reference")):
-        right = score(measure_clips([pairs[i][slot] for i in keys], [targets[i]["scene"] for i in keys]),
+        right = score(measure_clips([pairs[i][slot] for i in keys], [targets[i]["scene"] for i in keys],
+                                    sprite_scale=sprite_scale),
                       [targets[i] for i in keys])
         for attribute in ("subject_there", "color_pair", "identity"):
             out[f"{metric_name(attribute)}_unseen_{suffix}"] = float(right[attribute].mean())
@@ -305,7 +308,8 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
     }
     for task in chosen:
         metrics[f"motion_accuracy_{task}"] = float(correct(fake_probs, "action")[tasks == task].mean())
-    metrics.update(_identity_metrics(fake, real, tasks, split, targets, given_counts))
+    sprite_scale = float(settings.params.get("world", {}).get("sprite_scale", 1.0))
+    metrics.update(_identity_metrics(fake, real, tasks, split, targets, given_counts, sprite_scale))
     predicted = [i for i in range(len(tasks)) if tasks[i] == "prediction"]
     if predicted:
         metrics["prediction_psnr"] = float(np.mean([_psnr(fake[i, given_counts[i]:], real[i, given_counts[i]:])
@@ -317,7 +321,7 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
                               "prompt_mode": prompt_mode, "frame_conditioning": bool(pipe.predicts_video), **metrics}
     order = [i for t in chosen for i in np.flatnonzero(tasks == t)[:3]]
     if pairs:
-        reference = _reference_metrics(pairs, targets)
+        reference = _reference_metrics(pairs, targets, sprite_scale)
         metrics.update(reference)
         result.update(reference)
         if metrics_file is not None:

@@ -48,6 +48,10 @@ Measured on the world generator's 256 evaluation clips (`ceiling`; README "Evalu
     32×32   1.00       0.996     0.977   1.00     0.973     0.89       ~3
     64×64   1.00       1.00      0.996   1.00     0.996     0.89       ~7
     16×16   0.86       0.80      0.67    0.82     0.64      0.72       ~2   (supersample 2, the tests' micro world)
+    16×16   0.98       0.953     0.930   0.961    0.914     0.88       ~3   (sprite_scale 2: the tiny world)
+
+(the tiny world, per split: colour pair seen 0.922 / unseen 0.984, identity 0.875 / 0.953; its misses
+are spin and shrink, whose largest sprites touch the 16-pixel frame's edges).
 
 (per split at 32×32: colour pair seen 0.992 / unseen 1.00, identity 0.969 / 0.977). Degraded copies
 of the 32×32 clips (what a generator might produce) keep most of it: Gaussian noise σ=8 → identity 0.94,
@@ -55,10 +59,12 @@ of the 32×32 clips (what a generator might produce) keep most of it: Gaussian n
 scene's own colours that pass for palette colours (snow for white, leaves for green) read as a sprite
 in ~2 of 1,000 such made-up clips.
 
-Pattern decision: the pattern is recovered on all real clips at 32×32 and 64×64 (at 16×16, stripes and
-checks ~1 px and dots under a pixel, on 0.82). So the identity tuple is colour pair + shape + pattern
-from `PATTERN_MIN_FRAME_SIZE` (32) up and colour pair + shape below (`identity_attributes(frame_size)`;
-`IDENTITY_INCLUDES_PATTERN`: at the tiny world's 32×32). The pattern is scored at every size.
+Pattern decision: the pattern is recovered on all real clips whose sprites have the radius of 32×32
+frames at scale 1 (~5 px) or more: 32×32 and 64×64, and 16×16 at sprite_scale 2 (at 16×16 and scale 1,
+stripes and checks ~1 px and dots under a pixel, on 0.82). So the identity tuple is colour pair + shape
++ pattern from frame side × sprite scale `PATTERN_MIN_FRAME_SIZE` (32) up and colour pair + shape below
+(`identity_attributes(frame_size, sprite_scale)`; `IDENTITY_INCLUDES_PATTERN`: in the tiny world). The
+pattern is scored at every size.
 """
 
 from __future__ import annotations
@@ -102,11 +108,11 @@ SHAPE_MARGIN = 0.03            # IoU per frame: candidates this close to the bes
 PATTERN_FRAMES = 4             # frames (best shape fit first) of the refinement and the pattern fit
 PATTERN_SUPERSAMPLE = 2        # samples per pixel side when rendering patterns
 PATTERN_ANGLE_OFFSETS = (0.0,)  # degrees around the shape fit's angle (finer: no better, measured)
-PATTERN_MIN_FRAME_SIZE = 32    # the pattern joins the identity tuple from this frame side up
+PATTERN_MIN_FRAME_SIZE = 32    # the pattern joins the identity tuple from this frame side × sprite scale up
 
 IDENTITY_ATTRIBUTES = ("color_pair", "shape", "pattern")       # from PATTERN_MIN_FRAME_SIZE up
 IDENTITY_ATTRIBUTES_SMALL = ("color_pair", "shape")            # below it
-IDENTITY_INCLUDES_PATTERN = True   # at the tiny world's 32×32 (and larger)
+IDENTITY_INCLUDES_PATTERN = True   # in the tiny world (16×16 at sprite_scale 2) and larger
 SCORED_ATTRIBUTES = ("color_pair", "color1", "color2", "shape", "pattern", "identity")
 TRUTH_KEYS = ("scene", "shape", "color1", "color2", "pattern")
 
@@ -120,9 +126,11 @@ _PATTERN_NAMES = tuple(PATTERNS)
 _FRAME_CONNECTIVITY = np.stack([np.zeros((3, 3), bool), np.ones((3, 3), bool), np.zeros((3, 3), bool)])
 
 
-def identity_attributes(frame_size: int) -> tuple[str, ...]:
-    """The attributes that make up a clip's identity at this frame side."""
-    return IDENTITY_ATTRIBUTES if frame_size >= PATTERN_MIN_FRAME_SIZE else IDENTITY_ATTRIBUTES_SMALL
+def identity_attributes(frame_size: int, sprite_scale: float = 1.0) -> tuple[str, ...]:
+    """The attributes that make up a clip's identity at this frame side and the world's sprite scale
+    (`world.sprite_scale`): the pattern from sprites of PATTERN_MIN_FRAME_SIZE's radius up."""
+    large = frame_size * sprite_scale >= PATTERN_MIN_FRAME_SIZE
+    return IDENTITY_ATTRIBUTES if large else IDENTITY_ATTRIBUTES_SMALL
 
 
 @dataclass
@@ -138,6 +146,7 @@ class ClipIdentity:
     fit_error: float = float("nan")  # squared error of the best rendering / the sprite's squared change
     frame_size: int = 0
     background_variant: int = -1
+    sprite_scale: float = 1.0    # the world's (world.sprite_scale): sprites' size, times the base radius
 
     @property
     def color_pair(self) -> frozenset[str] | None:
@@ -344,10 +353,10 @@ def _check_clip(frames: Any) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- measuring
 
-def _plausible_area(side: int) -> tuple[float, float]:
+def _plausible_area(side: int, sprite_scale: float = 1.0) -> tuple[float, float]:
     areas = [s.area for s in _shapes()]
-    lo = min(areas) * (BASE_RADIUS * SCALE_RANGE[0] * side) ** 2 * 0.5
-    hi = max(areas) * (BASE_RADIUS * SCALE_RANGE[1] * side) ** 2 * 1.3 + 4
+    lo = min(areas) * (BASE_RADIUS * SCALE_RANGE[0] * sprite_scale * side) ** 2 * 0.5
+    hi = max(areas) * (BASE_RADIUS * SCALE_RANGE[1] * sprite_scale * side) ** 2 * 1.3 + 4
     return max(lo, 3.0), hi
 
 
@@ -391,12 +400,13 @@ def _coverage(pixels: np.ndarray, background: np.ndarray, tolerance: float) -> t
     return (a + b)[np.arange(len(e)), best], explained
 
 
-def _objects(clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float) -> list[list[_Object]]:
+def _objects(clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float,
+             sprite_scale: float = 1.0) -> list[list[_Object]]:
     """Per frame, its sprite-like foreground components (coarsely fitted to every shape)."""
     t, side = fg.shape[:2]
     closed = fg | ndimage.binary_closing(fg, structure=np.ones((1, 3, 3), bool))
     labels, _ = ndimage.label(closed, structure=_FRAME_CONNECTIVITY)
-    lo, hi = _plausible_area(side)
+    lo, hi = _plausible_area(side, sprite_scale)
     everything = range(len(SHAPES))
     found: list[list[_Object]] = [[] for _ in range(t)]
     for label, sl in enumerate(ndimage.find_objects(labels), start=1):
@@ -441,22 +451,31 @@ def _objects(clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float)
     return found
 
 
-def measure_clip(frames: np.ndarray, scene: str) -> ClipIdentity:
-    """The subject of one clip (T×H×W×3 uint8) filmed in `scene`, as SpriteWorld's rasterizer would draw it."""
+def measure_clip(frames: np.ndarray, scene: str, sprite_scale: float = 1.0) -> ClipIdentity:
+    """The subject of one clip (T×H×W×3 uint8) filmed in `scene`, as SpriteWorld's rasterizer would
+    draw it in a world of `sprite_scale` (`world.sprite_scale`)."""
     frames = _check_clip(frames)
     scene = _check_scene(scene)
     with _one_blas_thread():
-        return _measure(frames, scene)
+        return _measure(frames, scene, _check_scale(sprite_scale))
+
+
+def _check_scale(sprite_scale: Any) -> float:
+    if isinstance(sprite_scale, bool) or not isinstance(sprite_scale, (int, float)) \
+            or not 0.25 <= float(sprite_scale) <= 4:
+        raise VimiError(f"The sprite scale to measure at must be a number in [0.25, 4], got {sprite_scale!r}.")
+    return float(sprite_scale)
 
 
 def measure_clips(clips: np.ndarray | Sequence[np.ndarray], scenes: Sequence[str],
-                  workers: int = 1) -> list[ClipIdentity]:
+                  workers: int = 1, sprite_scale: float = 1.0) -> list[ClipIdentity]:
     """`measure_clip` for each clip and its scene (~12 ms a clip of 8×32×32, ~30 ms at 64×64, on one
     core; `workers` > 1 spreads chunks of clips over that many processes, which pays only on idle
     cores and from a few thousand clips)."""
     if len(clips) != len(scenes):
         raise VimiError(f"{len(clips)} clip(s) but {len(scenes)} scene(s) to measure them in.")
-    checked = [(_check_clip(c), _check_scene(s)) for c, s in zip(clips, scenes)]
+    scale = _check_scale(sprite_scale)
+    checked = [(_check_clip(c), _check_scene(s), scale) for c, s in zip(clips, scenes)]
     if workers > 1 and len(checked) > _CHUNK:
         from vimi.parallel import ordered_map
 
@@ -468,9 +487,9 @@ def measure_clips(clips: np.ndarray | Sequence[np.ndarray], scenes: Sequence[str
 _CHUNK = 256
 
 
-def _measure_chunk(checked: list[tuple[np.ndarray, str]]) -> list[ClipIdentity]:
+def _measure_chunk(checked: list[tuple[np.ndarray, str, float]]) -> list[ClipIdentity]:
     with _one_blas_thread():
-        return [_measure(c, s) for c, s in checked]
+        return [_measure(c, s, k) for c, s, k in checked]
 
 
 def _foreground(frames: np.ndarray, scene: str, side: int, variant: int, threshold: float,
@@ -498,7 +517,7 @@ def _foreground(frames: np.ndarray, scene: str, side: int, variant: int, thresho
     return fg
 
 
-def _measure(frames: np.ndarray, scene: str) -> ClipIdentity:
+def _measure(frames: np.ndarray, scene: str, sprite_scale: float = 1.0) -> ClipIdentity:
     t, side = frames.shape[0], frames.shape[1]
     clip = frames.astype(np.float32)
     bgs = _backgrounds(scene, side)[0]
@@ -512,10 +531,12 @@ def _measure(frames: np.ndarray, scene: str) -> ClipIdentity:
     # Noise (a generated clip's) raises the thresholds: the typical distance of a background pixel.
     noise = float(np.median(distance))
     fg = _foreground(clip, scene, side, variant, max(FG_THRESHOLD, NOISE_FACTOR * noise), distance)
-    found = _objects(clip, bg, fg, min(max(PALETTE_THRESHOLD, PALETTE_NOISE_FACTOR * noise), 2 * PALETTE_THRESHOLD))
+    found = _objects(clip, bg, fg, min(max(PALETTE_THRESHOLD, PALETTE_NOISE_FACTOR * noise), 2 * PALETTE_THRESHOLD),
+                     sprite_scale)
     single = [objs[0] for objs in found if len(objs) == 1]
     result = ClipIdentity(subject_found=len(single) * 2 > t, objects_per_frame=[len(o) for o in found],
-                          frame_size=side, background_variant=variant, positions=[None] * t)
+                          frame_size=side, background_variant=variant, positions=[None] * t,
+                          sprite_scale=sprite_scale)
     if not result.subject_found:
         return result
 
@@ -672,7 +693,7 @@ def score(measured: Sequence[ClipIdentity], targets: Sequence[dict]) -> dict[str
             "shape": m.shape == t["shape"],
             "pattern": m.pattern == t["pattern"],
         }
-        right["identity"] = all(right[a] for a in identity_attributes(m.frame_size))
+        right["identity"] = all(right[a] for a in identity_attributes(m.frame_size, m.sprite_scale))
         for k, v in right.items():
             out[k].append(bool(v) and bool(m.subject_found))
     return {k: np.array(v, dtype=bool) for k, v in out.items()}
@@ -718,10 +739,11 @@ def evaluation_metrics(right: dict[str, np.ndarray], tasks: Sequence[str], split
     return out
 
 
-def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int = 1) -> dict[str, Any]:
+def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int = 1,
+            sprite_scale: float = 1.0) -> dict[str, Any]:
     """The measure on every real clip of a SpriteWorld video dataset (Lance; `limit`: the first clips
-    only): per-attribute accuracies overall and per subject split — the ceiling that generated clips
-    are read against (README "Evaluation")."""
+    only; `sprite_scale`: the world's) — per-attribute accuracies overall and per subject split, the
+    ceiling that generated clips are read against (README "Evaluation")."""
     from vimi import lance_io
     from vimi.data.video_io import VideoDecodeError, decode_video
 
@@ -747,22 +769,27 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
             raise VimiError(f"Clip {row['id']} of {eval_videos_uri} does not decode ({exc}).") from None
         clips.append(np.ascontiguousarray(frames))
         targets.append(row)
-    measured = measure_clips(clips, [t["scene"] for t in targets], workers=workers)
+    measured = measure_clips(clips, [t["scene"] for t in targets], workers=workers, sprite_scale=sprite_scale)
     result = summarize(score(measured, targets), [t["subject_split"] for t in targets])
     sizes = sorted({m.frame_size for m in measured})
-    result.update(frame_sizes=sizes, identity_attributes={s: list(identity_attributes(s)) for s in sizes},
+    result.update(frame_sizes=sizes, sprite_scale=sprite_scale,
+                  identity_attributes={s: list(identity_attributes(s, sprite_scale)) for s in sizes},
                   mean_shape_iou=float(np.mean([m.shape_iou for m in measured if m.subject_found] or [0.0])),
                   seconds=round(time.perf_counter() - start, 2))
     return result
 
 
-if __name__ == "__main__":  # python -m vimi.evaluation.identity data/eval_videos.lance
+if __name__ == "__main__":  # python -m vimi.evaluation.identity data/eval_videos.lance [SPRITE_SCALE]
     import json
     import sys
 
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m vimi.evaluation.identity EVAL_VIDEOS_URI")
+    if len(sys.argv) not in (2, 3):
+        sys.exit("usage: python -m vimi.evaluation.identity EVAL_VIDEOS_URI [SPRITE_SCALE]")
     try:
-        print(json.dumps(ceiling(sys.argv[1]), indent=1))
+        scale = float(sys.argv[2]) if len(sys.argv) == 3 else 1.0
+    except ValueError:
+        sys.exit(f"error: the sprite scale must be a number, got {sys.argv[2]!r}")
+    try:
+        print(json.dumps(ceiling(sys.argv[1], sprite_scale=scale), indent=1))
     except VimiError as exc:
         sys.exit(f"error: {exc}")

@@ -74,6 +74,9 @@ class WorldConfig:
     fps: int
     supersample: int
     appearance_in_video_caption: float
+    pose_jitter: float = 1.0   # share of the trajectories' random range the clips use (vimi.world.motion)
+    scene_variants: int = SCENE_VARIANTS  # backgrounds a clip's scene is drawn from
+    sprite_scale: float = 1.0  # clip sprites' size, times the rasterizer's base radius (memory images keep theirs)
     workers: int = 0  # generation processes; 0 = one per core (rows do not depend on it)
 
     @classmethod
@@ -99,6 +102,10 @@ class WorldConfig:
         need(1 <= self.supersample <= 8, f"supersample must be in 1..8, got {self.supersample}")
         need(0 <= self.appearance_in_video_caption <= 1, "appearance_in_video_caption must be in [0, 1]")
         need(self.fps > 0, f"fps must be > 0, got {self.fps}")
+        need(0 <= self.pose_jitter <= 1, f"pose_jitter must be in [0, 1], got {self.pose_jitter}")
+        need(0.5 <= self.sprite_scale <= 2, f"sprite_scale must be in [0.5, 2], got {self.sprite_scale}")
+        need(1 <= self.scene_variants <= SCENE_VARIANTS,
+             f"scene_variants must be in 1..{SCENE_VARIANTS}, got {self.scene_variants}")
         n_seen = self.subjects - int(round(self.subjects * self.unseen_fraction))
         need(n_seen >= 1 or self.train_clips == 0, "at least one seen subject is needed for training clips")
 
@@ -238,8 +245,9 @@ def clip_rows(cfg: WorldConfig, plans: list[ClipPlan], split: str) -> Iterator[d
     prefix = "vid" if split == "train" else "eval"
     for plan in plans:
         rng = np.random.default_rng([cfg.seed, stream, plan.index, 1])
-        background = render_scene(plan.scene, cfg.frame_size, int(rng.integers(SCENE_VARIANTS)))
-        poses = trajectory(plan.action, cfg.num_frames, rng)
+        background = render_scene(plan.scene, cfg.frame_size, int(rng.integers(SCENE_VARIANTS)) % cfg.scene_variants)
+        poses = trajectory(plan.action, cfg.num_frames, rng, cfg.pose_jitter)
+        poses[:, 2] *= cfg.sprite_scale
         frames = np.stack([draw_sprite(background, plan.subject, p, cfg.supersample) for p in poses])
         words = _words(plan.subject, plan.scene) | {"verb": ACTIONS[plan.action]}
         templates = VIDEO_APPEARANCE_TEMPLATES if plan.with_appearance else VIDEO_TEMPLATES
