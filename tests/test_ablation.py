@@ -37,6 +37,15 @@ def test_ablation_trains_and_evaluates_three_arms(project):
     # The same real clips for every arm: their ceiling (the feature network on real clips) is identical.
     ceilings = {r["motion_accuracy_real"] for r in result["results"].values()}
     assert len(ceilings) == 1
+    # Paired comparisons on the same clips: per-clip results, differences with intervals in the table.
+    per_clip = result["results"]["retrieval"]["per_clip"]
+    assert per_clip["clip_id"] == result["results"]["text_only"]["per_clip"]["clip_id"]
+    assert len(per_clip["identity"]) == 9 and set(per_clip["task"]) == {"prediction", "subject", "text_to_video"}
+    state = json.loads((project / "ablation" / "tiny" / "ablation.json").read_text())
+    unseen = state["comparisons"]["identity_unseen"]
+    assert unseen["clips"] == per_clip["split"].count("unseen")
+    assert unseen["low"] <= unseen["difference"] <= unseen["high"]
+    assert "| identity_unseen | retrieval-augmented stage 1 − text-only stage 1 |" in text
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT)
@@ -66,3 +75,19 @@ def test_ablation_trains_and_evaluates_three_arms(project):
         run_ablation(Settings.load(), seed=3, log=lambda line: None)
     state = json.loads((project / "ablation" / "tiny" / "ablation.json").read_text())
     assert set(state["results"]) == set(ARMS)
+
+
+def test_paired_difference_against_a_hand_count():
+    from vimi.ablation import paired_difference
+
+    # 10 clips: the better arm right on 6, the baseline on 2 of them and on one other: 6/10 − 3/10.
+    better = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]
+    baseline = [1, 1, 0, 0, 0, 0, 1, 0, 0, 0]
+    d = paired_difference(better, baseline, resamples=4000)
+    assert d["difference"] == pytest.approx(0.3) and d["clips"] == 10
+    # per-clip differences: +1 ×4, −1 ×1, 0 ×5: the bootstrap sd of the mean is ~sqrt(0.41/10) ≈ 0.20
+    assert -0.15 < d["low"] < 0.05 and 0.55 < d["high"] < 0.75
+    same = paired_difference(better, better)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0, "clips": 10}
+    with pytest.raises(VimiError, match="same clips on both sides, got 10 and 9"):
+        paired_difference(better, baseline[:9])

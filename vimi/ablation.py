@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from vimi import lance_io
 from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
@@ -148,11 +150,14 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
             if arm not in state["results"]:
                 log(f"ablation: evaluating {arm} …")
                 result = evaluate_spriteworld(settings, str(settings.model_path(models[arm])), seed=settings.seed,
-                                              prompt_mode="caption" if arm == "text_only" else "instruction")
+                                              prompt_mode="caption" if arm == "text_only" else "instruction",
+                                              with_per_clip=True)
                 state["results"][arm] = {k: v for k, v in result.items() if k != "model"} | {
                     "model": str(settings.model_path(models[arm])), "final_loss": training.get("final_loss"),
                     "train_seconds": training.get("seconds"), "train_run_id": training.get("run_id")}
                 save_state()
+        state["comparisons"] = comparisons(state["results"])
+        save_state()
         status = "FINISHED"
     finally:
         _finish_parent(settings, state, status)
@@ -162,6 +167,50 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
     return {"profile": settings.profile, "seed": settings.seed, "workdir": str(work), "report": str(report),
             "parent_run_id": state["parent_run_id"], "results": state["results"], "steps": state["steps"],
             "table": table}
+
+
+# (name, better arm, baseline arm, per-clip attribute, which clips): ViMi's claims as paired differences.
+COMPARISONS = [
+    ("identity_unseen", "retrieval", "text_only", "identity", {"split": "unseen"}),
+    ("color_pair_unseen", "retrieval", "text_only", "color_pair", {"split": "unseen"}),
+    ("identity_seen", "retrieval", "text_only", "identity", {"split": "seen"}),
+    ("identity_unseen_subject_task", "retrieval_stage2", "retrieval", "identity", {"split": "unseen", "task": "subject"}),
+    ("color_pair_unseen_subject_task", "retrieval_stage2", "retrieval", "color_pair",
+     {"split": "unseen", "task": "subject"}),
+]
+
+
+def paired_difference(better: list[bool], baseline: list[bool], resamples: int = 2000, seed: int = 0
+                      ) -> dict[str, float]:
+    """Mean of better − baseline over the same clips, with a paired bootstrap 95% interval (clips
+    resampled with replacement, the percentile interval)."""
+    a, b = np.asarray(better, float), np.asarray(baseline, float)
+    if len(a) != len(b) or not len(a):
+        raise VimiError(f"A paired difference needs the same clips on both sides, got {len(a)} and {len(b)}.")
+    d = a - b
+    idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
+    boots = d[idx].mean(1)
+    return {"difference": float(d.mean()), "low": float(np.percentile(boots, 2.5)),
+            "high": float(np.percentile(boots, 97.5)), "clips": int(len(d))}
+
+
+def comparisons(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """COMPARISONS on the arms' per-clip results (clips matched by id and task)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, better, baseline, attribute, where in COMPARISONS:
+        sides = [results.get(arm, {}).get("per_clip") for arm in (better, baseline)]
+        if not all(sides):
+            continue
+        keyed = []
+        for side in sides:
+            rows = zip(side["clip_id"], side["task"], side["split"], side[attribute])
+            keyed.append({(c, t): v for c, t, s, v in rows
+                          if all({"split": s, "task": t}[k] == want for k, want in where.items())})
+        common = sorted(set(keyed[0]) & set(keyed[1]))
+        if common:
+            out[name] = paired_difference([keyed[0][k] for k in common], [keyed[1][k] for k in common]) | {
+                "better": better, "baseline": baseline}
+    return out
 
 
 def _world(settings: Settings) -> dict[str, Any]:
@@ -222,6 +271,12 @@ def write_report(state: dict[str, Any], report: Path) -> str:
     rows.append("| real clips (ceiling) | " + " | ".join(
         _cell(ceiling[f"{key}_real"]) if f"{key}_real" in ceiling else "—" for key, _ in TABLE_METRICS) + " |")
     table = "\n".join(rows)
+    compared = state.get("comparisons") or {}
+    if compared:
+        table += "\n\n| paired difference (same clips) | arms | difference | 95% bootstrap interval | clips |\n" \
+                 "|---|---|---|---|---|\n" + "\n".join(
+                     f"| {name} | {ARMS[c['better']]} − {ARMS[c['baseline']]} | {c['difference']:+.3f} | "
+                     f"[{c['low']:+.3f}, {c['high']:+.3f}] | {c['clips']} |" for name, c in compared.items())
     any_result = ceiling
     steps = state["steps"]
     lines = [

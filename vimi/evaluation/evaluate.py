@@ -164,10 +164,11 @@ PROMPT_MODES = ("instruction", "caption")
 
 def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, split: np.ndarray,
                       targets: list[dict[str, Any]], given_counts: list[int], sprite_scale: float = 1.0
-                      ) -> dict[str, float]:
+                      ) -> tuple[dict[str, float], dict[str, list]]:
     """`vimi.evaluation.identity` on the generated clips and on the real ones (the `_real` ceiling), for
     the clips with SpriteWorld ground truth (those without are counted; none at all is an error);
-    predicted frames only for video prediction."""
+    predicted frames only for video prediction. Also, per generated clip measured: its id, task, split
+    and whether the subject is there, its colour pair and its identity are right (paired comparisons)."""
     from vimi.evaluation.identity import TRUTH_KEYS, evaluation_metrics, measure_clips, missing_truth, score
 
     keep = [i for i, t in enumerate(targets) if not missing_truth(t)]
@@ -177,11 +178,16 @@ def _identity_metrics(fake: np.ndarray, real: np.ndarray, tasks: np.ndarray, spl
     scenes = [targets[i]["scene"] for i in keep]
     kept = [targets[i] for i in keep]
     out: dict[str, float] = {"identity_clips_without_truth": float(len(targets) - len(keep))}
+    per_clip: dict[str, list] = {}
     for clips, suffix in ((fake, ""), (real, "_real")):
         frames = [np.ascontiguousarray(clips[i, given_counts[i]:] if given_counts[i] else clips[i]) for i in keep]
         right = score(measure_clips(frames, scenes, sprite_scale=sprite_scale), kept)
         out.update(evaluation_metrics(right, tasks[keep], split[keep], suffix))
-    return out
+        if not suffix:
+            per_clip = {"clip_id": [t.get("id") for t in kept], "task": tasks[keep].tolist(),
+                        "split": split[keep].tolist(),
+                        **{k: right[k].tolist() for k in ("subject_there", "color_pair", "identity")}}
+    return out, per_clip
 
 
 def _reference_metrics(pairs: dict[int, tuple], targets: list[dict[str, Any]], sprite_scale: float = 1.0
@@ -221,7 +227,7 @@ def _grounding_gif(pairs: dict[int, tuple], real: np.ndarray, path: Path, fps: f
 @locked("evaluate_spriteworld")
 def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | None = None, steps: int | None = None,
                          seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None,
-                         prompt_mode: str = "instruction") -> dict[str, Any]:
+                         prompt_mode: str = "instruction", with_per_clip: bool = False) -> dict[str, Any]:
     """SpriteWorld's grounding metrics on the evaluation split's instructions (README "Evaluation"):
     FVD_syn and IS_syn (feature network), motion accuracy, PSNR/SSIM of predicted frames, and identity
     measured against the rasterizer (`vimi.evaluation.identity`): whether exactly one sprite is there,
@@ -231,7 +237,9 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
 
     Every model sees the same clips and seeds. A stage-1 model (no frame conditioning) gets the given
     frames of video prediction in its prompt only, as images; `prompt_mode="caption"` gives each clip's
-    caption alone (the text-only baseline's input: it was never trained on images)."""
+    caption alone (the text-only baseline's input: it was never trained on images). `with_per_clip`: the
+    result also holds, per generated clip, whether its subject, colour pair and identity are right
+    (`per_clip`), for paired comparisons of models on the same clips."""
     import torch
 
     from vimi import lance_io
@@ -309,7 +317,8 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
     for task in chosen:
         metrics[f"motion_accuracy_{task}"] = float(correct(fake_probs, "action")[tasks == task].mean())
     sprite_scale = float(settings.params.get("world", {}).get("sprite_scale", 1.0))
-    metrics.update(_identity_metrics(fake, real, tasks, split, targets, given_counts, sprite_scale))
+    identity, per_clip = _identity_metrics(fake, real, tasks, split, targets, given_counts, sprite_scale)
+    metrics.update(identity)
     predicted = [i for i in range(len(tasks)) if tasks[i] == "prediction"]
     if predicted:
         metrics["prediction_psnr"] = float(np.mean([_psnr(fake[i, given_counts[i]:], real[i, given_counts[i]:])
@@ -333,5 +342,7 @@ def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | 
                       {"eval.videos_per_task": videos_per_task, "eval.steps": steps, "eval.seed": seed,
                        "eval.prompt_mode": prompt_mode},
                       {"videos": int(len(tasks))})
+    if with_per_clip:
+        result["per_clip"] = per_clip
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
