@@ -35,7 +35,7 @@ ASSET_PARAMS: dict[str, list[str]] = {
     "stage2_model": ["seed", "stage2", "diffusion.loss_weighting", "diffusion.snr_gamma", "registry.model_name",
                      "registry.smoke_frames"],
     "feature_network": ["seed", "featurenet", "world.num_frames", "world.frame_size"],
-    "spriteworld_metrics": ["seed", "evaluate"],
+    "spriteworld_metrics": ["seed", "evaluate", "world.sprite_scale"],
     "ucf101_metrics": ["seed", "evaluate.ucf101", "diffusion.inference_steps"],
     "champion_model": ["registry.promotion_metric", "registry.promotion_margin"],
     "report": [],

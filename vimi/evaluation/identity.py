@@ -47,7 +47,7 @@ Measured on the world generator's 256 evaluation clips (`ceiling`; README "Evalu
     frame  subject  colour pair  shape  pattern  identity  color1   seconds (256 clips, 1 core)
     32×32   1.00       0.996     0.977   1.00     0.973     0.89       ~3
     64×64   1.00       1.00      0.996   1.00     0.996     0.89       ~7
-    16×16   0.86       0.80      0.67    0.82     0.64      0.72       ~2   (supersample 2, the tests' micro world)
+    16×16   0.86       0.80      0.67    0.82     0.64      0.72       ~2   (sprite_scale 1, supersample 2)
     16×16   0.98       0.953     0.930   0.961    0.914     0.88       ~3   (sprite_scale 2: the tiny world)
 
 (the tiny world, per split: colour pair seen 0.922 / unseen 0.984, identity 0.875 / 0.953; its misses

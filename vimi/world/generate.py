@@ -76,7 +76,9 @@ class WorldConfig:
     appearance_in_video_caption: float
     pose_jitter: float = 1.0   # share of the trajectories' random range the clips use (vimi.world.motion)
     scene_variants: int = SCENE_VARIANTS  # backgrounds a clip's scene is drawn from
-    sprite_scale: float = 1.0  # clip sprites' size, times the rasterizer's base radius (memory images keep theirs)
+    # Clip sprites' size, times the rasterizer's base radius (memory images keep theirs); above 1 the
+    # largest sprites of spin, grow and shrink reach the frame's edges.
+    sprite_scale: float = 1.0
     workers: int = 0  # generation processes; 0 = one per core (rows do not depend on it)
 
     @classmethod
