@@ -169,14 +169,14 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
             "table": table}
 
 
-# (name, better arm, baseline arm, per-clip attribute, which clips): ViMi's claims as paired differences.
+# (name, better arm, baseline arm, per-clip attribute, which clips): ViMi's claims as paired differences,
+# on the subject-driven prompts as the table's identity columns (the text-only arm reads their captions).
 COMPARISONS = [
-    ("identity_unseen", "retrieval", "text_only", "identity", {"split": "unseen"}),
-    ("color_pair_unseen", "retrieval", "text_only", "color_pair", {"split": "unseen"}),
-    ("identity_seen", "retrieval", "text_only", "identity", {"split": "seen"}),
-    ("identity_unseen_subject_task", "retrieval_stage2", "retrieval", "identity", {"split": "unseen", "task": "subject"}),
-    ("color_pair_unseen_subject_task", "retrieval_stage2", "retrieval", "color_pair",
-     {"split": "unseen", "task": "subject"}),
+    ("identity_unseen", "retrieval", "text_only", "identity", {"split": "unseen", "task": "subject"}),
+    ("color_pair_unseen", "retrieval", "text_only", "color_pair", {"split": "unseen", "task": "subject"}),
+    ("identity_seen", "retrieval", "text_only", "identity", {"split": "seen", "task": "subject"}),
+    ("identity_unseen_stage2", "retrieval_stage2", "retrieval", "identity", {"split": "unseen", "task": "subject"}),
+    ("color_pair_unseen_stage2", "retrieval_stage2", "retrieval", "color_pair", {"split": "unseen", "task": "subject"}),
 ]
 
 
