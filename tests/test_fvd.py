@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import real_clip_frames
-from vimi.data.video_io import write_video
 from vimi.errors import VimiError
 from vimi.evaluation.fvd import feature_stats, frechet_distance, fvd_clip
+from vimi.io.video import write_video
 
 VIMI = [sys.executable, "-m", "vimi"]
 

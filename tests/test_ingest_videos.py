@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import real_clip_frames
 from vimi.data.ingest import ingest_videos
-from vimi.data.video_io import decode_video, probe, write_video
 from vimi.errors import VimiError
+from vimi.io.video import decode_video, probe, write_video
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ LANCE_DATASETS = ("memory", "videos", "eval_videos", "augmented", "instructions"
 def test_the_pipeline_with_its_lance_datasets_on_s3(project, s3, monkeypatch):
     import mlflow
 
-    from vimi.pipeline import (compact_datasets, data_status, evaluate_model, train_feature_network,
-                               validate_dataset)
+    from vimi.pipeline import compact_datasets, evaluate_model, train_feature_network, validate_dataset
+    from vimi.status import data_status
 
     _, client = s3
     monkeypatch.setenv("VIMI_LANCE_URI", "s3://vimi-data/pipeline")

@@ -306,7 +306,7 @@ def test_executor_is_chosen_by_configuration(monkeypatch):
 
 
 def test_resource_configures_paths_and_tracking_per_environment(project, tmp_path, monkeypatch):
-    from vimi.train.tracking import tracking_uri
+    from vimi.tracking import tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
     resource = VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(tmp_path / "prod-data"),

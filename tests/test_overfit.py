@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
-from vimi.data.video_io import decode_video
+from vimi.io.video import decode_video
 from vimi.models.denoiser import build_denoiser
 from vimi.models.encoder import MultimodalEncoder, load_language_model
 from vimi.models.pipeline import ViMiPipeline, to_model_frames
@@ -68,9 +68,11 @@ def test_the_recipe_memorises_four_clips(clips):
     denoiser = params["model"]["denoiser"] | {"block_out_channels": [32, 64], "cross_attention": [False, True]}
     generated = _overfit(frames, captions, params, language_model, denoiser, params["diffusion"]["prediction_type"], steps=300)
     d = _distances(generated, frames)
-    # Each sample is close to its own clip (measured 6-10); uniform noise is ~85 away, a clip of another
-    # scene 50-80 (two of the four clips share a scene and lie ~8 apart).
-    assert np.diag(d).max() < 12, d.round(1)
+    # Each sample is close to its own clip (measured 6-10 on an Intel Xeon with AMX, 8-13 on an AMD EPYC:
+    # the CPUs' float kernels differ) and closer to it than to any other; uniform noise is ~85 away, a clip
+    # of another scene 50-90 (two of the four clips share a scene and lie ~8-20 apart), the control > 30.
+    assert np.diag(d).max() < 15, d.round(1)
+    assert (d.argmin(axis=1) == np.arange(len(d))).all(), d.round(1)
     # The sprite is there: where the real clip differs from its own background, so does the sample.
     real, fake = frames.astype(np.int16), generated.astype(np.int16)
     background = np.median(real, axis=1, keepdims=True)

@@ -23,8 +23,8 @@ from PIL import Image
 
 from tests.conftest import micro_project, real_clip_frames, real_image_files, train_micro_pipeline
 from vimi.config import Settings
-from vimi.data.video_io import decode_container, write_video
 from vimi.errors import VimiError
+from vimi.io.video import decode_container, write_video
 
 VIMI = [sys.executable, "-m", "vimi"]
 NAME = "vimi-video-generator"

@@ -23,8 +23,8 @@ import yaml
 from safetensors.torch import load_file
 
 from vimi.config import Settings
-from vimi.data.video_io import decode_container
 from vimi.errors import VimiError
+from vimi.io.video import decode_container
 from vimi.pipeline import align_image_encoder, augment_videos, build_bm25_index, generate_world, train_stage1
 from tests.conftest import MICRO_WORLD, write_params
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from tests.conftest import real_clip_frames
-from vimi.data.video_io import decode_container, write_video
 from vimi.errors import VimiError
 from vimi.evaluation.c3d import C3D, c3d_inputs, convert_c3d_to_safetensors, load_c3d, read_c3d_weights
 from vimi.evaluation.inception import classifier_probs, inception_score
 from vimi.evaluation.ucf101 import (UCF101, _resize, class_prompts, official_classes, read_prompts,
+from vimi.io.video import decode_container, write_video
                                     split_camel_case)
 
 CLASSES = ["Biking", "PlayingCello", "Typing"]

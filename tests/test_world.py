@@ -13,7 +13,7 @@ from PIL import Image
 from tests.conftest import MICRO_WORLD, REPO
 from vimi import lance_io
 from vimi.config import Settings, deep_merge, load_params
-from vimi.data.video_io import decode_video
+from vimi.io.video import decode_video
 from vimi.pipeline import generate_world
 from vimi.world.catalog import ACTIONS, COLORS, SCENES, Subject
 from vimi.world.generate import WorldConfig, clip_rows, memory_rows, plan_clips

@@ -22,27 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from vimi import lance_io
 from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
+from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons, paired_difference  # noqa: F401
 
 EXPERIMENT = "vimi-ablation"
-ARMS = {
-    "text_only": "text-only stage 1",
-    "retrieval": "retrieval-augmented stage 1",
-    "retrieval_stage2": "retrieval-augmented stage 1 + stage 2",
-}
-# Columns of the table, with the direction that is better.
-TABLE_METRICS = [
-    ("fvd_syn", "FVD_syn ↓"), ("is_syn", "IS_syn ↑"), ("motion_accuracy", "motion acc. ↑"),
-    ("subject_there_rate", "subject there ↑"), ("color_pair_accuracy_unseen", "colour pair unseen ↑"),
-    ("identity_accuracy_seen", "identity seen ↑"), ("identity_accuracy_unseen", "identity unseen ↑"),
-    ("prediction_psnr", "pred. PSNR ↑"), ("prediction_ssim", "pred. SSIM ↑"), ("final_loss", "final loss"),
-]
-
-
 def params_digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -61,7 +47,7 @@ def _start_parent(settings: Settings, run_id: str | None) -> str:
     """The parent run (created once, reopened when the ablation resumes)."""
     from mlflow.tracking import MlflowClient
 
-    from vimi.train.tracking import experiment_id, tracking_uri
+    from vimi.tracking import experiment_id, tracking_uri
 
     client = MlflowClient(tracking_uri(settings))
     if run_id:
@@ -169,50 +155,6 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
             "table": table}
 
 
-# (name, better arm, baseline arm, per-clip attribute, which clips): ViMi's claims as paired differences,
-# on the subject-driven prompts as the table's identity columns (the text-only arm reads their captions).
-COMPARISONS = [
-    ("identity_unseen", "retrieval", "text_only", "identity", {"split": "unseen", "task": "subject"}),
-    ("color_pair_unseen", "retrieval", "text_only", "color_pair", {"split": "unseen", "task": "subject"}),
-    ("identity_seen", "retrieval", "text_only", "identity", {"split": "seen", "task": "subject"}),
-    ("identity_unseen_stage2", "retrieval_stage2", "retrieval", "identity", {"split": "unseen", "task": "subject"}),
-    ("color_pair_unseen_stage2", "retrieval_stage2", "retrieval", "color_pair", {"split": "unseen", "task": "subject"}),
-]
-
-
-def paired_difference(better: list[bool], baseline: list[bool], resamples: int = 2000, seed: int = 0
-                      ) -> dict[str, float]:
-    """Mean of better − baseline over the same clips, with a paired bootstrap 95% interval (clips
-    resampled with replacement, the percentile interval)."""
-    a, b = np.asarray(better, float), np.asarray(baseline, float)
-    if len(a) != len(b) or not len(a):
-        raise VimiError(f"A paired difference needs the same clips on both sides, got {len(a)} and {len(b)}.")
-    d = a - b
-    idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
-    boots = d[idx].mean(1)
-    return {"difference": float(d.mean()), "low": float(np.percentile(boots, 2.5)),
-            "high": float(np.percentile(boots, 97.5)), "clips": int(len(d))}
-
-
-def comparisons(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """COMPARISONS on the arms' per-clip results (clips matched by id and task)."""
-    out: dict[str, dict[str, float]] = {}
-    for name, better, baseline, attribute, where in COMPARISONS:
-        sides = [results.get(arm, {}).get("per_clip") for arm in (better, baseline)]
-        if not all(sides):
-            continue
-        keyed = []
-        for side in sides:
-            rows = zip(side["clip_id"], side["task"], side["split"], side[attribute])
-            keyed.append({(c, t): v for c, t, s, v in rows
-                          if all({"split": s, "task": t}[k] == want for k, want in where.items())})
-        common = sorted(set(keyed[0]) & set(keyed[1]))
-        if common:
-            out[name] = paired_difference([keyed[0][k] for k in common], [keyed[1][k] for k in common]) | {
-                "better": better, "baseline": baseline}
-    return out
-
-
 def _world(settings: Settings) -> dict[str, Any]:
     """SpriteWorld for the profile; datasets already in the work directory (a world generated ahead with
     `VIMI_DATA_DIR=ablation/<profile>/data vimi world generate --profile <profile>`) are kept."""
@@ -233,7 +175,7 @@ def _gate(report: Any) -> dict[str, Any]:
 def _finish_parent(settings: Settings, state: dict[str, Any], status: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    from vimi.train.tracking import tracking_uri
+    from vimi.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(settings))
     for arm, result in state["results"].items():
@@ -246,7 +188,7 @@ def _finish_parent(settings: Settings, state: dict[str, Any], status: str) -> No
 def _log_report(settings: Settings, state: dict[str, Any], report: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from vimi.train.tracking import tracking_uri
+    from vimi.tracking import tracking_uri
 
     client = MlflowClient(tracking_uri(settings))
     client.log_artifact(state["parent_run_id"], str(report))

@@ -306,7 +306,7 @@ def instructions_build(profile: Optional[str] = ProfileOption, as_json: bool = J
 @app.command("status")
 def status_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
     """Where the data lives and what is there: rows, Lance version and quarantine counts per dataset."""
-    from vimi.pipeline import data_status
+    from vimi.status import data_status
 
     settings = _settings(profile)
     status = data_status(settings)

@@ -50,7 +50,7 @@ def read_image_file(path: Path) -> np.ndarray:
 
 def read_context_frames(path: Path, count: int) -> np.ndarray:
     """The first `count` frames of a video file (any container PyAV reads)."""
-    from vimi.data.video_io import decode_container
+    from vimi.io.video import decode_container
 
     if not Path(path).is_file():
         raise VimiError(f"Video {path} does not exist.")
@@ -140,7 +140,7 @@ def generate_video(settings: Settings, model: str, prompt: str, out: Path, image
     frames = pipe(placed, images=ordered, num_frames=num_frames, context_frames=given if len(given) else None,
                   num_inference_steps=steps, guidance_scale=scale, generator=generator, show_progress=True).frames[0]
 
-    from vimi.data.video_io import write_video
+    from vimi.io.video import write_video
 
     fps = float(getattr(pipe.config, "fps", 8.0))
     write_video(frames, out, fps=fps)    # atomic: a temporary file renamed into place

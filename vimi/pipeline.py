@@ -236,33 +236,6 @@ def validate_dataset(settings: Settings, which: str, uri: Path | None = None) ->
     return validate(which, uri or settings.path(which), settings.params)
 
 
-def data_status(settings: Settings) -> dict[str, Any]:
-    """Rows, version and quarantine counts of every dataset under the data directory."""
-    datasets: dict[str, Any] = {}
-    for name in ("memory", "videos", "eval_videos", "augmented", "instructions"):
-        uri = settings.path(name)
-        if lance_io.exists(uri):
-            meta = lance_io.summary(uri, n_samples=0)
-            datasets[name] = {"rows": meta["rows"], "version": meta["version"], "path": meta["path"],
-                              "fragments": meta["fragments"], "quarantined": quarantine_counts(settings, uri)}
-        else:
-            datasets[name] = None
-    models: dict[str, Any] = {}
-    for name in ("encoder", "stage1", "stage1-text-only", "stage2", "featurenet"):
-        summary = settings.model_path(name) / "training.json"
-        models[name] = ({k: v for k, v in json.loads(summary.read_text()).items()
-                         if k in ("steps", "final_loss", "clips_per_s", "run_id")} | {"path": str(summary.parent)}
-                        if summary.is_file() else None)
-    from vimi.registry import describe
-
-    try:
-        registry = describe(settings)
-    except Exception as exc:   # status reports, it does not fail on an unreachable tracking server
-        registry = {"error": str(exc).splitlines()[0]}
-    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets, "models": models,
-            "registry": registry}
-
-
 # The step that writes each dataset: compaction takes its lock, so it never races that step's overwrite.
 DATASET_WRITERS = {"memory": "memory", "videos": "videos", "eval_videos": "eval_videos", "augmented": "augment",
                    "instructions": "instructions", "quarantine": "quarantine"}
@@ -339,19 +312,6 @@ def compact_datasets(settings: Settings, names: list[str] | None = None, max_fra
     return result
 
 
-def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:
-    """Quarantined rows by reason, for one target dataset (or all), over every ingest so far."""
-    uri = settings.path("quarantine")
-    if not lance_io.exists(uri):
-        return {}
-    table = lance_io.open_dataset(uri).to_table(columns=["dataset", "reason"])
-    counts: dict[str, int] = {}
-    for ds_name, reason in zip(table.column("dataset").to_pylist(), table.column("reason").to_pylist()):
-        if dataset is None or ds_name == str(dataset):
-            counts[reason] = counts.get(reason, 0) + 1
-    return dict(sorted(counts.items()))
-
-
 def _lance_input(uri: Path, name: str) -> tuple[Path, str, int]:
     return uri, name, lance_io.open_dataset(uri, name).version
 
@@ -359,9 +319,9 @@ def _lance_input(uri: Path, name: str) -> tuple[Path, str, int]:
 @locked("align")
 def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, Any]:
     """The image encoder, aligned contrastively to the language model on the memory (models/encoder/)."""
+    from vimi.tracking import mlflow_tracker, ui_link
     from vimi.train.align import AlignTask
     from vimi.train.loop import LoopConfig, train
-    from vimi.train.tracking import mlflow_tracker, ui_link
 
     section = settings.params.get("align", {})
     cfg = LoopConfig.from_params(section, settings.seed, "align")
@@ -382,9 +342,9 @@ def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, A
 def train_stage1(settings: Settings, text_only: bool = False, resume: str = "auto") -> dict[str, Any]:
     """Stage 1, retrieval-augmented pretraining (models/stage1/, or models/stage1-text-only/ for the
     text-only baseline); tracked in the MLflow experiment vimi-stage1."""
+    from vimi.tracking import mlflow_tracker, ui_link
     from vimi.train.loop import LoopConfig, train
     from vimi.train.stage1 import Stage1Task
-    from vimi.train.tracking import mlflow_tracker, ui_link
 
     section = settings.params.get("stage1", {})
     cfg = LoopConfig.from_params(section, settings.seed, "stage1")
@@ -456,9 +416,9 @@ def train_stage2(settings: Settings, init: str | None = None, resume: str = "aut
     """Stage 2, multimodal instruction tuning from a stage-1 pipeline (models/stage2/); tracked in the
     MLflow experiment vimi-stage2 and registered as a new `candidate` version of the model."""
     from vimi.registry import register_pipeline, resolve_model
+    from vimi.tracking import mlflow_tracker, ui_link
     from vimi.train.loop import LoopConfig, train
     from vimi.train.stage2 import Stage2Task
-    from vimi.train.tracking import mlflow_tracker, ui_link
 
     section = settings.params.get("stage2", {})
     cfg = LoopConfig.from_params(section, settings.seed, "stage2")
@@ -501,8 +461,8 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
     """SpriteWorld's feature network (models/featurenet/), trained on the training clips and scored on the
     evaluation split (accuracy.json); tracked in the MLflow experiment vimi-eval."""
     from vimi.evaluation.featurenet import FeatureNetTask, LabelledClips, accuracy, load_feature_network
+    from vimi.tracking import mlflow_tracker, ui_link
     from vimi.train.loop import LoopConfig, train
-    from vimi.train.tracking import mlflow_tracker, ui_link
 
     section = settings.params.get("featurenet", {})
     cfg = LoopConfig.from_params(section, settings.seed, "featurenet")

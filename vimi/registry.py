@@ -22,7 +22,7 @@ from typing import Any
 
 from vimi.config import Settings
 from vimi.errors import VimiError
-from vimi.train.tracking import tracking_uri
+from vimi.tracking import tracking_uri
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 CHECKS_TAG, CHECKS_DETAIL_TAG, PROMOTION_TAG = "vimi.checks", "vimi.checks.detail", "vimi.promotion"

@@ -117,7 +117,7 @@ def _mime(data: bytes) -> str:
 
 
 def _ablation_section(reports: Path) -> str:
-    from vimi.ablation import ARMS, TABLE_METRICS
+    from vimi.evaluation.arms import ARMS, TABLE_METRICS
 
     found = sorted(reports.glob("ablation*.json"))
     if not found:
@@ -134,8 +134,8 @@ def _ablation_section(reports: Path) -> str:
 
 def build_report(settings: Settings, out: Path | None = None, log_to_mlflow: bool = True) -> dict[str, Any]:
     """Write reports/index.html; log it to the stage-2 model's MLflow run when there is one."""
-    from vimi.pipeline import data_status
     from vimi.registry import git_commit
+    from vimi.status import data_status
 
     start = time.perf_counter()
     reports = settings.root / "reports"
@@ -200,7 +200,7 @@ def build_report(settings: Settings, out: Path | None = None, log_to_mlflow: boo
     if log_to_mlflow and run_id:
         from mlflow.tracking import MlflowClient
 
-        from vimi.train.tracking import tracking_uri, ui_link
+        from vimi.tracking import tracking_uri, ui_link
 
         MlflowClient(tracking_uri(settings)).log_artifact(run_id, str(out), "report")
         result.update(mlflow_run_id=run_id, run_link=ui_link(settings, "vimi-stage2", run_id))

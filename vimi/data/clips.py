@@ -20,8 +20,8 @@ import numpy as np
 
 from vimi import lance_io
 from vimi.config import dataset_location
-from vimi.data.video_io import VideoDecodeError, decode_video
 from vimi.errors import VimiError
+from vimi.io.video import VideoDecodeError, decode_video
 
 VIDEO_COLUMNS = ["id", "video", "video_format", "num_frames", "height", "width"]
 

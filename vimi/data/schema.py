@@ -2,9 +2,9 @@
 
 import pyarrow as pa
 
+from vimi.io.video import RAW_FORMAT  # noqa: F401  (the raw frame format is the video column's too)
 from vimi.memory.schema import POSE, SUBJECT_TRUTH_FIELDS
 
-RAW_FORMAT = "raw_rgb24"  # frames as uint8 bytes, C-order num_frames × height × width × 3
 
 VIDEO_SCHEMA = pa.schema(
     [

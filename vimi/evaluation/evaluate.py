@@ -127,7 +127,7 @@ def record_evaluation(settings: Settings, benchmark: str, resolved: Any, metrics
     import mlflow
 
     from vimi.models.pipeline import save_videos
-    from vimi.train.tracking import experiment_id, log_params, run_tags, ui_link
+    from vimi.tracking import experiment_id, log_params, run_tags, ui_link
 
     exp = experiment_id(settings, "vimi-eval")
     with mlflow.start_run(experiment_id=exp, run_name=f"{benchmark}-{resolved.name or 'model'}-{resolved.version or ''}",
@@ -211,7 +211,7 @@ def _reference_metrics(pairs: dict[int, tuple], targets: list[dict[str, Any]], s
 def _grounding_gif(pairs: dict[int, tuple], real: np.ndarray, path: Path, fps: float, n: int = 4) -> Path:
     """A few unseen subjects, side by side: the reference image, the clip generated with it, without it,
     and the real clip."""
-    from vimi.data.video_io import write_video
+    from vimi.io.video import write_video
     from vimi.models.encoder import to_image_array
 
     rows = []

@@ -169,7 +169,7 @@ class VideoSet:
             raise VimiError(f"{self.source} is neither a folder of videos nor a Lance dataset.")
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        from vimi.data.video_io import VideoDecodeError, decode_container, decode_video
+        from vimi.io.video import VideoDecodeError, decode_container, decode_video
 
         if self.is_lance:
             for batch in self.dataset.to_batches(columns=["id", "video", "video_format", "num_frames", "height",

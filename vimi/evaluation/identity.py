@@ -745,7 +745,7 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
     only; `sprite_scale`: the world's) — per-attribute accuracies overall and per subject split, the
     ceiling that generated clips are read against (README "Evaluation")."""
     from vimi import lance_io
-    from vimi.data.video_io import VideoDecodeError, decode_video
+    from vimi.io.video import VideoDecodeError, decode_video
 
     start = time.perf_counter()
     dataset = lance_io.open_dataset(eval_videos_uri, "evaluation clips")

@@ -278,7 +278,7 @@ class UCF101:
         ``center_crop`` takes the central square before resizing (default: plain resize, aspect not kept,
         as the I3D input of the FVD reference code). The returned stream's ``skipped`` counts what was
         left out by reason (``missing``, ``undecodable``, ``too_short``)."""
-        from vimi.data.video_io import VideoDecodeError, decode_container
+        from vimi.io.video import VideoDecodeError, decode_container
         from vimi.progress import counter
 
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:

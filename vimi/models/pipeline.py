@@ -19,8 +19,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from vimi.errors import VimiError
-from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
 from vimi.models.denoiser import condition_channels, denoise, frame_conditioning
+from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
 
 
 @dataclass
@@ -181,7 +181,7 @@ def save_videos(frames: np.ndarray, out: str | Path, fps: float = 8.0, formats: 
                 grid: bool = False) -> list[Path]:
     """Write generated frames (B×T×H×W×3 or T×H×W×3) as MP4 and/or GIF; `grid` tiles a batch side
     by side into one video. Returns the paths written."""
-    from vimi.data.video_io import write_video
+    from vimi.io.video import write_video
 
     frames = np.asarray(frames)
     if frames.ndim == 4:

@@ -23,8 +23,8 @@ import pyarrow as pa
 from vimi import lance_io
 from vimi.config import dataset_location
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
-from vimi.data.video_io import VideoDecodeError, decode_video, probe
 from vimi.errors import VimiError
+from vimi.io.video import VideoDecodeError, decode_video, probe
 from vimi.memory.ingest import image_size
 from vimi.memory.schema import MEMORY_SCHEMA
 

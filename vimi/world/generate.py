@@ -20,7 +20,7 @@ from PIL import Image
 
 from vimi import lance_io
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
-from vimi.data.video_io import encode_raw
+from vimi.io.video import encode_raw
 from vimi.memory.schema import MEMORY_SCHEMA
 from vimi.parallel import ordered_map, resolve_workers
 from vimi.progress import progress

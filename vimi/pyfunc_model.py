@@ -34,9 +34,9 @@ class ViMiPyfunc(PythonModel):
         import pandas as pd
         import torch
 
-        from vimi.data.video_io import write_video
         from vimi.errors import VimiError
         from vimi.generate import order_images, place_frames, read_image
+        from vimi.io.video import write_video
 
         params = params or {}
         fmt = str(params.get("format") or "mp4").lower()
