@@ -16,8 +16,8 @@ from vimi.errors import VimiError
 from vimi.evaluation.c3d import C3D, c3d_inputs, convert_c3d_to_safetensors, load_c3d, read_c3d_weights
 from vimi.evaluation.inception import classifier_probs, inception_score
 from vimi.evaluation.ucf101 import (UCF101, _resize, class_prompts, official_classes, read_prompts,
-from vimi.io.video import decode_container, write_video
                                     split_camel_case)
+from vimi.io.video import decode_container, write_video
 
 CLASSES = ["Biking", "PlayingCello", "Typing"]
 SOURCES = {"Biking": "bikes", "PlayingCello": "bigbuckbunny", "Typing": "carphone"}
