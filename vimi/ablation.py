@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-
 from vimi import lance_io
 from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
 from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons, paired_difference  # noqa: F401
 
 EXPERIMENT = "vimi-ablation"
+
+
 def params_digest(params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -5,7 +5,6 @@ import pyarrow as pa
 from vimi.io.video import RAW_FORMAT  # noqa: F401  (the raw frame format is the video column's too)
 from vimi.memory.schema import POSE, SUBJECT_TRUTH_FIELDS
 
-
 VIDEO_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
