@@ -84,7 +84,7 @@ def test_ablation_trains_and_evaluates_three_arms(project):
 
 
 def test_paired_difference_against_a_hand_count():
-    from vimi.ablation import paired_difference
+    from vimi.evaluation.arms import paired_difference
 
     # 10 clips: the better arm right on 6, the baseline on 2 of them and on one other: 6/10 − 3/10.
     better = [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from vimi import lance_io
 from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
-from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons, paired_difference  # noqa: F401
+from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons
 
 EXPERIMENT = "vimi-ablation"
 

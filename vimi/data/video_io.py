@@ -2,4 +2,3 @@
 carry code that imports this path (a pyfunc is logged as code)."""
 
 from vimi.io.video import *  # noqa: F401,F403
-from vimi.io.video import RAW_FORMAT, VideoDecodeError  # noqa: F401
