@@ -31,7 +31,7 @@ MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test ui mlflow-ui serve repro bench lock clean
+.PHONY: help setup run test ui mlflow-ui serve repro bench lock clean dvc.yaml docs/lineage.svg
 
 help:
 	@echo "make run        set up, then materialize the whole pipeline (tiny profile, CPU)"
@@ -41,6 +41,7 @@ help:
 	@echo "make serve      the registry's @champion behind mlflow models serve on http://127.0.0.1:$(SERVE_PORT)"
 	@echo "make repro      dvc repro: the same pipeline, driven by DVC"
 	@echo "make bench      vimi bench memory --json → benchmarks/memory.json"
+	@echo "make dvc.yaml   write dvc.yaml (and make docs/lineage.svg the graph's picture) from the step map"
 
 setup: $(STAMP) $(DVC_STAMP)
 
@@ -90,6 +91,13 @@ serve: setup
 
 repro: setup
 	dvc repro
+
+# dvc.yaml and the lineage picture follow from the step map; a test checks the committed files are current.
+dvc.yaml: setup
+	vimi dvc-yaml
+
+docs/lineage.svg: setup
+	vimi lineage-svg
 
 bench: setup
 	vimi bench memory --json

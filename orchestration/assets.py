@@ -1,4 +1,6 @@
-"""Assets of the lineage graph: thin wrappers over vimi.pipeline (DESIGN.md §3)."""
+"""Assets of the lineage graph: one per step of the step map (vimi/steps.py), which gives each its
+upstream assets, code version, group, kinds and description; the functions here run the step and
+turn what it returns into the metadata a person reads in the UI."""
 
 from __future__ import annotations
 
@@ -9,13 +11,24 @@ import dagster as dg
 from orchestration.metadata import dataset_metadata
 from orchestration import versions
 from orchestration.resources import VimiSettings
-from vimi import pipeline
+from vimi.steps import STEP
 
 
-@dg.asset(code_version=versions.code_version("spriteworld"), group_name="data", kinds={"json"},
-          description="SpriteWorld's catalog: subjects (name, shape, colours, pattern, seen/unseen), scenes, actions.")
+def step_asset(fn):
+    """The asset of the step named like FN, as the step map declares it."""
+    step = STEP[fn.__name__]
+    return dg.asset(name=step.name, deps=[dg.AssetKey(name) for name in step.upstream],
+                    code_version=versions.code_version(step.name), group_name=step.group, kinds=set(step.kinds),
+                    description=step.description)(fn)
+
+
+def run_step(name: str, vimi: VimiSettings) -> dict:
+    return STEP[name].run(vimi.load())
+
+
+@step_asset
 def spriteworld(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.world_catalog(vimi.load())
+    meta = run_step("spriteworld", vimi)
     return dg.MaterializeResult(data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]).parent, "catalog.json")),
                                 metadata={
         "path": dg.MetadataValue.path(meta["path"]),
@@ -28,30 +41,24 @@ def spriteworld(vimi: VimiSettings) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(code_version=versions.code_version("image_text_memory"), deps=[spriteworld], group_name="data", kinds={"lance"},
-          description="Image-text memory (data/memory.lance): SpriteWorld documents, or the configured "
-                      "webdataset/parquet sources.")
+@step_asset
 def image_text_memory(vimi: VimiSettings) -> dg.MaterializeResult:
-    return _dataset_result(pipeline.build_memory(vimi.load()))
+    return _dataset_result(run_step("image_text_memory", vimi))
 
 
-@dg.asset(code_version=versions.code_version("video_corpus"), deps=[spriteworld], group_name="data", kinds={"lance"},
-          description="Training clips (data/videos.lance): SpriteWorld, or the configured WebVid sources.")
+@step_asset
 def video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
-    return _dataset_result(pipeline.build_videos(vimi.load(), "train"))
+    return _dataset_result(run_step("video_corpus", vimi))
 
 
-@dg.asset(code_version=versions.code_version("eval_video_corpus"), deps=[spriteworld], group_name="data", kinds={"lance"},
-          description="Evaluation clips (data/eval_videos.lance): seen subjects in new combinations and "
-                      "subjects that appear only in the memory.")
+@step_asset
 def eval_video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
-    return _dataset_result(pipeline.build_videos(vimi.load(), "eval"))
+    return _dataset_result(run_step("eval_video_corpus", vimi))
 
 
-@dg.asset(code_version=versions.code_version("bm25_index"), deps=[image_text_memory], group_name="retrieval", kinds={"lucene"},
-          description="BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/), sharded by memory rows.")
+@step_asset
 def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.build_bm25_index(vimi.load())
+    meta = run_step("bm25_index", vimi)
     # The index is determined by the memory's rows and the BM25 parameters: that is its data version.
     version = versions.digest_json([meta["memory_ids_sha256"], meta["k1"], meta["b"], len(meta["shards"])])
     return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
@@ -67,11 +74,9 @@ def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(code_version=versions.code_version("augmented_video_dataset"), deps=[bm25_index, video_corpus], group_name="retrieval", kinds={"lance"},
-          description="Retrieval-augmented video dataset (data/augmented.lance): per training clip, the top-k "
-                      "memory documents of its caption, with scores, ranks and provenance.")
+@step_asset
 def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.augment_videos(vimi.load())
+    meta = run_step("augmented_video_dataset", vimi)
     figures = meta["figures"]
     examples = "\n".join(f"**{e['caption']}**\n" + "\n".join(f"- {r}" for r in e["retrieved"]) + "\n"
                          for e in meta["examples"])
@@ -134,32 +139,24 @@ def _training_metadata(meta: dict) -> dict:
     return metadata
 
 
-@dg.asset(code_version=versions.code_version("image_encoder"), deps=[image_text_memory], group_name="models", kinds={"pytorch", "mlflow"},
-          description="Image encoder aligned contrastively to all-MiniLM-L6-v2 on the memory (models/encoder/); "
-                      "MLflow experiment vimi-align.")
+@step_asset
 def image_encoder(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.align_image_encoder(vimi.load())
+    meta = run_step("image_encoder", vimi)
     metadata = _training_metadata(meta)
     for key in ("caption_top1", "caption_top5", "chance_top1"):
         metadata[key] = dg.MetadataValue.float(float(meta[key]))
     return _model_result(meta, metadata)
 
 
-@dg.asset(code_version=versions.code_version("stage1_model"), deps=[augmented_video_dataset, image_encoder], group_name="models", kinds={"pytorch", "mlflow"},
-          description="Stage 1: the video denoiser pretrained on the retrieval-augmented dataset, conditioned by the "
-                      "multimodal encoder (models/stage1/, a ViMiPipeline directory); MLflow experiment vimi-stage1.")
+@step_asset
 def stage1_model(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.train_stage1(vimi.load())
+    meta = run_step("stage1_model", vimi)
     return _model_result(meta, _training_metadata(meta))
 
 
-@dg.asset(code_version=versions.code_version("instruction_dataset"), deps=[augmented_video_dataset, eval_video_corpus, image_text_memory], group_name="instructions",
-          kinds={"lance"},
-          description="Stage-2 instruction dataset (data/instructions.lance): subject-driven (reference images of the "
-                      "subject from the memory), video prediction (first frames given), text-to-video; training rows "
-                      "from the training clips, evaluation rows (unseen subjects included) from the evaluation split.")
+@step_asset
 def instruction_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.build_instruction_dataset(vimi.load())
+    meta = run_step("instruction_dataset", vimi)
     metadata = dataset_metadata(meta)
     metadata["tasks"] = dg.MetadataValue.json(meta["tasks"])
     metadata["subject_unavailable"] = dg.MetadataValue.json(meta.get("subject_unavailable", {}))
@@ -172,11 +169,9 @@ def instruction_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(meta["fingerprint"])[:16]))
 
 
-@dg.asset(code_version=versions.code_version("stage2_model"), deps=[stage1_model, instruction_dataset], group_name="models", kinds={"pytorch", "mlflow"},
-          description="Stage 2: the stage-1 pipeline instruction-tuned on the three tasks (models/stage2/); MLflow "
-                      "experiment vimi-stage2; registered as a new version of vimi-video-generator with alias @candidate.")
+@step_asset
 def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.train_stage2(vimi.load())
+    meta = run_step("stage2_model", vimi)
     metadata = _training_metadata(meta)
     metadata["init_model"] = dg.MetadataValue.text(meta["init_model"])
     metadata["lineage"] = dg.MetadataValue.json(meta["lineage"])
@@ -188,11 +183,9 @@ def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
     return _model_result(meta, metadata)
 
 
-@dg.asset(code_version=versions.code_version("feature_network"), deps=[video_corpus, eval_video_corpus], group_name="evaluation", kinds={"pytorch", "mlflow"},
-          description="SpriteWorld's feature network (models/featurenet/): a video classifier of the action and the "
-                      "subject's attributes, the eye of FVD_syn, IS_syn, motion and identity accuracy.")
+@step_asset
 def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.train_feature_network(vimi.load())
+    meta = run_step("feature_network", vimi)
     metadata = _training_metadata(meta)
     for key, value in (meta.get("eval_accuracy") or {}).items():
         if isinstance(value, float):
@@ -200,12 +193,9 @@ def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
     return _model_result(meta, metadata)
 
 
-@dg.asset(code_version=versions.code_version("spriteworld_metrics"), deps=[stage2_model, feature_network, instruction_dataset], group_name="evaluation", kinds={"mlflow"},
-          description="SpriteWorld grounding metrics of the newest @candidate on the evaluation split "
-                      "(reports/metrics.json, MLflow vimi-eval, tags on the registered version).")
+@step_asset
 def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
-    settings = vimi.load()
-    result = pipeline.evaluate_model(settings, "spriteworld")
+    result = run_step("spriteworld_metrics", vimi)
     metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
     metadata.update({"mlflow_run": dg.MetadataValue.url(result["run_link"]),
                      "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
@@ -213,12 +203,9 @@ def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=_metrics_version(result))
 
 
-@dg.asset(code_version=versions.code_version("ucf101_metrics"), deps=[stage2_model], group_name="evaluation", kinds={"mlflow"},
-          description="Zero-shot UCF101 FVD (I3D) and IS (C3D, when its weights are configured) of the newest "
-                      "@candidate, on the official split lists; params.yaml evaluate.ucf101 says where UCF101 is "
-                      "(not shipped: without it this asset records that nothing was evaluated).")
+@step_asset
 def ucf101_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
-    result = pipeline.evaluate_model(vimi.load(), "ucf101")
+    result = run_step("ucf101_metrics", vimi)
     if not result["configured"]:
         return dg.MaterializeResult(metadata={"configured": dg.MetadataValue.bool(False),
                                               "reason": dg.MetadataValue.text(result["reason"])},
@@ -232,11 +219,9 @@ def ucf101_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=metadata, data_version=_metrics_version(result))
 
 
-@dg.asset(code_version=versions.code_version("champion_model"), deps=[spriteworld_metrics, ucf101_metrics], group_name="models", kinds={"mlflow"},
-          description="The registry's @champion: the promotion policy applied to the newest @candidate "
-                      "(`vimi promote`); the decision and its reason are tagged on the version.")
+@step_asset
 def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
-    decision = pipeline.promote_model(vimi.load())
+    decision = run_step("champion_model", vimi)
     return dg.MaterializeResult(data_version=dg.DataVersion(versions.digest_json(
         [decision["name"], decision["champion"], decision["candidate"], decision["promoted"]])), metadata={
         "promoted": dg.MetadataValue.bool(bool(decision["promoted"])),
@@ -247,11 +232,9 @@ def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(code_version=versions.code_version("report"), deps=[champion_model, augmented_video_dataset, feature_network], group_name="evaluation", kinds={"html"},
-          description="The run report (reports/index.html, self-contained): retrieved examples, sample videos of each "
-                      "task, loss curves, metrics, the registry and the ablation; logged to the stage-2 MLflow run.")
+@step_asset
 def report(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = pipeline.build_run_report(vimi.load())
+    meta = run_step("report", vimi)
     metadata = {"path": dg.MetadataValue.path(meta["path"]), "open": dg.MetadataValue.url(Path(meta["path"]).as_uri()),
                 "size_kb": dg.MetadataValue.float(round(meta["bytes"] / 1024, 1)),
                 "sections": dg.MetadataValue.json(meta["sections"]),

@@ -53,9 +53,13 @@ def dvc(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.Com
 def test_repro_twice_push_pull_and_experiment(repo_copy):
     root, env = repo_copy
     first = dvc(root, env, "repro")
-    for stage in ("world", "memory", "videos", "eval_videos", "validate", "index", "augment", "validate_retrieval",
-                  "align", "stage1", "instructions", "stage2", "featurenet", "evaluate", "promote", "report"):
+    for stage in ("spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
+                  "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
+                  "feature_network", "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"):
         assert f"Running stage '{stage}'" in first.stdout
+    for suite in ("memory", "videos", "eval_videos", "retrieval", "instructions"):    # each stage ran its suite
+        assert json.loads((root / "reports" / "validation" / f"{suite}.json").read_text())["success"] is True
+    assert json.loads((root / "reports" / "ucf101.json").read_text())["ucf101"]["configured"] is False
     stage1 = json.loads((root / "reports" / "stage1.json").read_text())
     assert stage1["steps"] == 6 and stage1["final_loss"] > 0
     assert (root / "models" / "stage1" / "model_index.json").is_file()
@@ -97,15 +101,16 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
 
     # `dvc exp run -S` (what antlr 4.13 breaks) with a changed parameter re-runs the world.
     exp = dvc(root, env, "exp", "run", "-S", "seed=1")
-    assert "Running stage 'memory'" in exp.stdout and "Running stage 'augment'" in exp.stdout
+    assert "Running stage 'image_text_memory'" in exp.stdout and "Running stage 'augmented_video_dataset'" in exp.stdout
     # a retrieval parameter re-runs retrieval only
     exp = dvc(root, env, "exp", "run", "-S", "retrieval.k=3")
-    assert "Running stage 'augment'" in exp.stdout and "Running stage 'memory'" not in exp.stdout
-    assert "Running stage 'stage1'" in exp.stdout and "Running stage 'align'" not in exp.stdout
+    assert "Running stage 'augmented_video_dataset'" in exp.stdout and "Running stage 'image_text_memory'" not in exp.stdout
+    assert "Running stage 'stage1_model'" in exp.stdout and "Running stage 'image_encoder'" not in exp.stdout
     # a training parameter re-runs that training and what follows it, not the data
     exp = dvc(root, env, "exp", "run", "-S", "stage1.lr=0.002")
-    assert "Running stage 'stage1'" in exp.stdout and "Running stage 'stage2'" in exp.stdout
-    assert "Running stage 'augment'" not in exp.stdout and "Running stage 'featurenet'" not in exp.stdout
+    assert "Running stage 'stage1_model'" in exp.stdout and "Running stage 'stage2_model'" in exp.stdout
+    assert "Running stage 'augmented_video_dataset'" not in exp.stdout
+    assert "Running stage 'feature_network'" not in exp.stdout
     assert lance_io.fingerprint(memory) != fingerprint
     shown = dvc(root, env, "exp", "show", "--csv", "--no-pager").stdout.splitlines()
     header = shown[0].split(",")

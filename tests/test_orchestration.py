@@ -211,24 +211,74 @@ def stale_assets(env: dict) -> set[str]:
 
 
 def test_code_versions_follow_the_params_dvc_stages_read():
-    """Every asset's code version digests the params its DVC stage lists, and the edges it digests are the graph's."""
+    """Every asset's code version digests the params its DVC stage lists, and the edges it digests are the graph's;
+    the DVC stages are the assets, by the same names."""
     import yaml
 
     from orchestration.versions import ASSET_PARAMS, UPSTREAM
 
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    stage_of = {"spriteworld": "world", "image_text_memory": "memory", "video_corpus": "videos",
-                "eval_video_corpus": "eval_videos", "bm25_index": "index", "augmented_video_dataset": "augment",
-                "image_encoder": "align", "stage1_model": "stage1", "instruction_dataset": "instructions",
-                "stage2_model": "stage2", "feature_network": "featurenet", "spriteworld_metrics": "evaluate",
-                "champion_model": "promote", "report": "report"}
-    assert set(ASSET_PARAMS) == ASSETS == set(UPSTREAM)
-    for asset, stage in stage_of.items():
-        listed = [p for p in stages[stage].get("params", []) if p != "profiles"]   # merged into the profile's values
+    assert set(ASSET_PARAMS) == ASSETS == set(UPSTREAM) == set(stages)
+    for asset in ASSETS:
+        listed = [p for p in stages[asset].get("params", []) if p != "profiles"]   # merged into the profile's values
         assert sorted(ASSET_PARAMS[asset]) == sorted(listed), asset
     graph = defs.resolve_asset_graph()
     for asset in ASSETS:
         assert {k.to_user_string() for k in graph.get(dg.AssetKey(asset)).parent_keys} == set(UPSTREAM[asset]), asset
+
+
+def test_one_step_map_drives_both_drivers():
+    """dvc.yaml and docs/lineage.svg are what the step map gives; each stage depends on its upstream steps' outputs;
+    each suite is a blocking check on its step's asset; each step's command exists and runs its pipeline function."""
+    import ast
+    import inspect
+
+    import yaml
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from vimi import cli, pipeline
+    from vimi.steps import STEP, STEPS, dvc_yaml, lineage_svg
+
+    assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: run `make dvc.yaml`"
+    assert (REPO / "docs" / "lineage.svg").read_text() == lineage_svg(), "run `vimi lineage-svg`"
+    readme = (REPO / "README.md").read_text()
+    for step in STEPS:      # the README's table of steps is the map's
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{step.name}` |")), "")
+        assert f"| `{step.plain_command}`" in row and all(f"`{path}`" in row for path in step.data_outs), step.name
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == [step.name for step in STEPS]
+    names = {step.name for step in STEPS}
+    for i, step in enumerate(STEPS):
+        assert set(step.upstream) <= {s.name for s in STEPS[:i]}, step.name      # listed after what it needs
+        deps = set(stages[step.name].get("deps", []))
+        for parent in step.upstream:
+            assert {o.path for o in STEP[parent].all_outs} <= deps, (step.name, parent)
+        outs = {next(iter(o)) if isinstance(o, dict) else o
+                for o in stages[step.name].get("outs", []) + stages[step.name].get("metrics", [])}
+        assert outs == {o.path for o in step.all_outs}, step.name
+        assert getattr(pipeline, step.function.__name__) is step.function, step.name
+    assert names == ASSETS
+    graph = defs.resolve_asset_graph()
+    assert {key.name: key.asset_key.to_user_string() for key in graph.asset_check_keys} == {
+        step.suite.check: step.name for step in STEPS if step.suite}
+    from orchestration.checks import SUITE_CHECKS
+
+    assert all(spec.blocking for check in SUITE_CHECKS for spec in check.check_specs)
+
+    group = get_command(cli.app)
+    runner = CliRunner()
+    for step in STEPS:
+        words = step.command.split()
+        command = group
+        while words and not words[0].startswith("-") and hasattr(command, "commands"):
+            command = command.commands[words.pop(0)]
+        out = runner.invoke(cli.app, step.command.split() + ["--help"])
+        assert out.exit_code == 0, (step.command, out.output)
+        source = ast.parse(inspect.getsource(command.callback).lstrip())
+        imported = {alias.name for node in ast.walk(source) if isinstance(node, ast.ImportFrom)
+                    and node.module == "vimi.pipeline" for alias in node.names}
+        assert step.function.__name__ in imported, (step.command, imported)
 
 
 def test_retraining_schedule_and_jobs():

@@ -86,6 +86,18 @@ def _dataset_line(name: str, meta: dict[str, Any]) -> str:
     return line
 
 
+@world_app.command("catalog")
+def world_catalog_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
+    """SpriteWorld's catalog alone (data/world/catalog.json): subjects, scenes, actions; the pipeline's first step."""
+    from vimi.pipeline import world_catalog
+
+    settings = _settings(profile)
+    c = world_catalog(settings)
+    _emit(c, as_json, f"SpriteWorld, profile [bold]{settings.profile}[/], seed {settings.seed}: {c['subjects']} "
+          f"subjects ({c['unseen_subjects']} unseen), {len(c['actions'])} actions, {len(c['scenes'])} scenes → "
+          f"{c['path']}")
+
+
 @world_app.command("generate")
 def world_generate(
     profile: Optional[str] = ProfileOption,
@@ -530,53 +542,54 @@ def evaluate_cmd(
                                         "split, feature network) or ucf101 (zero-shot FVD/IS)."),
     videos_per_task: Optional[int] = typer.Option(None, "--videos-per-task", help="spriteworld: generated clips per "
                                                   "task (default: params.yaml evaluate.videos_per_task)."),
-    model: Optional[str] = typer.Option(None, "--model", help="As for vimi generate (default: "
-                                        "models:/vimi-video-generator@champion)."),
+    model: Optional[str] = typer.Option(None, "--model", help="As for vimi generate; @ALIAS is the configured "
+                                        "registered model's (default: @champion)."),
     ucf101_root: Optional[Path] = typer.Option(None, "--ucf101-root", help="Folder holding UCF-101/ and "
                                                "ucfTrainTestlist/ (the official layout; default: params.yaml "
                                                "evaluate.ucf101.root)."),
-    num_videos: int = typer.Option(2048, "--num-videos", help="ucf101: real and generated clips (the protocol: 2048)."),
+    num_videos: Optional[int] = typer.Option(None, "--num-videos", help="ucf101: real and generated clips "
+                                             "(default: params.yaml, else the protocol's 2048)."),
     c3d: Optional[Path] = typer.Option(None, "--c3d", help="C3D weights fine-tuned on UCF101 (.safetensors, or "
                                        ".pt/.pth loaded with weights_only): adds the Inception Score."),
-    split: str = typer.Option("test", "--split", help="UCF101 split list: train or test."),
-    fold: int = typer.Option(1, "--fold", help="Official split 1, 2 or 3."),
+    split: Optional[str] = typer.Option(None, "--split", help="UCF101 split list: train or test (default: test)."),
+    fold: Optional[int] = typer.Option(None, "--fold", help="Official split 1, 2 or 3 (default: 1)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: params.yaml)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the clip sample and of the sampler."),
-    allow_fewer: bool = typer.Option(False, "--allow-fewer", help="Evaluate on fewer clips than --num-videos "
-                                     "when fewer can be read (default: refuse)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the clip sample and of the sampler "
+                                       "(default: params.yaml's)."),
+    allow_fewer: Optional[bool] = typer.Option(None, "--allow-fewer", help="Evaluate on fewer clips than "
+                                               "--num-videos when fewer can be read (default: refuse)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Class prompts (ClassName<TAB>prompt per line; "
                                            "default: vimi/evaluation/ucf101_classes.txt)."),
-    metrics: Path = typer.Option(Path("reports/metrics.json"), "--metrics", help="The metrics file (DVC) whose "
-                                 "benchmark section this run replaces."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="The metrics file (DVC) whose benchmark section "
+                                           "this run replaces (default: reports/metrics.json for spriteworld, "
+                                           "reports/ucf101.json for ucf101)."),
     profile: Optional[str] = ProfileOption, as_json: bool = JsonOption,
 ) -> None:
     """Evaluate a model: SpriteWorld grounding metrics, or UCF101 zero-shot FVD (I3D) and IS (C3D); MLflow
-    vimi-eval, reports/metrics.json, and metric tags on the registered version."""
-    from vimi.evaluation.evaluate import evaluate_ucf101
-    from vimi.registry import CHAMPION, model_name
+    vimi-eval, the metrics file, and metric tags on the registered version."""
+    from vimi.pipeline import evaluate_model
+    from vimi.registry import CHAMPION
 
     settings = _settings(profile)
+    model = model or f"@{CHAMPION}"
     if benchmark == Benchmark.spriteworld:
-        from vimi.evaluation.evaluate import evaluate_spriteworld
-
-        result = evaluate_spriteworld(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", videos_per_task,
-                                      steps, seed, metrics_file=metrics)
+        result = evaluate_model(settings, "spriteworld", model, metrics, videos_per_task=videos_per_task,
+                                steps=steps, seed=seed)
         shown = {k: round(v, 3) for k, v in result.items() if isinstance(v, float)}
         _emit(result, as_json, f"SpriteWorld, {sum(result['videos'].values())} clips: {shown}; MLflow vimi-eval: "
               f"{result['run_link']}", markup=False)
         return
-    if ucf101_root is None and (settings.params.get("evaluate", {}).get("ucf101") or {}).get("root"):
-        ucf101_root = Path(str(settings.params["evaluate"]["ucf101"]["root"])).expanduser()
-        ucf101_root = ucf101_root if ucf101_root.is_absolute() else settings.root / ucf101_root
-    if ucf101_root is None:
-        raise VimiError("--benchmark ucf101 needs --ucf101-root DIR (the folder holding UCF-101/ and ucfTrainTestlist/), "
-                        "or params.yaml evaluate.ucf101.root.")
-    result = evaluate_ucf101(settings, model or f"models:/{model_name(settings)}@{CHAMPION}", ucf101_root, num_videos,
-                             c3d, split, fold, steps, seed, allow_fewer=allow_fewer, metrics_file=metrics,
-                             prompts_file=prompts)
+    local = {"root": ucf101_root, "c3d": c3d, "prompts": prompts}
+    result = evaluate_model(settings, "ucf101", model, metrics, num_videos=num_videos, split=split, fold=fold,
+                            steps=steps, seed=seed, allow_fewer=allow_fewer,
+                            **{k: v.resolve() for k, v in local.items() if v is not None})
+    if not result["configured"]:
+        _emit(result, as_json, f"UCF101 not evaluated: {result['reason']} (or pass --ucf101-root DIR).",
+              markup=False)
+        return
     figures = f"FVD {result['fvd_ucf101']:.1f}" + (f", IS {result['is_ucf101']:.2f} ± {result['is_ucf101_std']:.2f}"
                                                    if "is_ucf101" in result else "")
-    _emit(result, as_json, f"UCF101 {split} fold {fold}, {result['videos']} clips: {figures} "
+    _emit(result, as_json, f"UCF101 {result['split']} fold {result['fold']}, {result['videos']} clips: {figures} "
           f"(skipped {result['skipped'] or 'none'}); MLflow vimi-eval: {result['run_link']}", markup=False)
 
 
@@ -589,6 +602,42 @@ def report_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
     meta = build_run_report(_settings(profile))
     _emit(meta, as_json, f"Wrote {meta['path']} ({meta['bytes'] / 1024:.0f} KiB: {', '.join(meta['sections'])})"
           + (f"; MLflow: {meta['run_link']}" if meta.get("run_link") else ""), markup=False)
+
+
+def _write_generated(out: Path, text: str, check: bool, how: str) -> None:
+    if check:
+        if not out.is_file() or out.read_text() != text:
+            typer.echo(f"{out} is not what the step map gives: run `{how}`.", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out} is current.")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    typer.echo(f"Wrote {out}.")
+
+
+CheckOption = typer.Option(False, "--check", help="Write nothing; exit 1 when the file differs from what the step "
+                           "map gives.")
+
+
+@app.command("dvc-yaml")
+def dvc_yaml_cmd(out: Path = typer.Option(Path("dvc.yaml"), "--out", help="Where to write it."),
+                 check: bool = CheckOption) -> None:
+    """dvc.yaml from the step map (vimi/steps.py): one stage per step, named like its Dagster asset."""
+    from vimi.steps import dvc_yaml
+
+    _write_generated(out, dvc_yaml(), check, "vimi dvc-yaml")
+
+
+@app.command("lineage-svg")
+def lineage_svg_cmd(out: Path = typer.Option(Path("docs/lineage.svg"), "--out", help="Where to write it."),
+                    check: bool = CheckOption) -> None:
+    """The lineage graph as a picture (docs/lineage.svg), from the step map."""
+    from vimi.steps import lineage_svg
+
+    _write_generated(out, lineage_svg(), check, "vimi lineage-svg")
 
 
 @app.command("ablation")

@@ -63,7 +63,7 @@ def _specs(spec_list: Any, name: str) -> list[dict[str, Any]]:
 def _ingest_configured(settings: Settings, uri: Path, schema, streams: list, start: float) -> dict[str, Any]:
     """One overwrite commit of every configured source's rows; bad rows quarantined beside it."""
     report = run_ingest(str(uri), uri, lance_io.quarantine_path_for(uri), schema, itertools.chain(*streams),
-                        int(settings.section("ingest").get("batch_rows", 256)), mode="overwrite")
+                        settings.section("ingest")["batch_rows"], mode="overwrite")
     return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
 
 
@@ -84,7 +84,7 @@ def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | 
         return _ingest_configured(settings, uri, MEMORY_SCHEMA, streams, start)
     cfg = WorldConfig.from_params(settings.params)
     catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
-    generate_memory(cfg, catalog, uri, int(settings.section("ingest").get("batch_rows", 256)))
+    generate_memory(cfg, catalog, uri, settings.section("ingest")["batch_rows"])
     return _dataset_metadata(uri, time.perf_counter() - start, source="spriteworld", quarantined={})
 
 
@@ -110,7 +110,7 @@ def build_videos(settings: Settings, split: str = "train", out: Path | None = No
         return _ingest_configured(settings, uri, VIDEO_SCHEMA, streams, start)
     cfg = WorldConfig.from_params(settings.params)
     catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
-    generate_videos(cfg, catalog, uri, split, int(settings.section("ingest").get("batch_rows", 256)))
+    generate_videos(cfg, catalog, uri, split, settings.section("ingest")["batch_rows"])
     return _dataset_metadata(uri, time.perf_counter() - start, source="spriteworld", quarantined={})
 
 
@@ -154,7 +154,7 @@ def search_memory(settings: Settings, query: str, k: int | None = None) -> list:
     """The top-k memory documents for a free-text query."""
     from vimi.retrieval.bm25 import open_searcher
 
-    k = int(k or settings.section("retrieval").get("k", 4))
+    k = int(k or settings.section("retrieval")["k"])
     if k < 1:
         raise VimiError(f"k must be >= 1, got {k}.")
     return open_searcher(settings.path("bm25"), settings.path("memory")).search(query, k)
@@ -183,7 +183,7 @@ def augment_videos(settings: Settings) -> dict[str, Any]:
 
     r = settings.section("retrieval")
     meta = augment(settings.path("videos"), settings.path("memory"), settings.path("bm25"),
-                   settings.path("augmented"), k=int(r.get("k", 4)), threads=int(r.get("search_threads", 0)))
+                   settings.path("augmented"), k=r["k"], threads=r["search_threads"])
     meta["examples"] = examples(settings.path("augmented"), settings.path("memory"))
     from vimi.validation.suites import retrieval_frame
 
@@ -490,31 +490,54 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
                       "run_link": ui_link(settings, "vimi-eval", summary["run_id"])}
 
 
-def evaluate_model(settings: Settings, benchmark: str = "spriteworld", model: str | None = None) -> dict[str, Any]:
-    """The pipeline's evaluation step: SpriteWorld metrics of the newest candidate (or MODEL), into
-    reports/metrics.json, MLflow vimi-eval and the version's tags (which promotion reads)."""
+def evaluate_model(settings: Settings, benchmark: str = "spriteworld", model: str | None = None,
+                   metrics_file: Path | None = None, **options: Any) -> dict[str, Any]:
+    """The evaluation steps: SpriteWorld's grounding metrics (reports/metrics.json) or UCF101 zero-shot
+    FVD/IS (reports/ucf101.json) of MODEL (default: the newest @candidate), into MLflow vimi-eval and the
+    version's tags (which promotion reads). OPTIONS override params.yaml: for spriteworld
+    `videos_per_task`, `steps`, `seed`; for ucf101 the keys of evaluate.ucf101 (`root`, `num_videos`, `c3d`,
+    `split`, `fold`, `steps`, `allow_fewer`, `prompts`) and `seed`. The seed is params.yaml's unless given."""
     from vimi.evaluation.evaluate import evaluate_spriteworld
-    from vimi.registry import CANDIDATE, model_name
+    from vimi.registry import CANDIDATE, model_uri
 
-    model = model or f"models:/{model_name(settings)}@{CANDIDATE}"
-    metrics_file = settings.root / "reports" / "metrics.json"
+    model = model_uri(settings, model or f"@{CANDIDATE}")
+    options = {key: value for key, value in options.items() if value is not None}
+    seed = int(options.pop("seed", settings.seed))
     if benchmark == "ucf101":
-        return evaluate_ucf101_configured(settings, model, metrics_file)
+        return evaluate_ucf101_configured(settings, model, metrics_file or settings.root / "reports" / "ucf101.json",
+                                          seed=seed, **options)
     if benchmark != "spriteworld":
         raise VimiError(f"Unknown benchmark {benchmark!r}; the pipeline evaluates spriteworld and ucf101.")
-    return evaluate_spriteworld(settings, model, metrics_file=metrics_file)
+    unknown = set(options) - {"videos_per_task", "steps"}
+    if unknown:
+        raise VimiError(f"spriteworld evaluation takes no option {', '.join(sorted(unknown))}; "
+                        "known: videos_per_task, steps, seed.")
+    return evaluate_spriteworld(settings, model, options.get("videos_per_task"), options.get("steps"), seed,
+                                metrics_file=metrics_file or settings.root / "reports" / "metrics.json")
 
 
-def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Path | None) -> dict[str, Any]:
-    """Zero-shot UCF101 FVD (and IS with C3D) as params.yaml evaluate.ucf101 configures it; with no
-    `root` set (UCF101 is not shipped: it cannot be downloaded here) it says so and evaluates nothing."""
-    from vimi.evaluation.evaluate import evaluate_ucf101
+UCF101_OPTIONS = ("root", "num_videos", "c3d", "split", "fold", "steps", "allow_fewer", "prompts")
 
-    section = settings.params.get("evaluate", {}).get("ucf101") or {}
+
+def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Path | None, seed: int | None = None,
+                               **overrides: Any) -> dict[str, Any]:
+    """Zero-shot UCF101 FVD (and IS with C3D) as params.yaml evaluate.ucf101 configures it (OVERRIDES win);
+    with no `root` (UCF101 is not shipped: it cannot be downloaded here) it says so, records that in the
+    metrics file and evaluates nothing."""
+    from vimi.evaluation.evaluate import evaluate_ucf101, update_metrics_file
+
+    unknown = set(overrides) - set(UCF101_OPTIONS)
+    if unknown:
+        raise VimiError(f"ucf101 evaluation takes no option {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(UCF101_OPTIONS)}, seed.")
+    section = {**(settings.params.get("evaluate", {}).get("ucf101") or {}), **overrides}
     if not section.get("root"):
-        return {"benchmark": "ucf101", "configured": False,
-                "reason": "params.yaml evaluate.ucf101.root is not set: point it at a folder holding UCF-101/ and "
-                          "ucfTrainTestlist/ (the official layout) to evaluate zero-shot FVD (and IS with c3d)"}
+        reason = ("params.yaml evaluate.ucf101.root is not set: point it at a folder holding UCF-101/ and "
+                  "ucfTrainTestlist/ (the official layout) to evaluate zero-shot FVD (and IS with c3d)")
+        if metrics_file is not None:
+            update_metrics_file(Path(metrics_file), "ucf101", {"configured": False, "reason": reason})
+        return {"benchmark": "ucf101", "configured": False, "reason": reason}
+
     def local(value: Any) -> Path | None:
         if not value:
             return None
@@ -523,7 +546,8 @@ def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Pat
 
     result = evaluate_ucf101(settings, model, local(section["root"]), int(section.get("num_videos", 2048)),
                              local(section.get("c3d")), str(section.get("split", "test")), int(section.get("fold", 1)),
-                             section.get("steps"), settings.seed, allow_fewer=bool(section.get("allow_fewer", False)),
+                             section.get("steps"), settings.seed if seed is None else seed,
+                             allow_fewer=bool(section.get("allow_fewer", False)),
                              metrics_file=metrics_file, prompts_file=local(section.get("prompts")))
     return result | {"configured": True}
 

@@ -1,4 +1,4 @@
-"""The MLflow model registry (DESIGN.md §6): model `vimi-video-generator`, aliases not stages.
+"""The MLflow model registry (docs/training.md "The registry"): model `vimi-video-generator`, aliases not stages.
 
 - A stage-2 run's pipeline is registered as a new version, tagged with where it came from (Lance
   versions of its data, the BM25 index, the git commit, the model it started from) and its key
@@ -31,6 +31,15 @@ METRIC_PREFIX = "vimi.metric."
 
 def model_name(settings: Settings) -> str:
     return str(settings.params.get("registry", {}).get("model_name", "vimi-video-generator"))
+
+
+def model_uri(settings: Settings, model: str) -> str:
+    """MODEL as a model URI: `@alias` is shorthand for the configured registered model's alias
+    (`@candidate` → models:/vimi-video-generator@candidate); anything else is returned as it is."""
+    model = str(model).strip()
+    if model.startswith("@"):
+        return f"models:/{model_name(settings)}{model}"
+    return model
 
 
 def client(settings: Settings):
@@ -128,7 +137,7 @@ def registry_version(settings: Settings, name: str, ref: str, by_alias: bool):
 def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> ResolvedModel:
     """A local pipeline directory for MODEL (see the module docstring). A relative directory is
     relative to `base` when given (params.yaml paths: the project), else to the working directory."""
-    uri = str(uri).strip()
+    uri = model_uri(settings, uri)
     cache = settings.model_path(".cache")
     if uri.startswith("models:/"):
         rest = uri[len("models:/"):].strip("/")

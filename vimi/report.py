@@ -169,8 +169,10 @@ def build_report(settings: Settings, out: Path | None = None, log_to_mlflow: boo
     models = [{"model": name, **(meta or {})} for name, meta in status["models"].items() if meta]
     sections.append(("Models", _table(models, ["model", "steps", "final_loss", "clips_per_s", "run_id", "path"])))
 
-    metrics_file = reports / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    metrics: dict = {}
+    for name in ("metrics.json", "ucf101.json"):     # the SpriteWorld and the UCF101 step's sections
+        if (reports / name).is_file():
+            metrics.update(json.loads((reports / name).read_text()))
     sections.append(("Metrics", "".join(f"<h3>{html.escape(bench)}</h3>" + _table(
         [{"metric": k, "value": v} for k, v in figures.items()]) for bench, figures in sorted(metrics.items()))
         or "<p class=muted>No evaluation yet.</p>"))
