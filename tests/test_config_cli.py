@@ -52,6 +52,37 @@ def test_no_params_file_is_a_clear_error(tmp_path):
     assert "No params.yaml found" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_params_sections_are_typed(project):
+    """Every key of the repo's params.yaml is known in every profile; a misspelt key, in the chosen profile or
+    another, is an error naming it and the keys its section knows; a value out of range or of the wrong type
+    names the key; what loads is complete, defaults included."""
+    for profile in ("tiny", "small", "paper"):
+        assert load_params(REPO / "params.yaml", profile)["stage1"]["steps"] >= 1
+    tiny = load_params(REPO / "params.yaml")
+    assert tiny["align"]["grad_accum"] == 1 and tiny["evaluate"]["ucf101"]["steps"] is None   # defaults filled in
+    import yaml
+
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["stage1"]["stpes"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    out = run("status")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "stage1.stpes: unknown key; known: steps, batch_size, grad_accum, lr" in " ".join(out.stderr.split())
+    del raw["stage1"]["stpes"]
+    raw["profiles"]["paper"]["retrieval"] = {"kk": 2}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(VimiError, match=r"\(profile paper\): retrieval.kk: unknown key; known: k, k1, b"):
+        load_params(project / "params.yaml")
+    del raw["profiles"]["paper"]["retrieval"]
+    raw["retrieval"]["k"], raw["evaluate"]["ucf101"]["fold"], raw["ingest"]["batch_rows"] = 0, 4, "many"
+    (project / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(VimiError) as bad:
+        load_params(project / "params.yaml")
+    assert "retrieval.k: input should be greater than or equal to 1, got 0" in str(bad.value)
+    assert "evaluate.ucf101.fold: input should be less than or equal to 3, got 4" in str(bad.value)
+    assert "ingest.batch_rows: input should be a valid integer" in str(bad.value) and "'many'" in str(bad.value)
+
+
 def test_bad_params_value_is_named(project):
     write_params(project, world={"frame_size": 2})
     out = run("world", "generate", "--part", "catalog", "--part", "videos")

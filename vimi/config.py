@@ -113,9 +113,13 @@ def load_params(path: Path | None = None, profile: str | None = None) -> dict[st
     if chosen not in profiles:
         known = ", ".join(sorted(profiles)) or "none"
         raise VimiError(f"Unknown profile {chosen!r} in {path}; profiles defined: {known}.")
-    params = deep_merge({k: v for k, v in raw.items() if k != "profiles"}, profiles[chosen] or {})
-    params["profile"] = chosen
-    return params
+    from vimi.params import check_params
+
+    base = {k: v for k, v in raw.items() if k != "profiles"}
+    for name, overrides in profiles.items():      # a typo in any profile is an error, chosen or not
+        if name != chosen:
+            check_params({**deep_merge(base, overrides or {}), "profile": name}, f"{path} (profile {name})")
+    return check_params({**deep_merge(base, profiles[chosen] or {}), "profile": chosen}, str(path))
 
 
 @dataclass

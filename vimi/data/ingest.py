@@ -114,4 +114,4 @@ def ingest_videos(fmt: str, csv_path: Path, videos_dir: Path, uri: Path, quarant
     """Ingest a WebVid-style CSV + clip folder into the video corpus at ``uri`` as one new version."""
     candidates = video_candidates(fmt, csv_path, videos_dir, ingest_params)
     return run_ingest(str(uri), uri, quarantine_uri, VIDEO_SCHEMA, candidates,
-                      int(ingest_params.get("batch_rows", 256)), mode=mode)
+                      ingest_params["batch_rows"], mode=mode)

@@ -37,7 +37,7 @@ class ImageLimits:
 
     @classmethod
     def from_params(cls, ingest: dict[str, Any]) -> "ImageLimits":
-        return cls(int(ingest.get("min_image_size", 8)), int(ingest.get("max_image_size", 16384)))
+        return cls(ingest["min_image_size"], ingest["max_image_size"])
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -205,7 +205,7 @@ def memory_candidates(sources: list[str], fmt: str, ingest_params: dict[str, Any
         plan = parquet_plan(expand_sources(sources, (".parquet",)), image_column,
                             list(ingest_params.get("image_columns", ["jpg", "png", "webp", "image"])),
                             caption_column, key_column or ingest_params.get("key_column", "key"))
-        return parquet_candidates(plan, id_prefix, limits, caption_column, int(ingest_params.get("batch_rows", 256)))
+        return parquet_candidates(plan, id_prefix, limits, caption_column, ingest_params["batch_rows"])
     raise VimiError(f"Unknown memory format {fmt!r}; use one of: {', '.join(FORMATS)}.")
 
 
@@ -215,4 +215,4 @@ def ingest_memory(sources: list[str], fmt: str, uri: Path, quarantine_uri: Path,
     ``options``: id_prefix, image_column, caption_column, key_column."""
     candidates = memory_candidates(sources, fmt, ingest_params, **options)
     return run_ingest(str(uri), uri, quarantine_uri, MEMORY_SCHEMA, candidates,
-                      int(ingest_params.get("batch_rows", 256)), mode=mode)
+                      ingest_params["batch_rows"], mode=mode)

@@ -1,4 +1,4 @@
-"""Stage 1: retrieval-augmented pretraining of the video denoiser (DESIGN.md §5–6).
+"""Stage 1: retrieval-augmented pretraining of the video denoiser (docs/training.md).
 
 Each training clip's prompt interleaves its retrieved memory documents (image, then caption, best
 first) with its own caption; the frozen multimodal encoder turns it into the cross-attention
@@ -114,14 +114,14 @@ class Stage1Task:
         self.name = "stage1-text-only" if text_only else "stage1"
         self.text_only = text_only
         model_params, stage, world = params.get("model", {}), params.get("stage1", {}), params.get("world", {})
-        self.cfg_dropout = float(stage.get("cfg_dropout", 0.1))
-        self.doc_dropout = float(stage.get("doc_dropout", 0.3))
+        self.cfg_dropout = stage["cfg_dropout"]
+        self.doc_dropout = stage["doc_dropout"]
         for name, value in (("cfg_dropout", self.cfg_dropout), ("doc_dropout", self.doc_dropout)):
             if not 0 <= value < 1:
                 raise VimiError(f"params.yaml stage1.{name} must be in [0, 1), got {value}.")
-        self.max_docs = int(stage.get("max_docs", params.get("retrieval", {}).get("k", 4)))
-        self.sample_prompts = int(stage.get("sample_prompts", 4))
-        self.sample_steps = int(stage.get("sample_steps", 10))
+        self.max_docs = int(stage["max_docs"] if stage["max_docs"] is not None else params["retrieval"]["k"])
+        self.sample_prompts = stage["sample_prompts"]
+        self.sample_steps = stage["sample_steps"]
         self.num_frames, self.frame_size = int(world.get("num_frames", 8)), int(world.get("frame_size", 32))
         self.fps = float(world.get("fps", 8))
         self.tokenizer, self.language_model = load_language_model()

@@ -1,4 +1,4 @@
-"""Stage 2: multimodal instruction tuning of a stage-1 pipeline (DESIGN.md §1, §5–6).
+"""Stage 2: multimodal instruction tuning of a stage-1 pipeline (docs/training.md "Stage 2").
 
 One model learns three tasks from the instruction dataset: subject-driven generation (reference
 images of the subject in the prompt), video prediction (the first frames in the prompt, and given
@@ -39,10 +39,10 @@ class Stage2Task:
 
     def __init__(self, params: dict[str, Any], instructions_uri: Path, init_dir: Path):
         stage = params.get("stage2", {})
-        self.cfg_dropout = float(stage.get("cfg_dropout", 0.1))
+        self.cfg_dropout = stage["cfg_dropout"]
         if not 0 <= self.cfg_dropout < 1:
             raise VimiError(f"params.yaml stage2.cfg_dropout must be in [0, 1), got {self.cfg_dropout}.")
-        self.sample_steps = int(stage.get("sample_steps", 10))
+        self.sample_steps = stage["sample_steps"]
         self.weighting = loss_weighting(params.get("diffusion", {}))
         init = load_pipeline(init_dir)
         self.init_digest = file_digest(Path(init_dir) / "transformer" / "diffusion_pytorch_model.safetensors")

@@ -156,7 +156,7 @@ def _validate(suite: str, uri: Path, expected: pa.Schema, table_columns: list[st
     checks = [schema_check] + _run_suite(f"{suite}_table", frame, table_expectations(), "table")
     validate = params.get("validate", {})
     n = ds.count_rows()
-    indices = _sample_indices(n, int(validate.get("decode_sample", 0)), int(params.get("seed", 0)))
+    indices = _sample_indices(n, validate["decode_sample"], int(params.get("seed", 0)))
     decoded = 0
     if indices and schema_check.success:
         records = []
@@ -177,7 +177,7 @@ def _common_table_expectations(params: dict[str, Any]) -> list:
     ingest = params.get("ingest", {})
     lo, hi = int(ingest.get("min_image_size", 8)), int(ingest.get("max_image_size", 16384))
     return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=int(params.get("validate", {}).get("min_rows", 1))),
+        gxe.ExpectTableRowCountToBeBetween(min_value=params["validate"]["min_rows"]),
         gxe.ExpectColumnValuesToNotBeNull(column="id"),
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValuesToNotBeNull(column="caption"),
@@ -331,7 +331,7 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
 
 def validate_retrieval(augmented_uri: Path, videos_uri: Path, memory_uri: Path,
                        params: dict[str, Any]) -> ValidationReport:
-    """The retrieval-quality gate over the augmented dataset (DESIGN.md §3)."""
+    """The retrieval-quality gate over the augmented dataset (docs/retrieval.md)."""
     import great_expectations.expectations as gxe
 
     from vimi.retrieval.augment import AUGMENTED_SCHEMA, FLAGS
@@ -506,7 +506,7 @@ def validate_instructions(uri: Path, params: dict[str, Any]) -> ValidationReport
         frame, figures = instructions_frame(dataset_location(uri), num_frames)
         true = [True]
         expectations = [
-            gxe.ExpectTableRowCountToBeBetween(min_value=int(params.get("validate", {}).get("min_rows", 1))),
+            gxe.ExpectTableRowCountToBeBetween(min_value=params["validate"]["min_rows"]),
             gxe.ExpectColumnValuesToNotBeNull(column="id"),
             gxe.ExpectColumnValuesToBeUnique(column="id"),
             gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),
