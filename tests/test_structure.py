@@ -107,3 +107,31 @@ def test_the_library_never_imports_the_orchestrators():
     offending = sorted(f"{name}: {target}" for name, path in mods.items() for target in _imports(name, path)
                        if target.split(".")[0] in ("dagster", "dvc", "orchestration"))
     assert offending == []
+
+
+def test_packages_export_their_api_lazily():
+    """Each package's __all__ resolves to the objects of the modules that define them; importing a package
+    imports none of them (vimi.world and vimi.retrieval stay free of torch until a model is used)."""
+    import importlib
+    import subprocess
+    import sys
+
+    packages = sorted(m for m, p in _modules().items() if p.name == "__init__.py")
+    exported = 0
+    for name in packages:
+        package = importlib.import_module(name)
+        for attr in getattr(package, "__all__", []):
+            assert f"{name}.{attr}" not in _modules(), f"{name}.{attr} is a module: it would hide the export"
+            value = getattr(package, attr)
+            home = getattr(value, "__module__", None)
+            if isinstance(home, str) and home.startswith("vimi."):    # a class or function: where it is defined
+                assert getattr(importlib.import_module(home), attr) is value, (name, attr)
+            exported += 1
+    assert exported >= 40
+    from vimi.models import ViMiPipeline
+    from vimi.models.pipeline import ViMiPipeline as defined
+
+    assert ViMiPipeline is defined
+    out = subprocess.run([sys.executable, "-c", "import sys, vimi, vimi.world, vimi.retrieval, vimi.models; "
+                          "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

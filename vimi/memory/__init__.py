@@ -1,1 +1,8 @@
 """The image-text memory: schema, build (SpriteWorld or configured sources), ingest adapters."""
+
+from vimi.exports import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "ingest_memory": "vimi.memory.ingest",
+    "MEMORY_SCHEMA": "vimi.memory.schema",
+})
