@@ -23,7 +23,7 @@ SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("capti
 
 
 def dvc_binary() -> str:
-    """DVC lives in its own environment (README "Two environments"); .venv/bin/dvc links to it."""
+    """DVC lives in its own environment (docs/operations.md "Two environments"); .venv/bin/dvc links to it."""
     for candidate in (shutil.which("dvc"), str(Path(sys.executable).parent / "dvc"),
                       str(Path(__file__).resolve().parents[1] / ".venv-dvc" / "bin" / "dvc")):
         if candidate and Path(candidate).exists():

@@ -1,7 +1,7 @@
 """Lance helpers shared by every dataset: streamed atomic writes, versions, fingerprints, quarantine.
 
 A Lance write is one commit: data files are written first and the manifest last, so a write
-killed midway leaves the previous version as it was (DESIGN.md §8).
+killed midway leaves the previous version as it was (docs/data.md "Where data lives").
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ QUARANTINE_SCHEMA = pa.schema(
 # An append adds a fragment, and every Lance manifest lists all fragments, so without compaction the
 # manifests of N appends sum to O(N²) bytes (1,000 one-batch appends: 42 MB of manifests; 10,000:
 # 4 GB, 37 s for `dvc commit`) and appends slow down with N. Merging the fragments once there are
-# more than this keeps manifests small and DVC fast (`vimi bench lance-dvc`, README "Benchmarks").
+# more than this keeps manifests small and DVC fast (`vimi bench lance-dvc`, docs/benchmarks.md).
 MAX_FRAGMENTS = 64
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from vimi.config import Settings
 from vimi.errors import VimiError
 
-BUDGET_S = 15 * 60    # `make run` on the tiny profile, 2 cores, after set-up (issue 7)
+BUDGET_S = 15 * 60    # the budget of `make run` on the tiny profile, 2 cores, after set-up
 
 
 def _steps(s: Settings) -> list[tuple[str, str, Callable[[], Any]]]:

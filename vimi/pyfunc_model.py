@@ -1,7 +1,7 @@
 """The MLflow model of a ViMi pipeline, logged as code (MLflow "models from code"): loading it
 runs this file, nothing is unpickled.
 
-Input, one row per video (README "Serving"): `prompt` (text with `<image>` placeholders), optional
+Input, one row per video (docs/training.md "Serving"): `prompt` (text with `<image>` placeholders), optional
 `images` (base64 PNG/JPEG, one per placeholder, in order) and `context_frames` (base64 images:
 the first frames of a clip to continue; placed as `vimi generate` places them). Params: seed,
 num_frames, num_inference_steps, guidance_scale, format (mp4 | gif).

@@ -19,7 +19,7 @@ PIP_REQUIREMENTS = ["torch==2.14.1", "diffusers==0.42.1", "transformers==5.24.0"
 
 
 def pyfunc_signature():
-    """The served model's contract (vimi/pyfunc_model.py; README "Serving")."""
+    """The served model's contract (vimi/pyfunc_model.py; docs/training.md "Serving")."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 

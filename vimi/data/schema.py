@@ -1,4 +1,4 @@
-"""The video corpus' Lance schema (data/videos.lance, data/eval_videos.lance). Documented in the README."""
+"""The video corpus' Lance schema (data/videos.lance, data/eval_videos.lance). Documented in docs/data.md."""
 
 import pyarrow as pa
 

@@ -228,7 +228,7 @@ def _grounding_gif(pairs: dict[int, tuple], real: np.ndarray, path: Path, fps: f
 def evaluate_spriteworld(settings: Settings, model: str, videos_per_task: int | None = None, steps: int | None = None,
                          seed: int = 0, batch_size: int = 16, metrics_file: Path | None = None,
                          prompt_mode: str = "instruction", with_per_clip: bool = False) -> dict[str, Any]:
-    """SpriteWorld's grounding metrics on the evaluation split's instructions (README "Evaluation"):
+    """SpriteWorld's grounding metrics on the evaluation split's instructions (docs/evaluation.md):
     FVD_syn and IS_syn (feature network), motion accuracy, PSNR/SSIM of predicted frames, and identity
     measured against the rasterizer (`vimi.evaluation.identity`): whether exactly one sprite is there,
     and its colour pair, colours, shape, pattern and identity tuple per task and seen/unseen subject,

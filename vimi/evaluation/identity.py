@@ -42,7 +42,7 @@ What the world itself leaves open (no measure can do better):
   so on shapes with 180° symmetry (circle, square, diamond, hexagon, cross) color1/color2 are a coin
   toss there (color1 ≈ 0.89). The unordered `color_pair` is what the identity tuple holds.
 
-Measured on the world generator's 256 evaluation clips (`ceiling`; README "Evaluation"):
+Measured on the world generator's 256 evaluation clips (`ceiling`; docs/evaluation.md "The identity measure"):
 
     frame  subject  colour pair  shape  pattern  identity  color1   seconds (256 clips, 1 core)
     32×32   1.00       0.996     0.977   1.00     0.973     0.89       ~3
@@ -743,7 +743,7 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
             sprite_scale: float = 1.0) -> dict[str, Any]:
     """The measure on every real clip of a SpriteWorld video dataset (Lance; `limit`: the first clips
     only; `sprite_scale`: the world's) — per-attribute accuracies overall and per subject split, the
-    ceiling that generated clips are read against (README "Evaluation")."""
+    ceiling that generated clips are read against (docs/evaluation.md)."""
     from vimi import lance_io
     from vimi.io.video import VideoDecodeError, decode_video
 

@@ -1,4 +1,4 @@
-"""The image-text memory's Lance schema (data/memory.lance). Documented in the README."""
+"""The image-text memory's Lance schema (data/memory.lance). Documented in docs/data.md."""
 
 import pyarrow as pa
 

@@ -1,7 +1,7 @@
 """The video denoiser, conditioned on the prompt by cross-attention: `FrameStackUNet` (the default) or
 diffusers' WanTransformer3DModel (`model.denoiser.type: wan`).
 
-Chosen by measurement on 2 cores (README "How the recipe was chosen"): first by step time (8 clips ×
+Chosen by measurement on 2 cores (docs/training.md "How the recipe was chosen"): first by step time (8 clips ×
 8 frames × 32×32, fp32: stock UNet3DConditionModel 4.5–16.9 s, LatteTransformer3DModel 1.04 s, Wan
 0.42 s), then by what learns per second: asked to memorise 8 clips, Wan over 2×4×4 patches drew
 patch-grid blocks where the frame-stacked UNet (0.40 s a step in bf16) drew the sprites' outlines.
