@@ -31,11 +31,12 @@ MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test ui mlflow-ui serve repro bench lock clean dvc.yaml docs/lineage.svg
+.PHONY: help setup run test lint ui mlflow-ui serve repro bench lock clean dvc.yaml docs/lineage.svg
 
 help:
 	@echo "make run        set up, then materialize the whole pipeline (tiny profile, CPU)"
-	@echo "make test       set up, then run the test suite (slow end-to-end tests included)"
+	@echo "make test       set up, then lint and run the test suite (slow end-to-end tests included)"
+	@echo "make lint       ruff: lint and format check (ruff format . and ruff check --fix . repair most of it)"
 	@echo "make ui         Dagster UI on http://127.0.0.1:$(DAGSTER_PORT)"
 	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (sqlite store in mlflow/)"
 	@echo "make serve      the registry's @champion behind mlflow models serve on http://127.0.0.1:$(SERVE_PORT)"
@@ -75,8 +76,12 @@ $(CHROMIUM):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
-test: setup $(CHROMIUM)
+test: lint $(CHROMIUM)
 	python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	ruff check .
+	ruff format --check .
 
 ui: setup
 	dagster dev -m orchestration.definitions -h 127.0.0.1 -p $(DAGSTER_PORT)

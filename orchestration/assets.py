@@ -8,8 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.metadata import dataset_metadata
 from orchestration import versions
+from orchestration.metadata import dataset_metadata
 from orchestration.resources import VimiSettings
 from vimi.steps import STEP
 
@@ -17,9 +17,14 @@ from vimi.steps import STEP
 def step_asset(fn):
     """The asset of the step named like FN, as the step map declares it."""
     step = STEP[fn.__name__]
-    return dg.asset(name=step.name, deps=[dg.AssetKey(name) for name in step.upstream],
-                    code_version=versions.code_version(step.name), group_name=step.group, kinds=set(step.kinds),
-                    description=step.description)(fn)
+    return dg.asset(
+        name=step.name,
+        deps=[dg.AssetKey(name) for name in step.upstream],
+        code_version=versions.code_version(step.name),
+        group_name=step.group,
+        kinds=set(step.kinds),
+        description=step.description,
+    )(fn)
 
 
 def run_step(name: str, vimi: VimiSettings) -> dict:
@@ -29,16 +34,18 @@ def run_step(name: str, vimi: VimiSettings) -> dict:
 @step_asset
 def spriteworld(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = run_step("spriteworld", vimi)
-    return dg.MaterializeResult(data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]).parent, "catalog.json")),
-                                metadata={
-        "path": dg.MetadataValue.path(meta["path"]),
-        "seed": meta["seed"],
-        "subjects": meta["subjects"],
-        "unseen_subjects": meta["unseen_subjects"],
-        "scenes": dg.MetadataValue.json(meta["scenes"]),
-        "actions": dg.MetadataValue.json(meta["actions"]),
-        "example_subjects": dg.MetadataValue.md("\n".join(f"- {s}" for s in meta["example_subjects"])),
-    })
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]).parent, "catalog.json")),
+        metadata={
+            "path": dg.MetadataValue.path(meta["path"]),
+            "seed": meta["seed"],
+            "subjects": meta["subjects"],
+            "unseen_subjects": meta["unseen_subjects"],
+            "scenes": dg.MetadataValue.json(meta["scenes"]),
+            "actions": dg.MetadataValue.json(meta["actions"]),
+            "example_subjects": dg.MetadataValue.md("\n".join(f"- {s}" for s in meta["example_subjects"])),
+        },
+    )
 
 
 @step_asset
@@ -61,25 +68,29 @@ def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = run_step("bm25_index", vimi)
     # The index is determined by the memory's rows and the BM25 parameters: that is its data version.
     version = versions.digest_json([meta["memory_ids_sha256"], meta["k1"], meta["b"], len(meta["shards"])])
-    return dg.MaterializeResult(data_version=dg.DataVersion(version), metadata={
-        "docs": dg.MetadataValue.int(meta["docs"]),
-        "memory_version": dg.MetadataValue.int(meta["memory_version"]),
-        "index_id": dg.MetadataValue.text(meta["index_id"]),
-        "shards": dg.MetadataValue.int(len(meta["shards"])),
-        "size_mb": dg.MetadataValue.float(round(meta["bytes"] / 2**20, 2)),
-        "build_seconds": dg.MetadataValue.float(meta["seconds"]),
-        "docs_per_s": dg.MetadataValue.float(meta["docs_per_s"]),
-        "bm25": dg.MetadataValue.json({"k1": meta["k1"], "b": meta["b"]}),
-        "path": dg.MetadataValue.path(meta["path"]),
-    })
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(version),
+        metadata={
+            "docs": dg.MetadataValue.int(meta["docs"]),
+            "memory_version": dg.MetadataValue.int(meta["memory_version"]),
+            "index_id": dg.MetadataValue.text(meta["index_id"]),
+            "shards": dg.MetadataValue.int(len(meta["shards"])),
+            "size_mb": dg.MetadataValue.float(round(meta["bytes"] / 2**20, 2)),
+            "build_seconds": dg.MetadataValue.float(meta["seconds"]),
+            "docs_per_s": dg.MetadataValue.float(meta["docs_per_s"]),
+            "bm25": dg.MetadataValue.json({"k1": meta["k1"], "b": meta["b"]}),
+            "path": dg.MetadataValue.path(meta["path"]),
+        },
+    )
 
 
 @step_asset
 def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = run_step("augmented_video_dataset", vimi)
     figures = meta["figures"]
-    examples = "\n".join(f"**{e['caption']}**\n" + "\n".join(f"- {r}" for r in e["retrieved"]) + "\n"
-                         for e in meta["examples"])
+    examples = "\n".join(
+        f"**{e['caption']}**\n" + "\n".join(f"- {r}" for r in e["retrieved"]) + "\n" for e in meta["examples"]
+    )
     metadata = {
         "dagster/row_count": dg.MetadataValue.int(meta["rows"]),
         "lance_version": dg.MetadataValue.int(meta["version"]),
@@ -100,8 +111,9 @@ def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
 
 def _dataset_result(meta: dict, **extra) -> dg.MaterializeResult:
     """A Lance dataset's materialization: its metadata, and its row fingerprint as the data version."""
-    return dg.MaterializeResult(metadata={**dataset_metadata(meta), **extra},
-                                data_version=dg.DataVersion(str(meta["fingerprint"])[:16]))
+    return dg.MaterializeResult(
+        metadata={**dataset_metadata(meta), **extra}, data_version=dg.DataVersion(str(meta["fingerprint"])[:16])
+    )
 
 
 def _lance_version(path: str) -> dg.DataVersion:
@@ -112,13 +124,22 @@ def _lance_version(path: str) -> dg.DataVersion:
 
 def _model_result(meta: dict, metadata: dict) -> dg.MaterializeResult:
     """A trained model's materialization: its weights are its data version."""
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]))))
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(versions.digest_files(Path(meta["path"])))
+    )
 
 
 def _metrics_version(result: dict) -> dg.DataVersion:
     """Metrics: the figures and the model they are of."""
-    return dg.DataVersion(versions.digest_json([result["model"].get("uri"), result["model"].get("version"),
-                                                {k: v for k, v in result.items() if isinstance(v, float)}]))
+    return dg.DataVersion(
+        versions.digest_json(
+            [
+                result["model"].get("uri"),
+                result["model"].get("version"),
+                {k: v for k, v in result.items() if isinstance(v, float)},
+            ]
+        )
+    )
 
 
 def _training_metadata(meta: dict) -> dict:
@@ -135,7 +156,9 @@ def _training_metadata(meta: dict) -> dict:
     }
     if meta.get("sample_gif"):
         metadata["sample_gif"] = dg.MetadataValue.path(meta["sample_gif"])
-        metadata["samples"] = dg.MetadataValue.md(f"Real clips (top) and generated ones (bottom): `{meta['sample_gif']}`")
+        metadata["samples"] = dg.MetadataValue.md(
+            f"Real clips (top) and generated ones (bottom): `{meta['sample_gif']}`"
+        )
     return metadata
 
 
@@ -163,9 +186,12 @@ def instruction_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
     metadata["reference_source"] = dg.MetadataValue.json(meta.get("reference_source", {}))
     examples = meta.get("examples") or []
     if examples:
-        metadata["examples"] = dg.MetadataValue.md("\n".join(
-            f"**{e['task']}**: `{e['instruction']}`\n" + "\n".join(f"- {s}" for s in e.get("sources", [])) + "\n"
-            for e in examples))
+        metadata["examples"] = dg.MetadataValue.md(
+            "\n".join(
+                f"**{e['task']}**: `{e['instruction']}`\n" + "\n".join(f"- {s}" for s in e.get("sources", [])) + "\n"
+                for e in examples
+            )
+        )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(str(meta["fingerprint"])[:16]))
 
 
@@ -197,9 +223,13 @@ def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
 def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     result = run_step("spriteworld_metrics", vimi)
     metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
-    metadata.update({"mlflow_run": dg.MetadataValue.url(result["run_link"]),
-                     "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
-                     "videos": dg.MetadataValue.json(result["videos"])})
+    metadata.update(
+        {
+            "mlflow_run": dg.MetadataValue.url(result["run_link"]),
+            "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
+            "videos": dg.MetadataValue.json(result["videos"]),
+        }
+    )
     return dg.MaterializeResult(metadata=metadata, data_version=_metrics_version(result))
 
 
@@ -207,38 +237,51 @@ def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
 def ucf101_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     result = run_step("ucf101_metrics", vimi)
     if not result["configured"]:
-        return dg.MaterializeResult(metadata={"configured": dg.MetadataValue.bool(False),
-                                              "reason": dg.MetadataValue.text(result["reason"])},
-                                    data_version=dg.DataVersion("not-configured"))
+        return dg.MaterializeResult(
+            metadata={"configured": dg.MetadataValue.bool(False), "reason": dg.MetadataValue.text(result["reason"])},
+            data_version=dg.DataVersion("not-configured"),
+        )
     metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
-    metadata.update({"configured": dg.MetadataValue.bool(True), "mlflow_run": dg.MetadataValue.url(result["run_link"]),
-                     "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
-                     "videos": dg.MetadataValue.int(int(result["videos"])),
-                     "skipped": dg.MetadataValue.json(result["skipped"]),
-                     "split": dg.MetadataValue.text(f"{result['split']}list0{result['fold']}")})
+    metadata.update(
+        {
+            "configured": dg.MetadataValue.bool(True),
+            "mlflow_run": dg.MetadataValue.url(result["run_link"]),
+            "model_version": dg.MetadataValue.text(str(result["model"]["version"])),
+            "videos": dg.MetadataValue.int(int(result["videos"])),
+            "skipped": dg.MetadataValue.json(result["skipped"]),
+            "split": dg.MetadataValue.text(f"{result['split']}list0{result['fold']}"),
+        }
+    )
     return dg.MaterializeResult(metadata=metadata, data_version=_metrics_version(result))
 
 
 @step_asset
 def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
     decision = run_step("champion_model", vimi)
-    return dg.MaterializeResult(data_version=dg.DataVersion(versions.digest_json(
-        [decision["name"], decision["champion"], decision["candidate"], decision["promoted"]])), metadata={
-        "promoted": dg.MetadataValue.bool(bool(decision["promoted"])),
-        "reason": dg.MetadataValue.text(decision["reason"]),
-        "candidate_version": dg.MetadataValue.text(decision["candidate"]),
-        "champion_version": dg.MetadataValue.text(str(decision["champion"])),
-        "champion_uri": dg.MetadataValue.text(f"models:/{decision['name']}@champion"),
-    })
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(
+            versions.digest_json([decision["name"], decision["champion"], decision["candidate"], decision["promoted"]])
+        ),
+        metadata={
+            "promoted": dg.MetadataValue.bool(bool(decision["promoted"])),
+            "reason": dg.MetadataValue.text(decision["reason"]),
+            "candidate_version": dg.MetadataValue.text(decision["candidate"]),
+            "champion_version": dg.MetadataValue.text(str(decision["champion"])),
+            "champion_uri": dg.MetadataValue.text(f"models:/{decision['name']}@champion"),
+        },
+    )
 
 
 @step_asset
 def report(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = run_step("report", vimi)
-    metadata = {"path": dg.MetadataValue.path(meta["path"]), "open": dg.MetadataValue.url(Path(meta["path"]).as_uri()),
-                "size_kb": dg.MetadataValue.float(round(meta["bytes"] / 1024, 1)),
-                "sections": dg.MetadataValue.json(meta["sections"]),
-                "sample_videos": dg.MetadataValue.int(meta["sample_videos"])}
+    metadata = {
+        "path": dg.MetadataValue.path(meta["path"]),
+        "open": dg.MetadataValue.url(Path(meta["path"]).as_uri()),
+        "size_kb": dg.MetadataValue.float(round(meta["bytes"] / 1024, 1)),
+        "sections": dg.MetadataValue.json(meta["sections"]),
+        "sample_videos": dg.MetadataValue.int(meta["sample_videos"]),
+    }
     if meta.get("run_link"):
         metadata["mlflow_run"] = dg.MetadataValue.url(meta["run_link"])
     return dg.MaterializeResult(metadata=metadata)

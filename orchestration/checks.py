@@ -17,8 +17,9 @@ def suite_check(step: Step) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=dg.AssetKey(step.name), name=suite.check, blocking=True, description=suite.description)
     def check(vimi: VimiSettings) -> dg.AssetCheckResult:
         report = pipeline.validate_dataset(vimi.load(), suite.name)
-        return dg.AssetCheckResult(passed=report.success, metadata=check_metadata(report),
-                                   description=report.to_text().splitlines()[0])
+        return dg.AssetCheckResult(
+            passed=report.success, metadata=check_metadata(report), description=report.to_text().splitlines()[0]
+        )
 
     return check
 

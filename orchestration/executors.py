@@ -15,8 +15,10 @@ from vimi.errors import VimiError
 
 EXECUTORS = ("multiprocess", "in_process", "celery", "k8s")
 # The integration releases that go with dagster 1.13.28 (what requirements/project-lock.txt pins).
-INTEGRATIONS = {"celery": ("dagster_celery", "celery_executor", "dagster-celery==0.29.28"),
-                "k8s": ("dagster_k8s", "k8s_job_executor", "dagster-k8s==0.29.28")}
+INTEGRATIONS = {
+    "celery": ("dagster_celery", "celery_executor", "dagster-celery==0.29.28"),
+    "k8s": ("dagster_k8s", "k8s_job_executor", "dagster-k8s==0.29.28"),
+}
 
 
 def configured_executor() -> dg.ExecutorDefinition:
@@ -37,6 +39,7 @@ def configured_executor() -> dg.ExecutorDefinition:
         try:
             return getattr(__import__(module), name)
         except ImportError:
-            raise VimiError(f"VIMI_DAGSTER_EXECUTOR={kind} needs {requirement}: `pip install {requirement}` "
-                            "(see docs/scaling.md).") from None
+            raise VimiError(
+                f"VIMI_DAGSTER_EXECUTOR={kind} needs {requirement}: `pip install {requirement}` (see docs/scaling.md)."
+            ) from None
     raise VimiError(f"VIMI_DAGSTER_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {kind!r}.")

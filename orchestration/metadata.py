@@ -31,14 +31,24 @@ def check_metadata(report: ValidationReport) -> dict[str, Any]:
     rows = ["| expectation | column | result | unexpected | examples |", "|---|---|---|---|---|"]
     for c in report.checks:
         examples = ", ".join(str(e) for e in c.examples[:3]).replace("|", "\\|")
-        rows.append(f"| {c.expectation} | {c.column or ''} | {'ok' if c.success else '**FAILED**'} | "
-                    f"{'' if c.unexpected_count is None else c.unexpected_count} | {examples} |")
+        rows.append(
+            f"| {c.expectation} | {c.column or ''} | {'ok' if c.success else '**FAILED**'} | "
+            f"{'' if c.unexpected_count is None else c.unexpected_count} | {examples} |"
+        )
     return {
         "rows": dg.MetadataValue.int(report.rows),
         "decoded_rows": dg.MetadataValue.int(report.decoded_rows),
         "lance_version": dg.MetadataValue.int(report.version),
         "failed_expectations": dg.MetadataValue.int(len(report.failed)),
         "expectations": dg.MetadataValue.md("\n".join(rows)),
-        **{name: (dg.MetadataValue.float(v) if isinstance(v, float) else dg.MetadataValue.json(v)
-                  if isinstance(v, dict) else v) for name, v in report.figures.items()},
+        **{
+            name: (
+                dg.MetadataValue.float(v)
+                if isinstance(v, float)
+                else dg.MetadataValue.json(v)
+                if isinstance(v, dict)
+                else v
+            )
+            for name, v in report.figures.items()
+        },
     }

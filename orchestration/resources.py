@@ -22,5 +22,10 @@ class VimiSettings(dg.ConfigurableResource):
     lance_uri: Optional[str] = None
 
     def load(self) -> Settings:
-        return Settings.load(profile=self.profile, params_path=self.params_path, data_dir=self.data_dir,
-                             tracking_uri=self.mlflow_tracking_uri, lance_uri=self.lance_uri)
+        return Settings.load(
+            profile=self.profile,
+            params_path=self.params_path,
+            data_dir=self.data_dir,
+            tracking_uri=self.mlflow_tracking_uri,
+            lance_uri=self.lance_uri,
+        )

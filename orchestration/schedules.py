@@ -23,17 +23,25 @@ def operations() -> dict[str, Any]:
 
 # Everything from stage 1 on: the data assets stay as they are (the sensor rebuilds retrieval when the memory changes).
 retraining_job = dg.define_asset_job(
-    "retraining", selection=dg.AssetSelection.assets("stage1_model").downstream(),
-    description="Stage 1 → stage 2 (a new @candidate) → SpriteWorld and UCF101 metrics → promotion to @champion.")
+    "retraining",
+    selection=dg.AssetSelection.assets("stage1_model").downstream(),
+    description="Stage 1 → stage 2 (a new @candidate) → SpriteWorld and UCF101 metrics → promotion to @champion.",
+)
 
 # A new memory version: index it again and retrieve again for every clip.
 retrieval_job = dg.define_asset_job(
-    "retrieval", selection=dg.AssetSelection.assets("bm25_index", "augmented_video_dataset"),
-    description="Rebuild the BM25 index over the current memory and the retrieval-augmented video dataset.")
+    "retrieval",
+    selection=dg.AssetSelection.assets("bm25_index", "augmented_video_dataset"),
+    description="Rebuild the BM25 index over the current memory and the retrieval-augmented video dataset.",
+)
 
 _ops = operations()
 retraining_schedule = dg.ScheduleDefinition(
-    name="weekly_retraining", job=retraining_job, cron_schedule=str(_ops["retrain_cron"]),
-    execution_timezone=str(_ops["timezone"]), default_status=dg.DefaultScheduleStatus.RUNNING,
+    name="weekly_retraining",
+    job=retraining_job,
+    cron_schedule=str(_ops["retrain_cron"]),
+    execution_timezone=str(_ops["timezone"]),
+    default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Retrains on params.yaml operations.retrain_cron (weekly by default); the promotion policy decides "
-                "whether the new candidate becomes @champion.")
+    "whether the new candidate becomes @champion.",
+)

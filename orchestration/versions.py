@@ -38,14 +38,16 @@ def _lookup(params: dict[str, Any], dotted: str) -> Any:
 def _params() -> dict[str, Any]:
     try:
         return load_params()
-    except VimiError:      # definitions loaded away from a project: versions of the defaults
+    except VimiError:  # definitions loaded away from a project: versions of the defaults
         return {}
 
 
 def code_version(asset: str, params: dict[str, Any] | None = None) -> str:
     params = _params() if params is None else params
-    read = {name: {key: _lookup(params, key) for key in ASSET_PARAMS[name]}
-            for name in sorted({asset} | upstream_closure(asset))}
+    read = {
+        name: {key: _lookup(params, key) for key in ASSET_PARAMS[name]}
+        for name in sorted({asset} | upstream_closure(asset))
+    }
     digest = hashlib.sha256(json.dumps([CODE_REVISION, read], sort_keys=True, default=str).encode()).hexdigest()
     return f"r{CODE_REVISION}-{digest[:12]}"
 

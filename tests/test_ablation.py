@@ -16,7 +16,6 @@ from vimi.errors import VimiError
 @pytest.mark.slow
 def test_ablation_trains_and_evaluates_three_arms(project):
     from mlflow import MlflowClient
-
     from vimi.ablation import ARMS, EXPERIMENT, run_ablation
 
     base = Settings.load()
@@ -45,20 +44,22 @@ def test_ablation_trains_and_evaluates_three_arms(project):
     compared = state["comparisons"]
     for name, split in (("identity_unseen", "unseen"), ("identity_seen", "seen")):
         clips = sum(s == split and t == "subject" for s, t in zip(per_clip["split"], per_clip["task"]))
-        if not clips:       # no such clip among the few evaluated: no comparison, rather than an empty one
+        if not clips:  # no such clip among the few evaluated: no comparison, rather than an empty one
             assert name not in compared
             continue
         c = compared[name]
         assert c["clips"] == clips and c["low"] <= c["difference"] <= c["high"]
         assert f"| {name} | retrieval-augmented stage 1 − text-only stage 1 |" in text
-    assert compared   # 3 subject clips: seen or unseen, one comparison at least
+    assert compared  # 3 subject clips: seen or unseen, one comparison at least
 
     client = MlflowClient()
     exp = client.get_experiment_by_name(EXPERIMENT)
     parent = client.get_run(result["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.info.experiment_id == exp.experiment_id
     assert parent.data.params["seed"] == "3"
-    assert parent.data.metrics["retrieval_stage2.fvd_syn"] == pytest.approx(result["results"]["retrieval_stage2"]["fvd_syn"])
+    assert parent.data.metrics["retrieval_stage2.fvd_syn"] == pytest.approx(
+        result["results"]["retrieval_stage2"]["fvd_syn"]
+    )
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(r.info.run_name for r in children)
     # align, feature network, text-only stage 1, stage 1, stage 2, and three evaluations

@@ -9,8 +9,24 @@ import pytest
 
 def test_bench_memory_json(project, tmp_path):
     out_file = tmp_path / "memory.json"
-    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "memory", "--rows", "200", "--clips", "40",
-                          "--out", str(out_file), "--json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "bench",
+            "memory",
+            "--rows",
+            "200",
+            "--clips",
+            "40",
+            "--out",
+            str(out_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result == json.loads(out_file.read_text())
@@ -27,8 +43,8 @@ def test_tie_aware_agreement_by_hand():
     from vimi.retrieval.bench import tie_aware_agreement
 
     a = [(["x", "y", "z"], [3.0, 2.0, 1.0])]
-    tied = [(["x", "y", "w"], [3.0, 2.0, 1.0])]      # z and w tie at the k-th score: both fine
-    wrong = [(["x", "w", "z"], [3.0, 2.0, 1.0])]     # y, strictly above the k-th score, is missing
+    tied = [(["x", "y", "w"], [3.0, 2.0, 1.0])]  # z and w tie at the k-th score: both fine
+    wrong = [(["x", "w", "z"], [3.0, 2.0, 1.0])]  # y, strictly above the k-th score, is missing
     assert tie_aware_agreement(a, tied, 3)["tie_aware_agreement"] == 1.0
     assert tie_aware_agreement(a, tied, 3)["overlap_at_k"] == 2 / 3
     assert tie_aware_agreement(a, wrong, 3)["tie_aware_agreement"] == 0.0
@@ -39,8 +55,26 @@ def test_bench_retrieval_json(project, tmp_path):
     """Three engines, same corpus and queries: vimi's Lucene BM25 and bm25s (method=lucene, same
     stopwords and stemmer) return the same top-k up to ties, with the same scores."""
     out_file = tmp_path / "retrieval.json"
-    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "retrieval", "--docs", "2000,6000", "--queries",
-                          "300", "-k", "5", "--out", str(out_file), "--json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "bench",
+            "retrieval",
+            "--docs",
+            "2000,6000",
+            "--queries",
+            "300",
+            "-k",
+            "5",
+            "--out",
+            str(out_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result == json.loads(out_file.read_text())
@@ -66,8 +100,25 @@ def test_bench_eval_json(project, tmp_path):
 
     generate_world(Settings.load(), parts=("catalog", "videos", "eval"))
     out_file = tmp_path / "eval.json"
-    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "eval", "--clips", "3", "--batch-sizes", "1",
-                          "--out", str(out_file), "--json"], capture_output=True, text=True, cwd=project)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "bench",
+            "eval",
+            "--clips",
+            "3",
+            "--batch-sizes",
+            "1",
+            "--out",
+            str(out_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=project,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result == json.loads(out_file.read_text())
@@ -84,22 +135,44 @@ def test_bench_pipeline_times_every_step(project, tmp_path):
     from tests.test_orchestration import ASSETS, CHECKS
 
     out_file = tmp_path / "pipeline.json"
-    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "pipeline", "--workdir", str(tmp_path / "scratch"),
-                          "--out", str(out_file), "--json"], capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "bench",
+            "pipeline",
+            "--workdir",
+            str(tmp_path / "scratch"),
+            "--out",
+            str(out_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result == json.loads(out_file.read_text())
     names = [s["asset"] for s in result["stages"]]
     assert set(names) == ASSETS | CHECKS and len(names) == len(ASSETS) + len(CHECKS)
-    assert names.index("bm25_index") < names.index("augmented_video_dataset") < names.index("stage1_model") \
-        < names.index("stage2_model") < names.index("spriteworld_metrics") < names.index("champion_model") \
+    assert (
+        names.index("bm25_index")
+        < names.index("augmented_video_dataset")
+        < names.index("stage1_model")
+        < names.index("stage2_model")
+        < names.index("spriteworld_metrics")
+        < names.index("champion_model")
         < names.index("report")
+    )
     seconds = {s["asset"]: s["seconds"] for s in result["stages"]}
     assert all(v >= 0 for v in seconds.values()) and min(seconds["stage1_model"], seconds["stage2_model"]) > 0
     assert sum(s["seconds"] for s in result["stages"]) == pytest.approx(result["total_s"], abs=1.0)
     assert sum(result["seconds_by_group"].values()) == pytest.approx(result["total_s"], abs=1.0)
     assert result["make_run_projected_s"] == pytest.approx(
-        result["total_s"] + result["baseline_process_start_s"] * len(ASSETS), abs=0.5)
+        result["total_s"] + result["baseline_process_start_s"] * len(ASSETS), abs=0.5
+    )
     assert result["within_budget"] and result["budget_s"] == 900
     assert (tmp_path / "scratch" / "reports" / "index.html").is_file()
     assert not (project / "data").exists() and not (project / "models").exists()
@@ -107,9 +180,27 @@ def test_bench_pipeline_times_every_step(project, tmp_path):
 
 def test_bench_lance_dvc_compares_merging_and_pruning_with_plain_appends(tmp_path):
     out_file = tmp_path / "lance_dvc.json"
-    out = subprocess.run([sys.executable, "-m", "vimi", "bench", "lance-dvc", "--appends", "80", "--rows", "3",
-                          "--workdir", str(tmp_path), "--out", str(out_file), "--json"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "bench",
+            "lance-dvc",
+            "--appends",
+            "80",
+            "--rows",
+            "3",
+            "--workdir",
+            str(tmp_path),
+            "--out",
+            str(out_file),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result == json.loads(out_file.read_text()) and result["max_fragments"] == 64
@@ -118,9 +209,12 @@ def test_bench_lance_dvc_compares_merging_and_pruning_with_plain_appends(tmp_pat
     assert plain["fragments"] == 80 and plain["versions"] == 80
     # 65 appends → merged to 1, then 15 more
     assert merged["fragments"] == pruned["fragments"] == 16
-    assert plain["files"] == 3 * 80 + 1                          # data file, manifest, transaction each; the hint
+    assert plain["files"] == 3 * 80 + 1  # data file, manifest, transaction each; the hint
     assert pruned["files"] < 30 < plain["files"] and merged["manifest_bytes"] < plain["manifest_bytes"]
     assert size["ratio_files_plain_vs_pruned"] == pytest.approx(plain["files"] / pruned["files"])
-    assert all(r[k] > 0 for r in (merged, pruned, plain)
-               for k in ("dvc_add_s", "dvc_status_unchanged_s", "dvc_add_after_one_append_s"))
-    assert not list(tmp_path.glob("vimi-bench-lance-dvc-*"))    # the scratch projects are removed
+    assert all(
+        r[k] > 0
+        for r in (merged, pruned, plain)
+        for k in ("dvc_add_s", "dvc_status_unchanged_s", "dvc_add_after_one_append_s")
+    )
+    assert not list(tmp_path.glob("vimi-bench-lance-dvc-*"))  # the scratch projects are removed

@@ -29,7 +29,11 @@ def test_profiles_override_the_base():
 
 
 def test_deep_merge():
-    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}, "e": 6}) == {"a": {"b": 5, "c": 2}, "d": 3, "e": 6}
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 3}, {"a": {"b": 5}, "e": 6}) == {
+        "a": {"b": 5, "c": 2},
+        "d": 3,
+        "e": 6,
+    }
 
 
 def test_params_found_upwards_and_data_dir(tmp_path, monkeypatch):
@@ -59,7 +63,7 @@ def test_params_sections_are_typed(project):
     for profile in ("tiny", "small", "paper"):
         assert load_params(REPO / "params.yaml", profile)["stage1"]["steps"] >= 1
     tiny = load_params(REPO / "params.yaml")
-    assert tiny["align"]["grad_accum"] == 1 and tiny["evaluate"]["ucf101"]["steps"] is None   # defaults filled in
+    assert tiny["align"]["grad_accum"] == 1 and tiny["evaluate"]["ucf101"]["steps"] is None  # defaults filled in
     import yaml
 
     raw = yaml.safe_load((project / "params.yaml").read_text())
@@ -100,16 +104,36 @@ def test_world_generate_json_and_out(project, tmp_path):
     assert result["videos"]["rows"] == 24 and result["eval_videos"]["rows"] == 8
     assert Path(result["memory"]["path"]) == tmp_path / "elsewhere" / "memory.lance"
     assert not (project / "data" / "memory.lance").exists()
-    again = json.loads(run("world", "generate", "--part", "memory", "--out", str(tmp_path / "elsewhere"),
-                           "--json").stdout)
+    again = json.loads(
+        run("world", "generate", "--part", "memory", "--out", str(tmp_path / "elsewhere"), "--json").stdout
+    )
     assert again["memory"]["version"] == 2 and again["memory"]["fingerprint"] == result["memory"]["fingerprint"]
 
 
-@pytest.mark.parametrize("command", [[], ["world", "generate"], ["memory", "ingest"], ["memory", "build"],
-                                     ["videos", "ingest"], ["videos", "build"], ["validate"], ["bench", "memory"],
-                                     ["instructions", "build"], ["train", "stage2"], ["promote"], ["generate"],
-                                     ["train", "featurenet"], ["evaluate"], ["fvd"], ["bench", "eval"], ["ablation"],
-                                     ["bench", "pipeline"], ["report"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["world", "generate"],
+        ["memory", "ingest"],
+        ["memory", "build"],
+        ["videos", "ingest"],
+        ["videos", "build"],
+        ["validate"],
+        ["bench", "memory"],
+        ["instructions", "build"],
+        ["train", "stage2"],
+        ["promote"],
+        ["generate"],
+        ["train", "featurenet"],
+        ["evaluate"],
+        ["fvd"],
+        ["bench", "eval"],
+        ["ablation"],
+        ["bench", "pipeline"],
+        ["report"],
+    ],
+)
 def test_every_command_has_help(command):
     out = run(*command, "--help")
     assert out.returncode == 0 and "Usage" in out.stdout

@@ -24,8 +24,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def repo_copy(tmp_path) -> tuple[Path, dict]:
     """The repo's versioned files (what a clone has), micro params, committed in a fresh git repo."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     root = tmp_path / "repo"
     for name in filter(None, listed):
         source = REPO / name
@@ -36,8 +37,12 @@ def repo_copy(tmp_path) -> tuple[Path, dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIMI_")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.org")
+    env.update(
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.org",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.org",
+    )
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=root, env=env, check=True)
     return root, env
@@ -53,11 +58,25 @@ def dvc(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.Com
 def test_repro_twice_push_pull_and_experiment(repo_copy):
     root, env = repo_copy
     first = dvc(root, env, "repro")
-    for stage in ("spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
-                  "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
-                  "feature_network", "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"):
+    for stage in (
+        "spriteworld",
+        "image_text_memory",
+        "video_corpus",
+        "eval_video_corpus",
+        "bm25_index",
+        "augmented_video_dataset",
+        "image_encoder",
+        "stage1_model",
+        "instruction_dataset",
+        "stage2_model",
+        "feature_network",
+        "spriteworld_metrics",
+        "ucf101_metrics",
+        "champion_model",
+        "report",
+    ):
         assert f"Running stage '{stage}'" in first.stdout
-    for suite in ("memory", "videos", "eval_videos", "retrieval", "instructions"):    # each stage ran its suite
+    for suite in ("memory", "videos", "eval_videos", "retrieval", "instructions"):  # each stage ran its suite
         assert json.loads((root / "reports" / "validation" / f"{suite}.json").read_text())["success"] is True
     assert json.loads((root / "reports" / "ucf101.json").read_text())["ucf101"]["configured"] is False
     stage1 = json.loads((root / "reports" / "stage1.json").read_text())
@@ -75,8 +94,12 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     plots = json.loads(dvc(root, env, "plots", "show", "--json").stdout)
     assert not plots.get("errors"), plots["errors"]
     values = plots["data"]["loss"][0]["content"]["data"]["values"]
-    assert {v["filename"] for v in values} == {"encoder/loss.csv", "stage1/loss.csv", "stage2/loss.csv",
-                                                "featurenet/loss.csv"}
+    assert {v["filename"] for v in values} == {
+        "encoder/loss.csv",
+        "stage1/loss.csv",
+        "stage2/loss.csv",
+        "featurenet/loss.csv",
+    }
     assert [int(v["step"]) for v in values if v["filename"] == "stage1/loss.csv"] == [2, 4, 6]
     assert (root / "reports" / "index.html").stat().st_size > 10_000
     memory = root / "data" / "memory.lance"
@@ -104,7 +127,10 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     assert "Running stage 'image_text_memory'" in exp.stdout and "Running stage 'augmented_video_dataset'" in exp.stdout
     # a retrieval parameter re-runs retrieval only
     exp = dvc(root, env, "exp", "run", "-S", "retrieval.k=3")
-    assert "Running stage 'augmented_video_dataset'" in exp.stdout and "Running stage 'image_text_memory'" not in exp.stdout
+    assert (
+        "Running stage 'augmented_video_dataset'" in exp.stdout
+        and "Running stage 'image_text_memory'" not in exp.stdout
+    )
     assert "Running stage 'stage1_model'" in exp.stdout and "Running stage 'image_encoder'" not in exp.stdout
     # a training parameter re-runs that training and what follows it, not the data
     exp = dvc(root, env, "exp", "run", "-S", "stage1.lr=0.002")

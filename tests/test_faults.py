@@ -29,13 +29,19 @@ def _env(project) -> dict:
 def _kill_at(args: list[str], env: dict, cwd, marker: str, timeout: float = 300) -> bool:
     """Start a vimi command and SIGKILL it (and its children) the moment its progress output shows `marker`
     (a step's progress bar appearing); False if it ended before that."""
-    proc = subprocess.Popen([*VIMI, *args], env={**env, "VIMI_PROGRESS": "1"}, cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [*VIMI, *args],
+        env={**env, "VIMI_PROGRESS": "1"},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     seen, deadline = b"", time.time() + timeout
     try:
         while marker.encode() not in seen:
             chunk = os.read(proc.stderr.fileno(), 4096)
-            if not chunk:                                  # it ended
+            if not chunk:  # it ended
                 proc.wait()
                 return False
             seen = (seen + chunk)[-4096:]
@@ -107,8 +113,20 @@ def test_kill_during_evaluation_then_rerun(trained):
     metrics = root / "reports" / "metrics.json"
     metrics.parent.mkdir(exist_ok=True)
     metrics.write_text(json.dumps({"ucf101": {"fvd_ucf101": 1.0}}) + "\n")
-    args = ["evaluate", "--benchmark", "spriteworld", "--model", str(root / "models" / "stage2"),
-            "--videos-per-task", "8", "--steps", "20", "--metrics", str(metrics), "--json"]
+    args = [
+        "evaluate",
+        "--benchmark",
+        "spriteworld",
+        "--model",
+        str(root / "models" / "stage2"),
+        "--videos-per-task",
+        "8",
+        "--steps",
+        "20",
+        "--metrics",
+        str(metrics),
+        "--json",
+    ]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
 
     def spriteworld_runs():
@@ -118,11 +136,11 @@ def test_kill_during_evaluation_then_rerun(trained):
     first = subprocess.run([*VIMI, *args], env=env, cwd=root, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     after_first = metrics.read_text()
-    assert json.loads(after_first)["ucf101"] == {"fvd_ucf101": 1.0}      # the other section kept
+    assert json.loads(after_first)["ucf101"] == {"fvd_ucf101": 1.0}  # the other section kept
     # Killed while it generates: the first task's clips, then the last task's.
     for marker in ("generating prediction", "generating text_to_video"):
         assert _kill_at(args, env, root, marker), "the evaluation ended before it could be killed"
-        assert metrics.read_text() == after_first                          # nothing half-written
+        assert metrics.read_text() == after_first  # nothing half-written
         assert [r.info.status for r in spriteworld_runs()] == ["FINISHED"]  # no run left behind
     again = subprocess.run([*VIMI, *args], env=env, cwd=root, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -159,30 +177,35 @@ def test_two_concurrent_runs_end_consistent(project):
     generate_world(settings)
     build_bm25_index(settings)
     env = _env(project)
-    procs = [subprocess.Popen([*VIMI, "augment"], env=env, cwd=project, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*VIMI, "augment"], env=env, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
-    assert codes in ([0, 0], [0, 2]), results                    # the second either refused or came after
+    assert codes in ([0, 0], [0, 2]), results  # the second either refused or came after
     if codes == [0, 2]:
         assert any("Another run of the augment step" in err for code, err in results if code == 2)
     assert _augmented_is_whole(settings, 24) in (1, 2)
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
-    code = ("import os, signal; from pathlib import Path; from vimi.locks import step_lock\n"
-            f"with step_lock(Path({str(tmp_path)!r}), 'stage1'):\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = (
+        "import os, signal; from pathlib import Path; from vimi.locks import step_lock\n"
+        f"with step_lock(Path({str(tmp_path)!r}), 'stage1'):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == -signal.SIGKILL
-    assert json.loads((tmp_path / "stage1.lock").read_text())["step"] == "stage1"   # the file stays, the lock not
+    assert json.loads((tmp_path / "stage1.lock").read_text())["step"] == "stage1"  # the file stays, the lock not
     with step_lock(tmp_path, "stage1") as path:
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
 def test_runs_whose_process_died_are_closed_and_live_ones_left_alone(project):
     import mlflow
-
     from vimi.config import Settings
     from vimi.tracking import close_orphan_runs, experiment_id, process_tags
 
@@ -190,19 +213,26 @@ def test_runs_whose_process_died_are_closed_and_live_ones_left_alone(project):
     client = mlflow.tracking.MlflowClient()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    live = client.create_run(exp, tags=process_tags()).info.run_id             # this test's own process
+    live = client.create_run(exp, tags=process_tags()).info.run_id  # this test's own process
     orphan = client.create_run(exp, tags={**process_tags(), "vimi.pid": str(dead.pid)}).info.run_id
     # the pid alive again but another process (pid reuse): its start time differs
     reused = client.create_run(exp, tags={**process_tags(), "vimi.pid_started": "1.000"}).info.run_id
-    elsewhere = client.create_run(exp, tags={**process_tags(), "vimi.host": "another-host",
-                                             "vimi.pid": str(dead.pid)}).info.run_id
+    elsewhere = client.create_run(
+        exp, tags={**process_tags(), "vimi.host": "another-host", "vimi.pid": str(dead.pid)}
+    ).info.run_id
     untagged = client.create_run(exp).info.run_id
     finished = client.create_run(exp, tags={**process_tags(), "vimi.pid": str(dead.pid)}).info.run_id
     client.set_terminated(finished, "FINISHED")
 
     assert sorted(close_orphan_runs(exp)) == sorted([orphan, reused])
     status = {run: client.get_run(run).info.status for run in (live, orphan, reused, elsewhere, untagged, finished)}
-    assert status == {live: "RUNNING", orphan: "KILLED", reused: "KILLED", elsewhere: "RUNNING",
-                      untagged: "RUNNING", finished: "FINISHED"}
+    assert status == {
+        live: "RUNNING",
+        orphan: "KILLED",
+        reused: "KILLED",
+        elsewhere: "RUNNING",
+        untagged: "RUNNING",
+        finished: "FINISHED",
+    }
     assert f"process {dead.pid} on " in client.get_run(orphan).data.tags["vimi.orphaned"]
     assert close_orphan_runs(exp) == []

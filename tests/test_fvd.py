@@ -50,7 +50,7 @@ def test_frechet_distance_closed_form_and_identity():
 
 def test_protocol_clip_preparation():
     clip = np.zeros((8, 32, 48, 3), np.uint8)
-    clip[:, :, :, 0] = np.arange(8)[:, None, None] * 30          # frame t has red = 30 t
+    clip[:, :, :, 0] = np.arange(8)[:, None, None] * 30  # frame t has red = 30 t
     prepared = fvd_clip(clip)
     assert prepared.shape == (3, 16, 224, 224) and prepared.dtype == np.float32
     # 8 frames become 16 by repetition: 0,0,1,1,…; values scaled to [-1, 1].
@@ -58,7 +58,7 @@ def test_protocol_clip_preparation():
     assert reds.tolist() == [30 * (t // 2) for t in range(16)]
     long = np.repeat(np.arange(20, dtype=np.uint8)[:, None, None, None], 3, axis=-1).repeat(224, 1).repeat(224, 2)
     first = np.round((fvd_clip(long)[0, :, 0, 0] + 1) * 127.5).astype(int)
-    assert first.tolist() == list(range(16))                        # the first 16 frames
+    assert first.tolist() == list(range(16))  # the first 16 frames
 
 
 @pytest.fixture(scope="module")
@@ -69,36 +69,68 @@ def clip_folders(tmp_path_factory):
     for name, frames in (("bikes", bikes), ("car", car)):
         (root / name).mkdir()
         for i in range(4):
-            write_video(frames[i * 16:(i + 1) * 16], root / name / f"{name}{i}.mp4")
+            write_video(frames[i * 16 : (i + 1) * 16], root / name / f"{name}{i}.mp4")
     (root / "bikes" / "broken.avi").write_bytes(b"not a video")
     return root
 
 
 def test_vimi_fvd_on_real_clips(clip_folders, project):
     env = {**os.environ}
-    same = subprocess.run([*VIMI, "fvd", str(clip_folders / "bikes"), str(clip_folders / "bikes"), "--json"],
-                          capture_output=True, text=True, env=env, cwd=project, timeout=600)
+    same = subprocess.run(
+        [*VIMI, "fvd", str(clip_folders / "bikes"), str(clip_folders / "bikes"), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=600,
+    )
     assert same.returncode == 0, same.stderr
     same = json.loads(same.stdout)
     # ≈ 0: 4 clips in 400 dimensions make a singular covariance, whose square root is only as exact as
     # sqrtm on a singular matrix (|FVD| < 0.01 against thousands between different sets).
     assert abs(same["fvd"]) < 0.01 and same["videos"] == [4, 4]
-    assert same["skipped"]["a"] == {"undecodable": 1}                   # broken.avi: skipped and counted
+    assert same["skipped"]["a"] == {"undecodable": 1}  # broken.avi: skipped and counted
     features = project / "features.npz"
-    other = subprocess.run([*VIMI, "fvd", str(clip_folders / "bikes"), str(clip_folders / "car"), "--json",
-                            "--save-features", str(features)], capture_output=True, text=True, env=env,
-                           cwd=project, timeout=600)
+    other = subprocess.run(
+        [
+            *VIMI,
+            "fvd",
+            str(clip_folders / "bikes"),
+            str(clip_folders / "car"),
+            "--json",
+            "--save-features",
+            str(features),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=600,
+    )
     assert other.returncode == 0, other.stderr
     other = json.loads(other.stdout)
-    assert other["fvd"] > 100                                          # street scenes vs a face in a car
+    assert other["fvd"] > 100  # street scenes vs a face in a car
     saved = np.load(features)
     assert saved["a"].shape == (4, 400) and saved["b"].shape == (4, 400)
-    assert other["fvd"] == pytest.approx(_independent_frechet(*feature_stats(saved["a"]), *feature_stats(saved["b"])),
-                                         rel=1e-4)
-    fewer = subprocess.run([*VIMI, "fvd", str(clip_folders / "bikes"), str(clip_folders / "car"), "--num-videos",
-                            "8"], capture_output=True, text=True, env=env, cwd=project, timeout=600)
+    assert other["fvd"] == pytest.approx(
+        _independent_frechet(*feature_stats(saved["a"]), *feature_stats(saved["b"])), rel=1e-4
+    )
+    fewer = subprocess.run(
+        [*VIMI, "fvd", str(clip_folders / "bikes"), str(clip_folders / "car"), "--num-videos", "8"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=600,
+    )
     assert fewer.returncode == 2 and "Traceback" not in fewer.stderr
     assert "has 5 video(s), fewer than the 8 asked for" in fewer.stderr
-    missing = subprocess.run([*VIMI, "fvd", str(clip_folders / "nope"), str(clip_folders / "car")],
-                             capture_output=True, text=True, env=env, cwd=project, timeout=600)
+    missing = subprocess.run(
+        [*VIMI, "fvd", str(clip_folders / "nope"), str(clip_folders / "car")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=600,
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr

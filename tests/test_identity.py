@@ -31,11 +31,21 @@ def sprite_clips(size: int, frames: int, seed: int, scenes=tuple(SCENES)):
                 a, b = rng.choice(len(colors), size=2, replace=False)
                 subject = Subject("s", "s", shape, colors[a], colors[b], pattern, "seen")
                 background = render_scene(scene, size, int(rng.integers(16)))
-                poses = [(rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.8, 1.5), rng.uniform(0, 360))
-                         for _ in range(frames)]
+                poses = [
+                    (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.8, 1.5), rng.uniform(0, 360))
+                    for _ in range(frames)
+                ]
                 clips.append(np.stack([draw_sprite(background, subject, p, 4) for p in poses]))
-                targets.append({"scene": scene, "shape": shape, "color1": colors[a], "color2": colors[b],
-                                "pattern": pattern, "poses": poses})
+                targets.append(
+                    {
+                        "scene": scene,
+                        "shape": shape,
+                        "color1": colors[a],
+                        "color2": colors[b],
+                        "pattern": pattern,
+                        "poses": poses,
+                    }
+                )
     return clips, targets
 
 
@@ -44,7 +54,7 @@ def rates(right: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def test_sprites_of_every_shape_pattern_and_scene_at_32():
-    clips, targets = sprite_clips(32, frames=4, seed=0)                   # 320 clips
+    clips, targets = sprite_clips(32, frames=4, seed=0)  # 320 clips
     measured = I.measure_clips(clips, [t["scene"] for t in targets])
     r = rates(I.score(measured, targets))
     # measured (seeds 0-5): subject >= 0.994, colour pair >= 0.991, shape >= 0.959 (most misses: a solid
@@ -54,8 +64,12 @@ def test_sprites_of_every_shape_pattern_and_scene_at_32():
     assert r["shape"] >= 0.90 and r["pattern"] >= 0.95 and r["identity"] >= 0.88, r
     assert r["color1"] >= 0.75 and r["color2"] >= 0.75, r
     # positions: the sprite's centre, within a pixel nearly always (measured median 0.1 px)
-    errors = [np.hypot(p[0] - pose[0], p[1] - pose[1]) * 32 for m, t in zip(measured, targets)
-              for p, pose in zip(m.positions, t["poses"]) if p is not None]
+    errors = [
+        np.hypot(p[0] - pose[0], p[1] - pose[1]) * 32
+        for m, t in zip(measured, targets)
+        for p, pose in zip(m.positions, t["poses"])
+        if p is not None
+    ]
     assert np.median(errors) < 0.4 and np.percentile(errors, 90) < 1.2
     # every scene on its own
     right = I.score(measured, targets)
@@ -65,7 +79,7 @@ def test_sprites_of_every_shape_pattern_and_scene_at_32():
 
 
 def test_sprites_at_64():
-    clips, targets = sprite_clips(64, frames=3, seed=1, scenes=("beach", "night", "snow"))    # 120 clips
+    clips, targets = sprite_clips(64, frames=3, seed=1, scenes=("beach", "night", "snow"))  # 120 clips
     r = rates(I.score(I.measure_clips(clips, [t["scene"] for t in targets]), targets))
     # measured (seeds 0-5): subject >= 0.992, colour pair >= 0.992, shape >= 0.958, pattern >= 0.992
     assert r["subject_there"] >= 0.97 and r["color_pair"] >= 0.95 and r["shape"] >= 0.90 and r["pattern"] >= 0.95, r
@@ -99,7 +113,7 @@ def test_ceiling_on_the_tiny_worlds_evaluation_clips(tiny_eval):
         assert c[f"identity_accuracy{split}"] >= 0.85, c
         assert c[f"pattern_accuracy{split}"] >= 0.90, c
     assert c["shape_accuracy"] >= 0.90 and c["mean_shape_iou"] > 0.8, c
-    assert seconds < 30, seconds                                       # thousands of clips in well under a minute
+    assert seconds < 30, seconds  # thousands of clips in well under a minute
 
 
 def test_sprites_that_stay_in_place_are_found():
@@ -167,7 +181,7 @@ def test_score_reads_the_colour_pair_unordered_and_the_pattern_by_size():
     right = I.score([swapped, small], [truth, truth])
     assert right["color_pair"].tolist() == [True, True] and right["shape"].tolist() == [True, True]
     assert right["color1"].tolist() == [False, False] and right["pattern"].tolist() == [False, False]
-    assert right["identity"].tolist() == [False, True]   # the pattern counts from 32×32 up, not at 16×16
+    assert right["identity"].tolist() == [False, True]  # the pattern counts from 32×32 up, not at 16×16
     assert I.identity_attributes(32) == ("color_pair", "shape", "pattern")
     assert I.identity_attributes(16) == ("color_pair", "shape")
     assert I.identity_attributes(16, sprite_scale=2.0) == ("color_pair", "shape", "pattern")
@@ -178,9 +192,16 @@ def test_evaluation_keys_keep_their_names():
     tasks, splits = ["subject", "subject", "prediction", "text_to_video"], ["seen", "unseen", "unseen", "seen"]
     real = I.evaluation_metrics(right, tasks, splits, "_real")
     generated = I.evaluation_metrics(right, tasks, splits)
-    for key in ("identity_accuracy_seen", "identity_accuracy_unseen", "color_pair_accuracy_unseen",
-                "shape_accuracy_prediction_unseen", "identity_accuracy_text_to_video_seen",
-                "subject_there_rate", "subject_there_rate_subject", "subject_there_rate_prediction"):
+    for key in (
+        "identity_accuracy_seen",
+        "identity_accuracy_unseen",
+        "color_pair_accuracy_unseen",
+        "shape_accuracy_prediction_unseen",
+        "identity_accuracy_text_to_video_seen",
+        "subject_there_rate",
+        "subject_there_rate_subject",
+        "subject_there_rate_prediction",
+    ):
         assert key in generated and f"{key}_real" in real, key
     assert generated["identity_accuracy_seen"] == 1.0 and generated["identity_accuracy_unseen"] == 0.0
     assert generated["subject_there_rate"] == 0.75
@@ -217,8 +238,24 @@ def test_bad_input_is_one_clear_error(tiny_eval, tmp_path):
     # real (non-SpriteWorld) videos: no ground truth
     cfg, _ = tiny_eval
     row = next(clip_rows(cfg, plan_clips(cfg, cfg.catalog(), "eval")[:1], "eval"))
-    row.update({k: None for k in ("subject_id", "subject_name", "shape", "color1", "color2", "pattern", "scene",
-                                  "subject_split", "action", "trajectory", "split")})
+    row.update(
+        {
+            k: None
+            for k in (
+                "subject_id",
+                "subject_name",
+                "shape",
+                "color1",
+                "color2",
+                "pattern",
+                "scene",
+                "subject_split",
+                "action",
+                "trajectory",
+                "split",
+            )
+        }
+    )
     uri = tmp_path / "real.lance"
     lance_io.write_batches(uri, lance_io.batches_of([row], VIDEO_SCHEMA, 8), VIDEO_SCHEMA, mode="overwrite")
     with pytest.raises(VimiError, match="Clip eval-0000000 of .* has no SpriteWorld ground truth"):

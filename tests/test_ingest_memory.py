@@ -59,32 +59,39 @@ def shards(tmp_path, photos) -> Path:
         add(tar, "000003.jpg", photos["china"][0][:200] + b"\x00garbage" * 50)  # undecodable
         add(tar, "000003.txt", b"a broken photo")
         add(tar, "000004.jpg", photos["flower"][0])
-        add(tar, "000004.txt", b"   \n\t ")                                   # empty caption
-        add(tar, "000005.jpg", photos["flower"][0])                            # no caption
-        add(tar, "000006.txt", b"a caption whose image was lost")              # no image
-        add(tar, "../evil.jpg", photos["flower"][0])                           # climbs out
-        add(tar, "/tmp/vimi-absolute-evil.txt", b"absolute")                   # absolute
+        add(tar, "000004.txt", b"   \n\t ")  # empty caption
+        add(tar, "000005.jpg", photos["flower"][0])  # no caption
+        add(tar, "000006.txt", b"a caption whose image was lost")  # no image
+        add(tar, "../evil.jpg", photos["flower"][0])  # climbs out
+        add(tar, "/tmp/vimi-absolute-evil.txt", b"absolute")  # absolute
     with tarfile.open(folder / "00001.tar", "w") as tar:
         add(tar, "000007.jpg", photos["grace_hopper"][0])
         add(tar, "000007.txt", "grace hopper, computer scientist — naval officer".encode())
-        add(tar, "000000.jpg", photos["astronaut"][0])                         # duplicate id
+        add(tar, "000000.jpg", photos["astronaut"][0])  # duplicate id
         add(tar, "000000.txt", b"the astronaut again")
         link = tarfile.TarInfo("000008.jpg")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"              # link member
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"  # link member
         tar.addfile(link)
         add(tar, "000009.jpg", photos["china"][0])
         add(tar, "000009.txt", b"a chinese temple")
     return folder
 
 
-EXPECTED = {"duplicate_id": 1, "empty_caption": 1, "missing_caption": 1, "missing_image": 1,
-            "undecodable_image": 1, "unsafe_path": 3}
+EXPECTED = {
+    "duplicate_id": 1,
+    "empty_caption": 1,
+    "missing_caption": 1,
+    "missing_image": 1,
+    "undecodable_image": 1,
+    "unsafe_path": 3,
+}
 
 
 def ingest(settings, sources, fmt="webdataset", **options):
     uri = settings.path("memory")
-    return ingest_memory([str(s) for s in sources], fmt, uri, settings.path("quarantine"),
-                         settings.section("ingest"), **options)
+    return ingest_memory(
+        [str(s) for s in sources], fmt, uri, settings.path("quarantine"), settings.section("ingest"), **options
+    )
 
 
 def test_webdataset_ingest_counts_every_case(settings, shards, photos, tmp_path):
@@ -94,7 +101,7 @@ def test_webdataset_ingest_counts_every_case(settings, shards, photos, tmp_path)
     assert report.version == 1
     rows = {r["id"]: r for r in lance.dataset(str(settings.path("memory"))).to_table().to_pylist()}
     assert sorted(rows) == ["000000", "000001", "000002", "000007", "000009"]
-    assert rows["000000"]["image"] == photos["astronaut"][0]       # stored as given, not re-encoded
+    assert rows["000000"]["image"] == photos["astronaut"][0]  # stored as given, not re-encoded
     assert (rows["000000"]["width"], rows["000000"]["height"]) == photos["astronaut"][1]
     assert (rows["000007"]["width"], rows["000007"]["height"]) == (512, 600)
     assert rows["000007"]["caption"] == "grace hopper, computer scientist — naval officer"
@@ -128,17 +135,28 @@ def test_sources_as_directory_glob_and_list(settings, shards):
     assert expand_sources([str(shards)], (".tar",)) == [shards / "00000.tar", shards / "00001.tar"]
     assert expand_sources([str(shards / "*.tar")], (".tar",)) == [shards / "00000.tar", shards / "00001.tar"]
     assert expand_sources([str(shards / "00001.tar"), str(shards / "0000{0,1}.tar")], (".tar",)) == [
-        shards / "00001.tar", shards / "00000.tar"]
+        shards / "00001.tar",
+        shards / "00000.tar",
+    ]
     with pytest.raises(VimiError, match="does not exist"):
         expand_sources([str(shards / "nope.tar")], (".tar",))
     with pytest.raises(VimiError, match="matches no file"):
         expand_sources([str(shards / "*.parquet")], (".tar",))
 
 
-@pytest.mark.parametrize("name,unsafe", [
-    ("000.jpg", False), ("a/b/000.jpg", False), ("../x.jpg", True), ("a/../../x.jpg", True),
-    ("/etc/passwd", True), ("C:\\x.jpg", True), ("..", True), ("a/..b.jpg", False),
-])
+@pytest.mark.parametrize(
+    "name,unsafe",
+    [
+        ("000.jpg", False),
+        ("a/b/000.jpg", False),
+        ("../x.jpg", True),
+        ("a/../../x.jpg", True),
+        ("/etc/passwd", True),
+        ("C:\\x.jpg", True),
+        ("..", True),
+        ("a/..b.jpg", False),
+    ],
+)
 def test_unsafe_member_names(name, unsafe):
     assert (unsafe_member_reason(name) is not None) == unsafe
 
@@ -167,15 +185,17 @@ def img2dataset_parquet(path: Path, photos, image_column="jpg", caption_column="
         ("p4", photos["flower"][0], "", "success", None),
         ("p5", b"\xff\xd8\xff not really a jpeg", "corrupt bytes", "success", None),
     ]
-    table = pa.table({
-        "key": [r[0] for r in rows],
-        image_column: pa.array([r[1] for r in rows], pa.binary()),
-        caption_column: [r[2] for r in rows],
-        "url": [f"https://example.org/{r[0]}.jpg" for r in rows],
-        "status": [r[3] for r in rows],
-        "error_message": [r[4] for r in rows],
-        "width": [64] * 6,
-    })
+    table = pa.table(
+        {
+            "key": [r[0] for r in rows],
+            image_column: pa.array([r[1] for r in rows], pa.binary()),
+            caption_column: [r[2] for r in rows],
+            "url": [f"https://example.org/{r[0]}.jpg" for r in rows],
+            "status": [r[3] for r in rows],
+            "error_message": [r[4] for r in rows],
+            "width": [64] * 6,
+        }
+    )
     pq.write_table(table, path)
 
 
@@ -197,8 +217,9 @@ def test_parquet_custom_columns_and_clear_errors(settings, photos, tmp_path):
     with pytest.raises(VimiError, match=r"no image column .*no caption column 'caption'.*img_bytes"):
         ingest(settings, [tmp_path / "custom.parquet"], fmt="parquet")
     assert not settings.path("memory").exists()  # checked before anything was written
-    report = ingest(settings, [tmp_path / "custom.parquet"], fmt="parquet", image_column="img_bytes",
-                    caption_column="text")
+    report = ingest(
+        settings, [tmp_path / "custom.parquet"], fmt="parquet", image_column="img_bytes", caption_column="text"
+    )
     assert report.ingested == 3
 
 
@@ -208,23 +229,56 @@ def test_unknown_format(settings, shards):
 
 
 def test_cli_json_summary(project, shards):
-    out = subprocess.run([sys.executable, "-m", "vimi", "memory", "ingest", "--format", "webdataset",
-                          str(shards / "{00000..00001}.tar"), "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "memory",
+            "ingest",
+            "--format",
+            "webdataset",
+            str(shards / "{00000..00001}.tar"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout) == {"ingested": 5, "quarantined": EXPECTED, "version": 1}
-    status = subprocess.run([sys.executable, "-m", "vimi", "status", "--json"], capture_output=True, text=True,
-                            check=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "vimi", "status", "--json"], capture_output=True, text=True, check=True
+    )
     memory = json.loads(status.stdout)["datasets"]["memory"]
     assert (memory["rows"], memory["version"], memory["quarantined"]) == (5, 1, EXPECTED)
     assert json.loads(status.stdout)["datasets"]["videos"] is None
-    human = subprocess.run([sys.executable, "-m", "vimi", "memory", "ingest", "-f", "webdataset", str(shards),
-                            "--out", str(project / "other.lance")], capture_output=True, text=True, check=True)
+    human = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "memory",
+            "ingest",
+            "-f",
+            "webdataset",
+            str(shards),
+            "--out",
+            str(project / "other.lance"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "Ingested 5 rows" in human.stdout and "unsafe_path: 3" in human.stdout
     assert lance.dataset(str(project / "other.lance")).count_rows() == 5
 
 
 def test_cli_missing_source_is_one_clear_line(project):
-    out = subprocess.run([sys.executable, "-m", "vimi", "memory", "ingest", "--format", "webdataset",
-                          str(project / "missing.tar")], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "vimi", "memory", "ingest", "--format", "webdataset", str(project / "missing.tar")],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
 
@@ -245,8 +299,11 @@ def test_killed_ingest_leaves_the_previous_version_intact(settings, project, sha
             add(tar, f"k{i:05d}.txt", f"a rocket, picture {i}".encode())
     fifo = big / "00001.tar"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "vimi", "memory", "ingest", "-f", "webdataset", str(big)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vimi", "memory", "ingest", "-f", "webdataset", str(big)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     opened: list[int] = []
     # Opening the FIFO for writing returns once the ingest has opened it for reading, that is,
     # once the first shard has been read; we then hold it open and write nothing.

@@ -25,7 +25,7 @@ def clips(tmp_path_factory) -> Path:
     folder.mkdir()
     write_video(real_clip_frames("bikes", 16), folder / "1001.mp4", fps=25)
     write_video(real_clip_frames("carphone", 16), folder / "1002.mp4", fps=30)
-    write_video(real_clip_frames("bigbuckbunny", 3), folder / "1003.mp4", fps=24)   # too short
+    write_video(real_clip_frames("bigbuckbunny", 3), folder / "1003.mp4", fps=24)  # too short
     (folder / "1004.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 20)  # undecodable
     (folder.parent / "secret.mp4").write_bytes((folder / "1001.mp4").read_bytes())
     return folder
@@ -36,30 +36,44 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer = csv.DictWriter(handle, fieldnames=["videoid", "contentUrl", "duration", "page_dir", "name"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({"contentUrl": f"https://example.org/{row['videoid']}.mp4", "duration": "PT00H00M10S",
-                             "page_dir": "001_050", **row})
+            writer.writerow(
+                {
+                    "contentUrl": f"https://example.org/{row['videoid']}.mp4",
+                    "duration": "PT00H00M10S",
+                    "page_dir": "001_050",
+                    **row,
+                }
+            )
     return path
 
 
 ROWS = [
     {"videoid": "1001", "name": "cyclists race along a country road"},
     {"videoid": "1002", "name": "a man talks on a phone in a car"},
-    {"videoid": "1003", "name": "a rabbit in a meadow"},              # 3 frames: too short
-    {"videoid": "1004", "name": "static noise"},                      # undecodable
+    {"videoid": "1003", "name": "a rabbit in a meadow"},  # 3 frames: too short
+    {"videoid": "1004", "name": "static noise"},  # undecodable
     {"videoid": "1005", "name": "a clip that was never downloaded"},  # missing file
-    {"videoid": "1002", "name": "the same clip listed twice"},        # duplicate id
-    {"videoid": "1001", "name": "   "},                               # empty caption
-    {"videoid": "../secret", "name": "escape the folder"},            # path traversal
-    {"videoid": "", "name": "no id"},                                 # missing id
+    {"videoid": "1002", "name": "the same clip listed twice"},  # duplicate id
+    {"videoid": "1001", "name": "   "},  # empty caption
+    {"videoid": "../secret", "name": "escape the folder"},  # path traversal
+    {"videoid": "", "name": "no id"},  # missing id
 ]
-EXPECTED = {"duplicate_id": 1, "empty_caption": 1, "missing_id": 1, "missing_video": 1, "too_short_video": 1,
-            "undecodable_video": 1, "unsafe_path": 1}
+EXPECTED = {
+    "duplicate_id": 1,
+    "empty_caption": 1,
+    "missing_id": 1,
+    "missing_video": 1,
+    "too_short_video": 1,
+    "undecodable_video": 1,
+    "unsafe_path": 1,
+}
 
 
 def test_webvid_ingest_counts_every_case(settings, clips, tmp_path):
     csv_path = write_csv(tmp_path / "results_2M_val.csv", ROWS)
-    report = ingest_videos("webvid", csv_path, clips, settings.path("videos"), settings.path("quarantine"),
-                           settings.section("ingest"))
+    report = ingest_videos(
+        "webvid", csv_path, clips, settings.path("videos"), settings.path("quarantine"), settings.section("ingest")
+    )
     assert report.ingested == 2
     assert report.quarantined == EXPECTED
     rows = {r["id"]: r for r in lance.dataset(str(settings.path("videos"))).to_table().to_pylist()}
@@ -75,25 +89,41 @@ def test_webvid_ingest_counts_every_case(settings, clips, tmp_path):
     assert frames.shape == (16, 42, 96, 3)
     reference = real_clip_frames("bikes", 16)
     # H.264 at crf 18: close to the real frames it was made from
-    assert np.abs(frames[:, :reference.shape[1], :reference.shape[2]].astype(int) - reference).mean() < 6
+    assert np.abs(frames[:, : reference.shape[1], : reference.shape[2]].astype(int) - reference).mean() < 6
     q = lance.dataset(str(settings.path("quarantine"))).to_table().to_pylist()
-    assert {(r["reason"], r["key"]) for r in q} >= {("too_short_video", "1003"), ("unsafe_path", "../secret"),
-                                                     ("missing_id", "line 10")}
+    assert {(r["reason"], r["key"]) for r in q} >= {
+        ("too_short_video", "1003"),
+        ("unsafe_path", "../secret"),
+        ("missing_id", "line 10"),
+    }
 
 
 def test_missing_columns_folder_and_file(settings, clips, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("id,caption\n1001,hello\n")
     with pytest.raises(VimiError, match=r"lacks the WebVid column\(s\) videoid, name; its header is: id, caption"):
-        ingest_videos("webvid", bad, clips, settings.path("videos"), settings.path("quarantine"),
-                      settings.section("ingest"))
+        ingest_videos(
+            "webvid", bad, clips, settings.path("videos"), settings.path("quarantine"), settings.section("ingest")
+        )
     good = write_csv(tmp_path / "ok.csv", ROWS[:1])
     with pytest.raises(VimiError, match="Video folder .* does not exist"):
-        ingest_videos("webvid", good, tmp_path / "nowhere", settings.path("videos"), settings.path("quarantine"),
-                      settings.section("ingest"))
+        ingest_videos(
+            "webvid",
+            good,
+            tmp_path / "nowhere",
+            settings.path("videos"),
+            settings.path("quarantine"),
+            settings.section("ingest"),
+        )
     with pytest.raises(VimiError, match="does not exist"):
-        ingest_videos("webvid", tmp_path / "none.csv", clips, settings.path("videos"),
-                      settings.path("quarantine"), settings.section("ingest"))
+        ingest_videos(
+            "webvid",
+            tmp_path / "none.csv",
+            clips,
+            settings.path("videos"),
+            settings.path("quarantine"),
+            settings.section("ingest"),
+        )
     assert not settings.path("videos").exists()
 
 
@@ -102,8 +132,25 @@ def test_append_to_spriteworld_corpus_and_cli(project, settings, clips, tmp_path
 
     build_videos(settings, "train")
     csv_path = write_csv(tmp_path / "r.csv", ROWS[:2])
-    out = subprocess.run([sys.executable, "-m", "vimi", "videos", "ingest", "--format", "webvid", "--csv",
-                          str(csv_path), "--videos", str(clips), "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "videos",
+            "ingest",
+            "--format",
+            "webvid",
+            "--csv",
+            str(csv_path),
+            "--videos",
+            str(clips),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout) == {"ingested": 2, "quarantined": {}, "version": 2}
     ds = lance.dataset(str(settings.path("videos")))
     assert ds.count_rows() == 24 + 2

@@ -18,13 +18,18 @@ import pytest
 from tests.conftest import REPO, write_params
 from vimi.config import Settings, load_params
 from vimi.data.instructions import (
-    IMAGE_TOKEN, TASKS, InstructionParams, build_instructions, draw_tasks, render_instruction,
+    IMAGE_TOKEN,
+    TASKS,
+    InstructionParams,
+    build_instructions,
+    draw_tasks,
+    render_instruction,
 )
 from vimi.errors import VimiError
 from vimi.memory.schema import GROUND_TRUTH_COLUMNS
 from vimi.pipeline import augment_videos, build_bm25_index, build_instruction_dataset, generate_world, validate_dataset
 
-TRAIN_CLIPS, EVAL_CLIPS = 24, 8   # conftest's MICRO_WORLD
+TRAIN_CLIPS, EVAL_CLIPS = 24, 8  # conftest's MICRO_WORLD
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +50,27 @@ def built(world) -> dict:
     return build_instruction_dataset(world)
 
 
-def build(world: Settings, out: Path, seed: int | None = None, memory: Path | None = None,
-          augmented: Path | None = None, batch_rows: int = 4096, **instructions) -> tuple[dict, list[dict]]:
+def build(
+    world: Settings,
+    out: Path,
+    seed: int | None = None,
+    memory: Path | None = None,
+    augmented: Path | None = None,
+    batch_rows: int = 4096,
+    **instructions,
+) -> tuple[dict, list[dict]]:
     params = copy.deepcopy(world.params)
     params["instructions"].update(instructions)
-    meta = build_instructions(memory or world.path("memory"), world.path("videos"), world.path("eval_videos"),
-                              augmented or world.path("augmented"), out, InstructionParams.from_params(params),
-                              world.seed if seed is None else seed, batch_rows=batch_rows)
+    meta = build_instructions(
+        memory or world.path("memory"),
+        world.path("videos"),
+        world.path("eval_videos"),
+        augmented or world.path("augmented"),
+        out,
+        InstructionParams.from_params(params),
+        world.seed if seed is None else seed,
+        batch_rows=batch_rows,
+    )
     return meta, lance.dataset(str(out)).to_table().to_pylist()
 
 
@@ -59,8 +78,11 @@ def table_of(uri: Path, columns: list[str], version: int | None = None) -> list[
     return lance.dataset(str(uri), version=version).to_table(columns=columns).to_pylist()
 
 
-ONE_TEMPLATE_EACH = {"subject": ["{images} show {caption}"], "prediction": ["{images} then {caption}"],
-                     "text_to_video": ["{caption}"]}
+ONE_TEMPLATE_EACH = {
+    "subject": ["{images} show {caption}"],
+    "prediction": ["{images} then {caption}"],
+    "text_to_video": ["{caption}"],
+}
 
 
 def test_default_build_covers_every_clip_with_distinct_tasks(world, built):
@@ -78,8 +100,7 @@ def test_default_build_covers_every_clip_with_distinct_tasks(world, built):
     assert sorted(evals) == [f"eval-{i:07d}" for i in range(EVAL_CLIPS)]
     assert all(sorted(t) == sorted(TASKS) for t in evals.values())
     counts = Counter(r["task"] for r in rows if r["split"] == "train")
-    assert built["tasks"] == {"train": {t: counts[t] for t in TASKS},
-                              "eval": {t: EVAL_CLIPS for t in TASKS}}
+    assert built["tasks"] == {"train": {t: counts[t] for t in TASKS}, "eval": {t: EVAL_CLIPS for t in TASKS}}
     assert built["subject_unavailable"] == {"train": 0, "eval": 0}
     assert built["reference_source"] == {"ground_truth": counts["subject"] + EVAL_CLIPS}
     # Share of clips holding each task, for two distinct draws by weights 0.4 / 0.3 / 0.3: 0.743 / 0.629 / 0.629.
@@ -88,7 +109,7 @@ def test_default_build_covers_every_clip_with_distinct_tasks(world, built):
         others = [o for o in TASKS if o != task]
         expected = w[task] + sum(w[o] * w[task] / (1 - w[o]) for o in others)
         assert abs(counts[task] / TRAIN_CLIPS - expected) < 0.2, (task, counts)
-    assert len({r["template"] for r in rows if r["task"] == "subject"}) > 1   # templates drawn, not fixed
+    assert len({r["template"] for r in rows if r["task"] == "subject"}) > 1  # templates drawn, not fixed
     example = {e["task"]: e for e in built["examples"]}
     assert set(example) == set(TASKS)
     clip = "vid-" + example["prediction"]["id"].split("-")[2]
@@ -106,17 +127,25 @@ def test_draw_tasks_follows_the_mixture():
         included.update(picks)
     assert [first[i] / 20000 for i in range(3)] == pytest.approx([0.4, 0.3, 0.3], abs=0.015)
     assert [included[i] / 20000 for i in range(3)] == pytest.approx([0.743, 0.629, 0.629], abs=0.015)
-    assert draw_tasks(np.random.default_rng(0), [1.0, 0.0, 0.0], 2) == [0]   # only what is possible
+    assert draw_tasks(np.random.default_rng(0), [1.0, 0.0, 0.0], 2) == [0]  # only what is possible
 
 
 def test_instructions_and_sources_are_exact(world, tmp_path):
-    meta, rows = build(world, tmp_path / "ins.lance", templates=ONE_TEMPLATE_EACH, reference_images=[2, 2],
-                       context_frames=3)
-    memory = {i: m for i, m in enumerate(table_of(world.path("memory"), ["id", "doc_type", "subject_id",
-                                                                          "subject_split"], meta["memory_version"]))}
-    clips = {"train": table_of(world.path("videos"), ["id", "caption", "subject_id", "subject_split"],
-                               meta["videos_version"]),
-             "eval": table_of(world.path("eval_videos"), ["id", "caption", "subject_id", "subject_split"])}
+    meta, rows = build(
+        world, tmp_path / "ins.lance", templates=ONE_TEMPLATE_EACH, reference_images=[2, 2], context_frames=3
+    )
+    memory = {
+        i: m
+        for i, m in enumerate(
+            table_of(world.path("memory"), ["id", "doc_type", "subject_id", "subject_split"], meta["memory_version"])
+        )
+    }
+    clips = {
+        "train": table_of(
+            world.path("videos"), ["id", "caption", "subject_id", "subject_split"], meta["videos_version"]
+        ),
+        "eval": table_of(world.path("eval_videos"), ["id", "caption", "subject_id", "subject_split"]),
+    }
     assert meta["rows"] == len(rows) == TRAIN_CLIPS * 2 + EVAL_CLIPS * 3
     for r in rows:
         clip = clips[r["split"]][r["clip_row"]]
@@ -133,8 +162,9 @@ def test_instructions_and_sources_are_exact(world, tmp_path):
                 assert doc["subject_id"] == clip["subject_id"]
         elif r["task"] == "prediction":
             assert r["instruction"] == "<image><image><image> then " + r["caption"]
-            assert r["image_sources"] == [{"kind": "frame", "id": r["clip_id"], "row": r["clip_row"], "frame": f}
-                                          for f in range(3)]
+            assert r["image_sources"] == [
+                {"kind": "frame", "id": r["clip_id"], "row": r["clip_row"], "frame": f} for f in range(3)
+            ]
             assert r["context_frames"] == 3 and r["reference_source"] == ""
         else:
             assert r["instruction"] == r["caption"] and r["image_sources"] == [] and r["context_frames"] == 0
@@ -145,11 +175,12 @@ def test_instructions_and_sources_are_exact(world, tmp_path):
 
 
 def test_a_single_task_mixture_gives_only_that_task(world, tmp_path):
-    meta, rows = build(world, tmp_path / "ins.lance", samples_per_clip=1,
-                       mixture={"subject": 1, "prediction": 0, "text_to_video": 0})
+    meta, rows = build(
+        world, tmp_path / "ins.lance", samples_per_clip=1, mixture={"subject": 1, "prediction": 0, "text_to_video": 0}
+    )
     assert meta["tasks"]["train"] == {"subject": TRAIN_CLIPS, "prediction": 0, "text_to_video": 0}
     assert {r["task"] for r in rows if r["split"] == "train"} == {"subject"}
-    assert meta["tasks"]["eval"] == {t: EVAL_CLIPS for t in TASKS}   # evaluation: every task of every clip
+    assert meta["tasks"]["eval"] == {t: EVAL_CLIPS for t in TASKS}  # evaluation: every task of every clip
 
 
 def test_builds_are_deterministic(world, tmp_path):
@@ -162,8 +193,11 @@ def test_builds_are_deterministic(world, tmp_path):
     assert c["fingerprint"] != a["fingerprint"]
     provenance = json.loads(lance.dataset(str(tmp_path / "a.lance")).schema.metadata[b"provenance"])
     assert {k: provenance[k] for k in ("memory_version", "videos_version", "augmented_version", "seed")} == {
-        "memory_version": a["memory_version"], "videos_version": a["videos_version"],
-        "augmented_version": a["augmented_version"], "seed": 0}
+        "memory_version": a["memory_version"],
+        "videos_version": a["videos_version"],
+        "augmented_version": a["augmented_version"],
+        "seed": 0,
+    }
     assert provenance["params"]["samples_per_clip"] == 2 and provenance["params"]["context_frames"] == 2
 
 
@@ -171,8 +205,9 @@ def test_real_data_references_are_the_first_retrieved_documents(world, tmp_path)
     # A memory without ground truth (real data), same rows and version as the one retrieval ran against.
     memory = lance.dataset(str(world.path("memory"))).to_table()
     for name in GROUND_TRUTH_COLUMNS:
-        memory = memory.set_column(memory.schema.get_field_index(name), name,
-                                   pa.nulls(memory.num_rows, memory.schema.field(name).type))
+        memory = memory.set_column(
+            memory.schema.get_field_index(name), name, pa.nulls(memory.num_rows, memory.schema.field(name).type)
+        )
     real_memory = tmp_path / "memory.lance"
     assert lance.write_dataset(memory, str(real_memory)).version == 1
     # Clip 0 retrieved nothing: it keeps its rows, without the subject task, and is counted.
@@ -180,12 +215,13 @@ def test_real_data_references_are_the_first_retrieved_documents(world, tmp_path)
     assert {r["memory_version"] for r in augmented} == {1}
     augmented[0].update(memory_ids=[], memory_rows=[], scores=[], ranks=[], num_hits=0, flag="no_hit")
     aug_uri = tmp_path / "augmented.lance"
-    lance.write_dataset(pa.Table.from_pylist(augmented, schema=lance.dataset(str(world.path("augmented"))).schema),
-                        str(aug_uri))
+    lance.write_dataset(
+        pa.Table.from_pylist(augmented, schema=lance.dataset(str(world.path("augmented"))).schema), str(aug_uri)
+    )
     out = tmp_path / "ins.lance"
     meta, rows = build(world, out, memory=real_memory, augmented=aug_uri, templates=ONE_TEMPLATE_EACH)
 
-    assert meta["subject_unavailable"] == {"train": 1, "eval": EVAL_CLIPS}   # evaluation clips have no retrieval
+    assert meta["subject_unavailable"] == {"train": 1, "eval": EVAL_CLIPS}  # evaluation clips have no retrieval
     assert meta["rows"] == len(rows) == TRAIN_CLIPS * 2 + EVAL_CLIPS * 2
     assert sorted(r["task"] for r in rows if r["clip_id"] == "vid-0000000") == ["prediction", "text_to_video"]
     assert not [r for r in rows if r["split"] == "eval" and r["task"] == "subject"]
@@ -205,27 +241,46 @@ def test_real_data_references_are_the_first_retrieved_documents(world, tmp_path)
     assert report.success, report.to_text()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"mixture": {"subject": 1, "prediction": 1}}, "instructions.mixture is {'subject': 1, 'prediction': 1}; it must "
-                                                   "map exactly the tasks subject, prediction, text_to_video"),
-    ({"mixture": {"subject": 1, "prediction": -0.5, "text_to_video": 0}}, "instructions.mixture.prediction is -0.5"),
-    ({"mixture": {"subject": 0, "prediction": 0, "text_to_video": 0}}, "instructions.mixture .* weight > 0"),
-    ({"samples_per_clip": 4}, r"instructions.samples_per_clip is 4; it must be an integer in 1..3"),
-    ({"samples_per_clip": 2, "mixture": {"subject": 1, "prediction": 0, "text_to_video": 0}},
-     r"instructions.samples_per_clip is 2; it must be at most the number of tasks with weight > 0 .*\(1\)"),
-    ({"context_frames": 8}, r"instructions.context_frames is 8; it must be an integer in 1..7"),
-    ({"context_frames": 0}, r"instructions.context_frames is 0"),
-    ({"reference_images": [2, 1]}, r"instructions.reference_images is \[2, 1\]; it must be \[min, max\]"),
-    ({"reference_images": [0, 2]}, r"instructions.reference_images is \[0, 2\]"),
-    ({"templates": {**ONE_TEMPLATE_EACH, "subject": ["{images} alone"]}},
-     r"instructions.templates.subject\[0\] is '\{images\} alone'; it must contain \{caption\}"),
-    ({"templates": {**ONE_TEMPLATE_EACH, "prediction": ["{images}{images} {caption}"]}},
-     r"instructions.templates.prediction\[0\] .* exactly once"),
-    ({"templates": {**ONE_TEMPLATE_EACH, "text_to_video": ["<image> {caption}"]}},
-     r"instructions.templates.text_to_video\[0\] .* neither"),
-    ({"templates": {**ONE_TEMPLATE_EACH, "subject": []}},
-     r"instructions.templates.subject is \[\]; it must hold at least one template, since instructions.mixture.subject"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"mixture": {"subject": 1, "prediction": 1}},
+            "instructions.mixture is {'subject': 1, 'prediction': 1}; it must "
+            "map exactly the tasks subject, prediction, text_to_video",
+        ),
+        (
+            {"mixture": {"subject": 1, "prediction": -0.5, "text_to_video": 0}},
+            "instructions.mixture.prediction is -0.5",
+        ),
+        ({"mixture": {"subject": 0, "prediction": 0, "text_to_video": 0}}, "instructions.mixture .* weight > 0"),
+        ({"samples_per_clip": 4}, r"instructions.samples_per_clip is 4; it must be an integer in 1..3"),
+        (
+            {"samples_per_clip": 2, "mixture": {"subject": 1, "prediction": 0, "text_to_video": 0}},
+            r"instructions.samples_per_clip is 2; it must be at most the number of tasks with weight > 0 .*\(1\)",
+        ),
+        ({"context_frames": 8}, r"instructions.context_frames is 8; it must be an integer in 1..7"),
+        ({"context_frames": 0}, r"instructions.context_frames is 0"),
+        ({"reference_images": [2, 1]}, r"instructions.reference_images is \[2, 1\]; it must be \[min, max\]"),
+        ({"reference_images": [0, 2]}, r"instructions.reference_images is \[0, 2\]"),
+        (
+            {"templates": {**ONE_TEMPLATE_EACH, "subject": ["{images} alone"]}},
+            r"instructions.templates.subject\[0\] is '\{images\} alone'; it must contain \{caption\}",
+        ),
+        (
+            {"templates": {**ONE_TEMPLATE_EACH, "prediction": ["{images}{images} {caption}"]}},
+            r"instructions.templates.prediction\[0\] .* exactly once",
+        ),
+        (
+            {"templates": {**ONE_TEMPLATE_EACH, "text_to_video": ["<image> {caption}"]}},
+            r"instructions.templates.text_to_video\[0\] .* neither",
+        ),
+        (
+            {"templates": {**ONE_TEMPLATE_EACH, "subject": []}},
+            r"instructions.templates.subject is \[\]; it must hold at least one template, since instructions.mixture.subject",
+        ),
+    ],
+)
 def test_bad_params_are_named(change, message):
     params = load_params(REPO / "params.yaml")
     params["instructions"].update(change)
@@ -246,9 +301,9 @@ def test_suite_passes_and_names_what_is_wrong(world, built, tmp_path):
     table = lance.dataset(str(world.path("instructions"))).to_table()
     rows = table.to_pylist()
     subject = [i for i, r in enumerate(rows) if r["task"] == "subject"]
-    rows[subject[0]]["instruction"] += IMAGE_TOKEN                        # one placeholder too many
-    rows[subject[1]]["image_sources"][0]["id"] = "mem-9999999"           # not the document at that row
-    rows[subject[2]]["subject_split"] = "unseen"                         # an unseen subject in training
+    rows[subject[0]]["instruction"] += IMAGE_TOKEN  # one placeholder too many
+    rows[subject[1]]["image_sources"][0]["id"] = "mem-9999999"  # not the document at that row
+    rows[subject[2]]["subject_split"] = "unseen"  # an unseen subject in training
     bad = tmp_path / "tampered.lance"
     lance.write_dataset(pa.Table.from_pylist(rows, schema=table.schema), str(bad))
     report = validate_dataset(world, "instructions", bad)
@@ -262,12 +317,21 @@ def test_suite_passes_and_names_what_is_wrong(world, built, tmp_path):
 
 
 def test_cli_build_json(world, built):
-    env = {**os.environ, "VIMI_PARAMS": str(world.params_path), "VIMI_DATA_DIR": str(world.data_dir),
-           "VIMI_PROGRESS": "0"}
-    out = subprocess.run([sys.executable, "-m", "vimi", "instructions", "build", "--json"], capture_output=True,
-                         text=True, env=env, cwd=world.root)
+    env = {
+        **os.environ,
+        "VIMI_PARAMS": str(world.params_path),
+        "VIMI_DATA_DIR": str(world.data_dir),
+        "VIMI_PROGRESS": "0",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "vimi", "instructions", "build", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=world.root,
+    )
     assert out.returncode == 0, out.stderr
     meta = json.loads(out.stdout)
     assert meta["rows"] == built["rows"] and meta["version"] == built["version"] + 1
-    assert meta["fingerprint"] == built["fingerprint"]   # same seed, same rows, in another process
+    assert meta["fingerprint"] == built["fingerprint"]  # same seed, same rows, in another process
     assert meta["tasks"] == built["tasks"] and meta["examples"] == built["examples"]

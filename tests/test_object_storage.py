@@ -9,10 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import lance
-import pytest
 
 from tests.conftest import train_micro_pipeline, write_params
 from tests.test_ingest_memory import EXPECTED, photos, shards  # noqa: F401 (fixtures)
@@ -25,7 +23,6 @@ LANCE_DATASETS = ("memory", "videos", "eval_videos", "augmented", "instructions"
 
 def test_the_pipeline_with_its_lance_datasets_on_s3(project, s3, monkeypatch):
     import mlflow
-
     from vimi.pipeline import compact_datasets, evaluate_model, train_feature_network, validate_dataset
     from vimi.status import data_status
 
@@ -33,7 +30,7 @@ def test_the_pipeline_with_its_lance_datasets_on_s3(project, s3, monkeypatch):
     monkeypatch.setenv("VIMI_LANCE_URI", "s3://vimi-data/pipeline")
     settings = Settings.load()
     assert str(settings.path("memory")) == "s3://vimi-data/pipeline/memory.lance"
-    assert settings.path("bm25") == project / "data" / "bm25"          # Lucene needs a file system
+    assert settings.path("bm25") == project / "data" / "bm25"  # Lucene needs a file system
     stage1, stage2 = train_micro_pipeline(settings)
     for suite in ("memory", "videos", "eval_videos", "retrieval", "instructions"):
         assert validate_dataset(settings, suite).success, suite
@@ -42,7 +39,9 @@ def test_the_pipeline_with_its_lance_datasets_on_s3(project, s3, monkeypatch):
     assert 0 <= metrics["motion_accuracy"] <= 1 and metrics["videos"]
 
     # every dataset is in the bucket, none on local disk; the index and catalog are local
-    stored = {o["Key"].split("/")[1] for o in client.list_objects_v2(Bucket="vimi-data", Prefix="pipeline/")["Contents"]}
+    stored = {
+        o["Key"].split("/")[1] for o in client.list_objects_v2(Bucket="vimi-data", Prefix="pipeline/")["Contents"]
+    }
     assert {f"{name}.lance" for name in LANCE_DATASETS} <= stored
     assert not list((project / "data").glob("*.lance"))
     assert (project / "data" / "bm25" / "vimi_index.json").is_file()
@@ -61,31 +60,53 @@ def test_the_pipeline_with_its_lance_datasets_on_s3(project, s3, monkeypatch):
     augment_videos(settings)
     pruned = compact_datasets(settings, ["augmented"], prune=True)["augmented"]
     assert pruned["versions_kept"] == [1, 2] and pruned["files"] <= pruned["files_before"]
-    out = subprocess.run([sys.executable, "-m", "vimi", "status"], capture_output=True, text=True,
-                         env=dict(os.environ), cwd=project)
+    out = subprocess.run(
+        [sys.executable, "-m", "vimi", "status"], capture_output=True, text=True, env=dict(os.environ), cwd=project
+    )
     assert out.returncode == 0 and "augmented: 24 rows, version 2" in out.stdout, out.stderr[-2000:]
 
 
-def test_ingest_into_a_memory_on_s3_counts_and_quarantines_there(project, s3, shards, monkeypatch):
+def test_ingest_into_a_memory_on_s3_counts_and_quarantines_there(project, s3, shards, monkeypatch):  # noqa: F811
     monkeypatch.setenv("VIMI_LANCE_URI", "s3://vimi-data/ingest")
 
     def ingest(*sources: str, prefix: str = "") -> dict:
-        out = subprocess.run([sys.executable, "-m", "vimi", "memory", "ingest", "--format", "webdataset", *sources,
-                              "--id-prefix", prefix, "--json"], capture_output=True, text=True, env=dict(os.environ),
-                             cwd=project)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vimi",
+                "memory",
+                "ingest",
+                "--format",
+                "webdataset",
+                *sources,
+                "--id-prefix",
+                prefix,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            cwd=project,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout)
 
     first = ingest(str(shards / "{00000..00001}.tar"))
-    Settings.load()            # this process reads the bucket below: the same endpoint set-up as vimi's
+    Settings.load()  # this process reads the bucket below: the same endpoint set-up as vimi's
     assert first["ingested"] == 5 and first["quarantined"] == EXPECTED and first["version"] == 1
     memory = lance.dataset("s3://vimi-data/ingest/memory.lance")
     assert sorted(memory.to_table(columns=["id"]).column("id").to_pylist()) == [
-        "000000", "000001", "000002", "000007", "000009"]
+        "000000",
+        "000001",
+        "000002",
+        "000007",
+        "000009",
+    ]
     quarantine = lance.dataset("s3://vimi-data/ingest/quarantine.lance").to_table().to_pylist()
     assert len(quarantine) == sum(EXPECTED.values())
     assert {q["dataset"] for q in quarantine} == {"s3://vimi-data/ingest/memory.lance"}
-    again = ingest(str(shards / "00001.tar"), prefix="b/")          # an append: one more version on S3
+    again = ingest(str(shards / "00001.tar"), prefix="b/")  # an append: one more version on S3
     assert again["ingested"] == 3 and again["version"] == 2
     assert lance.dataset("s3://vimi-data/ingest/memory.lance", version=1).count_rows() == 5
     assert not list((project / "data").glob("*.lance"))
@@ -115,7 +136,7 @@ def test_dvc_push_and_pull_of_a_lance_dataset_through_s3(tmp_path, s3):
     run(dvc_binary(), "push", "-q")
     stored = [o["Key"] for o in client.list_objects_v2(Bucket="vimi-data", Prefix="dvc/").get("Contents", [])]
     files = [p for p in memory.rglob("*") if p.is_file()]
-    assert len(stored) == len(files) + 1                     # every file of the dataset, and the .dir listing
+    assert len(stored) == len(files) + 1  # every file of the dataset, and the .dir listing
 
     shutil.rmtree(memory)
     shutil.rmtree(root / ".dvc" / "cache")
@@ -124,26 +145,35 @@ def test_dvc_push_and_pull_of_a_lance_dataset_through_s3(tmp_path, s3):
     assert "in sync" in run(dvc_binary(), "status", "-c")
 
 
-
 def test_dagster_materializes_the_data_assets_into_s3(project, s3):
     import dagster as dg
 
     from orchestration import assets, checks
     from orchestration.resources import VimiSettings
 
-    resource = VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(project / "data"),
-                            lance_uri="s3://vimi-data/dagster")
-    result = dg.materialize([*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
-                            resources={"vimi": resource}, selection="*instruction_dataset", raise_on_error=False)
+    resource = VimiSettings(
+        params_path=str(project / "params.yaml"), data_dir=str(project / "data"), lance_uri="s3://vimi-data/dagster"
+    )
+    result = dg.materialize(
+        [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
+        resources={"vimi": resource},
+        selection="*instruction_dataset",
+        raise_on_error=False,
+    )
     assert result.success
-    mats = {e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
-            for e in result.get_asset_materialization_events()}
+    mats = {
+        e.event_specific_data.materialization.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
     assert mats["image_text_memory"]["path"].value == "s3://vimi-data/dagster/memory.lance"
     assert mats["image_text_memory"]["dagster/row_count"].value == 240
     assert mats["augmented_video_dataset"]["dagster/row_count"].value == 24
     assert mats["instruction_dataset"]["path"].value == "s3://vimi-data/dagster/instructions.lance"
-    checks_run = {e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
-                  for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    checks_run = {
+        e.asset_check_evaluation_data.check_name: e.asset_check_evaluation_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
     assert checks_run and all(checks_run.values())
     assert not list((project / "data").glob("*.lance"))
 
@@ -153,15 +183,32 @@ def test_an_unreachable_object_store_is_one_clear_line(project, s3, monkeypatch)
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]             # nothing listens here once the socket closes
-    env = dict(os.environ) | {"VIMI_LANCE_URI": "s3://vimi-data/x", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                              "AWS_EC2_METADATA_DISABLED": "true"}
-    out = subprocess.run([sys.executable, "-m", "vimi", "train", "align"], capture_output=True, text=True, env=env,
-                         cwd=project, timeout=300)
+        port = closed.getsockname()[1]  # nothing listens here once the socket closes
+    env = dict(os.environ) | {
+        "VIMI_LANCE_URI": "s3://vimi-data/x",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "vimi", "train", "align"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=300,
+    )
     assert out.returncode != 0
-    assert out.stderr.startswith("error: cannot reach s3://vimi-data/x/memory.lance: ") and "Traceback" not in out.stderr
+    assert (
+        out.stderr.startswith("error: cannot reach s3://vimi-data/x/memory.lance: ") and "Traceback" not in out.stderr
+    )
     # a bucket that is there but holds no memory yet: the usual hint
     env["AWS_ENDPOINT_URL"] = s3[0]
-    out = subprocess.run([sys.executable, "-m", "vimi", "train", "align"], capture_output=True, text=True, env=env,
-                         cwd=project, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "vimi", "train", "align"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=project,
+        timeout=300,
+    )
     assert out.returncode != 0 and "No image-text memory at s3://vimi-data/x/memory.lance" in out.stderr

@@ -16,9 +16,23 @@ from orchestration.resources import VimiSettings
 from tests.conftest import REPO, write_params
 from vimi.config import Settings
 
-ASSETS = {"spriteworld", "image_text_memory", "video_corpus", "eval_video_corpus", "bm25_index",
-          "augmented_video_dataset", "image_encoder", "stage1_model", "instruction_dataset", "stage2_model",
-          "feature_network", "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"}
+ASSETS = {
+    "spriteworld",
+    "image_text_memory",
+    "video_corpus",
+    "eval_video_corpus",
+    "bm25_index",
+    "augmented_video_dataset",
+    "image_encoder",
+    "stage1_model",
+    "instruction_dataset",
+    "stage2_model",
+    "feature_network",
+    "spriteworld_metrics",
+    "ucf101_metrics",
+    "champion_model",
+    "report",
+}
 CHECKS = {"memory_suite", "videos_suite", "eval_videos_suite", "retrieval_quality", "instructions_suite"}
 
 
@@ -37,21 +51,30 @@ def test_definitions_hold_the_graph():
     stage2 = graph.get(dg.AssetKey("stage2_model"))
     assert {p.to_user_string() for p in stage2.parent_keys} == {"stage1_model", "instruction_dataset"}
     instructions = graph.get(dg.AssetKey("instruction_dataset"))
-    assert {p.to_user_string() for p in instructions.parent_keys} == {"augmented_video_dataset", "eval_video_corpus",
-                                                                        "image_text_memory"}
+    assert {p.to_user_string() for p in instructions.parent_keys} == {
+        "augmented_video_dataset",
+        "eval_video_corpus",
+        "image_text_memory",
+    }
     assert {p.to_user_string() for p in graph.get(dg.AssetKey("champion_model")).parent_keys} == {
-        "spriteworld_metrics", "ucf101_metrics"}
+        "spriteworld_metrics",
+        "ucf101_metrics",
+    }
     assert graph.get(dg.AssetKey("ucf101_metrics")).parent_keys == {dg.AssetKey("stage2_model")}
     metrics = graph.get(dg.AssetKey("spriteworld_metrics"))
-    assert {p.to_user_string() for p in metrics.parent_keys} == {"stage2_model", "feature_network",
-                                                                   "instruction_dataset"}
+    assert {p.to_user_string() for p in metrics.parent_keys} == {
+        "stage2_model",
+        "feature_network",
+        "instruction_dataset",
+    }
 
 
 def materialize(project, extra=(), **resource):
     return dg.materialize(
         [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks]), *extra],
-        resources={"vimi": VimiSettings(params_path=str(project / "params.yaml"),
-                                        data_dir=str(project / "data"), **resource)},
+        resources={
+            "vimi": VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(project / "data"), **resource)
+        },
         raise_on_error=False,
     )
 
@@ -82,7 +105,7 @@ def test_materialize_in_process(project):
     assert (project / "models" / "stage1" / "model_index.json").is_file()
     assert 0 <= mats["image_encoder"]["caption_top1"].value <= 1
     instructions = mats["instruction_dataset"]
-    assert instructions["dagster/row_count"].value == 24 * 2 + 8 * 3      # train: 2 per clip; eval: all 3 tasks
+    assert instructions["dagster/row_count"].value == 24 * 2 + 8 * 3  # train: 2 per clip; eval: all 3 tasks
     assert sum(instructions["tasks"].value["train"].values()) == 48
     assert "<image>" in instructions["examples"].value
     stage2 = mats["stage2_model"]
@@ -93,8 +116,11 @@ def test_materialize_in_process(project):
     assert champion["promoted"].value and champion["champion_version"].value == "1"
     metrics = mats["spriteworld_metrics"]
     assert metrics["fvd_syn"].value >= 0 and 0 <= metrics["motion_accuracy"].value <= 1
-    assert metrics["model_version"].value == "1" and metrics["videos"].value == {"prediction": 3, "subject": 3,
-                                                                                  "text_to_video": 3}
+    assert metrics["model_version"].value == "1" and metrics["videos"].value == {
+        "prediction": 3,
+        "subject": 3,
+        "text_to_video": 3,
+    }
     assert 0 <= mats["feature_network"]["eval_action_accuracy"].value <= 1
     # UCF101 is not shipped: unconfigured, the asset says what to set and evaluates nothing.
     assert mats["ucf101_metrics"]["configured"].value is False
@@ -105,11 +131,19 @@ def test_materialize_in_process(project):
     # stage 2's and stage 1's samples, and unseen subjects with and without their reference image
     assert mats["report"]["sample_videos"].value == 3 and mats["report"]["mlflow_run"].url
     assert "the clip generated with it" in page
-    for section in ("Datasets", "Retrieved examples", "Sample videos", "Loss curves", "Metrics", "Registry", "Ablation"):
+    for section in (
+        "Datasets",
+        "Retrieved examples",
+        "Sample videos",
+        "Loss curves",
+        "Metrics",
+        "Registry",
+        "Ablation",
+    ):
         assert f"<h2>{section}</h2>" in page
     assert page.count('src="data:image/gif;base64,') == 3 and 'src="data:image/png;base64,' in page
     assert "fvd_syn" in page and "http" not in page.replace("http://127.0.0.1", "") and "<script" not in page
-    caption = augmented["examples"].value.split("**")[1]             # a clip's caption with its retrieved images
+    caption = augmented["examples"].value.split("**")[1]  # a clip's caption with its retrieved images
     assert caption in page
     evaluations = result.get_asset_check_evaluations()
     assert {e.check_name for e in evaluations} == CHECKS
@@ -141,15 +175,19 @@ def test_memory_from_configured_sources(project, tmp_path):
                 info = tarfile.TarInfo(f"{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    write_params(project, data={"memory_sources": [{"format": "webdataset", "source": str(shard)}],
-                                "video_sources": []})
+    write_params(
+        project, data={"memory_sources": [{"format": "webdataset", "source": str(shard)}], "video_sources": []}
+    )
     result = dg.materialize(
         [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
         resources={"vimi": VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(project / "data"))},
         selection=["spriteworld", "image_text_memory"],
     )
-    memory = [e.event_specific_data.materialization for e in result.get_asset_materialization_events()
-              if e.asset_key == dg.AssetKey("image_text_memory")][0]
+    memory = [
+        e.event_specific_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("image_text_memory")
+    ][0]
     assert memory.metadata["dagster/row_count"].value == 7
     assert memory.metadata["source"].value == "ingest"
 
@@ -171,8 +209,14 @@ def test_dagster_cli_materializes_everything(project, tmp_path):
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), DAGSTER_DISABLE_TELEMETRY="1")
     (tmp_path / "dagster_home").mkdir()
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    out = subprocess.run([dagster, "asset", "materialize", "-m", "orchestration.definitions", "--select", "*"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [dagster, "asset", "materialize", "-m", "orchestration.definitions", "--select", "*"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "RUN_SUCCESS" in out.stderr
     for check in CHECKS:
@@ -183,11 +227,25 @@ def test_dagster_cli_materializes_everything(project, tmp_path):
     # reads it and everything downstream of it.
     assert stale_assets(env) == set()
     write_params(project, stage1={"lr": 0.002})
-    assert stale_assets(env) == {"stage1_model", "stage2_model", "spriteworld_metrics", "ucf101_metrics",
-                                 "champion_model", "report"}
+    assert stale_assets(env) == {
+        "stage1_model",
+        "stage2_model",
+        "spriteworld_metrics",
+        "ucf101_metrics",
+        "champion_model",
+        "report",
+    }
     write_params(project, retrieval={"k": 3})
-    assert stale_assets(env) == {"augmented_video_dataset", "stage1_model", "instruction_dataset", "stage2_model",
-                                 "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"}
+    assert stale_assets(env) == {
+        "augmented_video_dataset",
+        "stage1_model",
+        "instruction_dataset",
+        "stage2_model",
+        "spriteworld_metrics",
+        "ucf101_metrics",
+        "champion_model",
+        "report",
+    }
 
 
 STALE_SCRIPT = """
@@ -202,8 +260,9 @@ print(json.dumps({k.to_user_string(): resolver.get_status(k).value for k in keys
 
 def stale_assets(env: dict) -> set[str]:
     """What the Dagster UI shows as stale, read in a fresh process (the definitions as loaded now)."""
-    out = subprocess.run([sys.executable, "-c", STALE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", STALE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     status = json.loads(out.stdout.strip().splitlines()[-1])
     assert set(status) == ASSETS and "MISSING" not in status.values(), status
@@ -220,7 +279,7 @@ def test_code_versions_follow_the_params_dvc_stages_read():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert set(ASSET_PARAMS) == ASSETS == set(UPSTREAM) == set(stages)
     for asset in ASSETS:
-        listed = [p for p in stages[asset].get("params", []) if p != "profiles"]   # merged into the profile's values
+        listed = [p for p in stages[asset].get("params", []) if p != "profiles"]  # merged into the profile's values
         assert sorted(ASSET_PARAMS[asset]) == sorted(listed), asset
     graph = defs.resolve_asset_graph()
     for asset in ASSETS:
@@ -243,25 +302,28 @@ def test_one_step_map_drives_both_drivers():
     assert (REPO / "dvc.yaml").read_text() == dvc_yaml(), "dvc.yaml is stale: run `make dvc.yaml`"
     assert (REPO / "docs" / "lineage.svg").read_text() == lineage_svg(), "run `vimi lineage-svg`"
     readme = (REPO / "README.md").read_text()
-    for step in STEPS:      # the README's table of steps is the map's
+    for step in STEPS:  # the README's table of steps is the map's
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{step.name}` |")), "")
         assert f"| `{step.plain_command}`" in row and all(f"`{path}`" in row for path in step.data_outs), step.name
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert list(stages) == [step.name for step in STEPS]
     names = {step.name for step in STEPS}
     for i, step in enumerate(STEPS):
-        assert set(step.upstream) <= {s.name for s in STEPS[:i]}, step.name      # listed after what it needs
+        assert set(step.upstream) <= {s.name for s in STEPS[:i]}, step.name  # listed after what it needs
         deps = set(stages[step.name].get("deps", []))
         for parent in step.upstream:
             assert {o.path for o in STEP[parent].all_outs} <= deps, (step.name, parent)
-        outs = {next(iter(o)) if isinstance(o, dict) else o
-                for o in stages[step.name].get("outs", []) + stages[step.name].get("metrics", [])}
+        outs = {
+            next(iter(o)) if isinstance(o, dict) else o
+            for o in stages[step.name].get("outs", []) + stages[step.name].get("metrics", [])
+        }
         assert outs == {o.path for o in step.all_outs}, step.name
         assert getattr(pipeline, step.function.__name__) is step.function, step.name
     assert names == ASSETS
     graph = defs.resolve_asset_graph()
     assert {key.name: key.asset_key.to_user_string() for key in graph.asset_check_keys} == {
-        step.suite.check: step.name for step in STEPS if step.suite}
+        step.suite.check: step.name for step in STEPS if step.suite
+    }
     from orchestration.checks import SUITE_CHECKS
 
     assert all(spec.blocking for check in SUITE_CHECKS for spec in check.check_specs)
@@ -276,8 +338,12 @@ def test_one_step_map_drives_both_drivers():
         out = runner.invoke(cli.app, step.command.split() + ["--help"])
         assert out.exit_code == 0, (step.command, out.output)
         source = ast.parse(inspect.getsource(command.callback).lstrip())
-        imported = {alias.name for node in ast.walk(source) if isinstance(node, ast.ImportFrom)
-                    and node.module == "vimi.pipeline" for alias in node.names}
+        imported = {
+            alias.name
+            for node in ast.walk(source)
+            if isinstance(node, ast.ImportFrom) and node.module == "vimi.pipeline"
+            for alias in node.names
+        }
         assert step.function.__name__ in imported, (step.command, imported)
 
 
@@ -291,10 +357,18 @@ def test_retraining_schedule_and_jobs():
     assert schedule.execution_timezone == ops["timezone"] and schedule.job_name == "retraining"
     retraining = defs.resolve_job_def("retraining")
     assert {k.to_user_string() for k in retraining.asset_layer.executable_asset_keys} == {
-        "stage1_model", "stage2_model", "spriteworld_metrics", "ucf101_metrics", "champion_model", "report"}
+        "stage1_model",
+        "stage2_model",
+        "spriteworld_metrics",
+        "ucf101_metrics",
+        "champion_model",
+        "report",
+    }
     retrieval = defs.resolve_job_def("retrieval")
     assert {k.to_user_string() for k in retrieval.asset_layer.executable_asset_keys} == {
-        "bm25_index", "augmented_video_dataset"}
+        "bm25_index",
+        "augmented_video_dataset",
+    }
     sensor = defs.get_sensor_def("new_memory_version")
     assert sensor.job_name == "retrieval" and sensor.minimum_interval_seconds == ops["memory_sensor_interval_s"]
 
@@ -315,11 +389,14 @@ def test_memory_sensor_requests_retrieval_once_per_new_version(project):
     first = tick()
     assert isinstance(first, dg.RunRequest) and first.run_key == "memory-v1"
     assert first.tags["vimi/index_memory_version"] == "None"
-    job = dg.materialize([*dg.load_assets_from_modules([assets])], resources={"vimi": resource},
-                         selection=["bm25_index", "augmented_video_dataset"])
+    job = dg.materialize(
+        [*dg.load_assets_from_modules([assets])],
+        resources={"vimi": resource},
+        selection=["bm25_index", "augmented_video_dataset"],
+    )
     assert job.success
     assert isinstance(tick(), dg.SkipReason)
-    generate_world(settings, parts=("memory",))                     # a new memory version: 2
+    generate_world(settings, parts=("memory",))  # a new memory version: 2
     second = tick()
     assert isinstance(second, dg.RunRequest) and second.run_key == "memory-v2"
     assert second.tags == {"vimi/memory_version": "2", "vimi/index_memory_version": "1"}
@@ -332,6 +409,7 @@ def test_executor_is_chosen_by_configuration(monkeypatch):
     monkeypatch.delenv("VIMI_DAGSTER_EXECUTOR", raising=False)
     monkeypatch.delenv("VIMI_DAGSTER_MAX_CONCURRENT", raising=False)
     default = configured_executor()
+
     def concurrent(executor) -> int:
         return executor.config_schema.resolve_config({}).value["config"]["max_concurrent"]
 
@@ -343,7 +421,7 @@ def test_executor_is_chosen_by_configuration(monkeypatch):
     for kind, requirement in (("celery", "dagster-celery==0.29.28"), ("k8s", "dagster-k8s==0.29.28")):
         monkeypatch.setenv("VIMI_DAGSTER_EXECUTOR", kind)
         try:
-            assert configured_executor().name in ("celery", "k8s")       # where the integration is installed
+            assert configured_executor().name in ("celery", "k8s")  # where the integration is installed
         except VimiError as exc:
             assert requirement in str(exc) and "docs/scaling.md" in str(exc)
     monkeypatch.setenv("VIMI_DAGSTER_EXECUTOR", "threads")
@@ -359,9 +437,15 @@ def test_resource_configures_paths_and_tracking_per_environment(project, tmp_pat
     from vimi.tracking import tracking_uri
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
-    resource = VimiSettings(params_path=str(project / "params.yaml"), data_dir=str(tmp_path / "prod-data"),
-                            mlflow_tracking_uri=f"sqlite:///{tmp_path / 'prod.db'}")
+    resource = VimiSettings(
+        params_path=str(project / "params.yaml"),
+        data_dir=str(tmp_path / "prod-data"),
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'prod.db'}",
+    )
     settings = resource.load()
-    assert settings.data_dir == tmp_path / "prod-data" and settings.path("memory") == tmp_path / "prod-data" / "memory.lance"
+    assert (
+        settings.data_dir == tmp_path / "prod-data"
+        and settings.path("memory") == tmp_path / "prod-data" / "memory.lance"
+    )
     assert tracking_uri(settings) == f"sqlite:///{tmp_path / 'prod.db'}"
     assert tracking_uri(VimiSettings(params_path=str(project / "params.yaml")).load()) == "sqlite:///elsewhere.db"

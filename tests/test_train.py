@@ -22,11 +22,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.conftest import MICRO_WORLD, write_params
 from vimi.config import Settings
 from vimi.errors import VimiError
 from vimi.io.video import decode_container
 from vimi.pipeline import align_image_encoder, augment_videos, build_bm25_index, generate_world, train_stage1
-from tests.conftest import MICRO_WORLD, write_params
 
 VIMI = [sys.executable, "-m", "vimi"]
 
@@ -56,6 +56,7 @@ def _set(project: Path, **sections) -> Settings:
 
 # ---- the multimodal encoder ---------------------------------------------------------------------
 
+
 def test_placeholder_count_must_match_images(trained):
     from vimi.models.encoder import interleave
     from vimi.models.pipeline import load_pipeline
@@ -82,7 +83,7 @@ def test_image_tokens_sit_where_the_placeholders_stand(trained):
     assert lengths == [1 + len(words[0]) + n_img + len(words[1]) + 1]
     start = 1 + len(words[0])
     expected = enc.image_tokens([image])[0]
-    assert torch.allclose(embeds[0, start:start + n_img], expected)
+    assert torch.allclose(embeds[0, start : start + n_img], expected)
     table = pipe.language_model.get_input_embeddings().weight
     assert torch.equal(embeds[0, 0], table[pipe.tokenizer.cls_token_id])
     assert torch.equal(embeds[0, start + n_img], table[words[1][0]])
@@ -108,20 +109,21 @@ def test_real_clips_are_fitted_to_the_training_shape():
     from tests.conftest import real_clip_frames
     from vimi.data.clips import fit_clip
 
-    clip = real_clip_frames("bikes", frames=16, max_side=96)            # 16 × 41 × 96 × 3, a real video
+    clip = real_clip_frames("bikes", frames=16, max_side=96)  # 16 × 41 × 96 × 3, a real video
     fitted = fit_clip(clip, 8, 16)
     assert fitted.shape == (8, 16, 16, 3) and fitted.dtype == np.uint8
     h, w = clip.shape[1:3]
-    left = (w - h) // 2                                                 # centre square crop
+    left = (w - h) // 2  # centre square crop
     from PIL import Image
 
-    expected_last = np.asarray(Image.fromarray(clip[15][:, left:left + h]).resize((16, 16), Image.Resampling.BICUBIC))
-    assert np.array_equal(fitted[-1], expected_last)                    # frames 0, 2, 4, ..., 15: evenly spread
-    short = fit_clip(clip[:3], 8, 16)                                   # too short: the last frame repeats
+    expected_last = np.asarray(Image.fromarray(clip[15][:, left : left + h]).resize((16, 16), Image.Resampling.BICUBIC))
+    assert np.array_equal(fitted[-1], expected_last)  # frames 0, 2, 4, ..., 15: evenly spread
+    short = fit_clip(clip[:3], 8, 16)  # too short: the last frame repeats
     assert np.array_equal(short[3], short[7]) and not np.array_equal(short[0], short[2])
 
 
 # ---- the pipeline -------------------------------------------------------------------------------
+
 
 def test_save_and_load_give_identical_samples(trained, tmp_path):
     from vimi.models.pipeline import load_pipeline, save_videos
@@ -145,6 +147,7 @@ def test_save_and_load_give_identical_samples(trained, tmp_path):
 
 # ---- training -----------------------------------------------------------------------------------
 
+
 def _fixed_loss(settings: Settings, transformer, timesteps=(50, 200, 400, 600, 800, 950)) -> float:
     """v-prediction MSE on every training clip at fixed timesteps and noise, full prompts."""
     from vimi.models.denoiser import denoise
@@ -153,7 +156,9 @@ def _fixed_loss(settings: Settings, transformer, timesteps=(50, 200, 400, 600, 8
     from vimi.train.stage1 import Stage1Task, noise_schedulers
 
     pipe = load_pipeline(settings.model_path("stage1"))
-    task = Stage1Task(settings.params, settings.path("augmented"), settings.path("videos"), settings.model_path("encoder"))
+    task = Stage1Task(
+        settings.params, settings.path("augmented"), settings.path("videos"), settings.model_path("encoder")
+    )
     batch = task.dataset.__getitems__(list(range(len(task.dataset))))
     prompts = [stage1_prompt(c, i, d) for c, i, d in zip(batch.captions, batch.doc_images, batch.doc_captions)]
     context = pipe.encode(prompts)
@@ -175,11 +180,24 @@ def test_overfits_a_handful_of_clips(project):
     from vimi.models.pipeline import load_pipeline
 
     # The Wan denoiser predicting v (the former default; tests/test_overfit.py holds the default recipe).
-    write_params(project, world={**MICRO_WORLD, "train_clips": 4}, model={"denoiser": DENOISER_DEFAULTS},
-                 diffusion={"prediction_type": "v_prediction"},
-                 stage1={"steps": 150, "batch_size": 4, "lr": 0.002, "warmup_steps": 5, "cfg_dropout": 0.0,
-                         "doc_dropout": 0.0, "log_every": 10, "sample_every": 0, "checkpoint_every": 100,
-                         "ema_decay": 0.9})
+    write_params(
+        project,
+        world={**MICRO_WORLD, "train_clips": 4},
+        model={"denoiser": DENOISER_DEFAULTS},
+        diffusion={"prediction_type": "v_prediction"},
+        stage1={
+            "steps": 150,
+            "batch_size": 4,
+            "lr": 0.002,
+            "warmup_steps": 5,
+            "cfg_dropout": 0.0,
+            "doc_dropout": 0.0,
+            "log_every": 10,
+            "sample_every": 0,
+            "checkpoint_every": 100,
+            "ema_decay": 0.9,
+        },
+    )
     settings = _prepare(Settings.load())
     train_stage1(settings)
     torch.manual_seed(0)
@@ -207,11 +225,16 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     first_curve = (settings.model_path("stage1") / "loss.csv").read_text()
 
     ckpt = settings.model_path(".checkpoints") / "stage1"
-    proc = subprocess.Popen(VIMI + ["train", "stage1", "--fresh"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        VIMI + ["train", "stage1", "--fresh"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
 
-    def reached_step_8_of_the_new_run() -> bool:   # the finished run's checkpoints are there until it starts
+    def reached_step_8_of_the_new_run() -> bool:  # the finished run's checkpoints are there until it starts
         state = ckpt / "step-0000008" / "state.json"
         return state.exists() and json.loads(state.read_text())["run_id"] != first_run
 
@@ -228,7 +251,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     assert out.returncode == 0, out.stderr[-2000:]
     meta = json.loads(out.stdout)
     assert meta["resumed_from"].endswith(("step-0000008", "step-0000012"))
-    assert meta["run_id"] == killed_run["run_id"] != first_run          # the same MLflow run, continued
+    assert meta["run_id"] == killed_run["run_id"] != first_run  # the same MLflow run, continued
     resumed = _weights(settings.model_path("stage1"))
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
@@ -248,7 +271,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     # the resume found the run orphaned (its process gone), closed it, then reopened and finished it
     assert run.info.status == "FINISHED" and run.data.tags["vimi.resumed"] == "true"
     assert run.data.tags["vimi.orphaned"].startswith(f"process {proc.pid} on ")
-    assert run.data.tags["vimi.pid"] != str(proc.pid)                    # the resuming process holds it now
+    assert run.data.tags["vimi.pid"] != str(proc.pid)  # the resuming process holds it now
 
     # Nothing left to resume now: --resume says so in one sentence.
     again = subprocess.run(VIMI + ["train", "stage1", "--resume"], env=env, capture_output=True, text=True)
@@ -256,11 +279,24 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(project):
-    write_params(project, stage1={"steps": 30, "lr": 1e30, "warmup_steps": 0, "lr_schedule": "constant",
-                                  "checkpoint_every": 1, "max_grad_norm": 1e30, "sample_every": 0})
+    write_params(
+        project,
+        stage1={
+            "steps": 30,
+            "lr": 1e30,
+            "warmup_steps": 0,
+            "lr_schedule": "constant",
+            "checkpoint_every": 1,
+            "max_grad_norm": 1e30,
+            "sample_every": 0,
+        },
+    )
     settings = _prepare(Settings.load())
-    with pytest.raises(VimiError, match=r"diverged: the loss is (nan|inf) at step (\d+); the last good checkpoint "
-                                        r"\(step-\d+\) is kept") as err:
+    with pytest.raises(
+        VimiError,
+        match=r"diverged: the loss is (nan|inf) at step (\d+); the last good checkpoint "
+        r"\(step-\d+\) is kept",
+    ) as err:
         train_stage1(settings)
     ckpt = settings.model_path(".checkpoints") / "stage1"
     step = int(err.value.args[0].split(" at step ")[1].split(";")[0])
@@ -268,7 +304,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(project):
     assert kept and kept[-1] == f"step-{step - 1:07d}"
     weights = load_file(ckpt / kept[-1] / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
-    assert not settings.model_path("stage1").exists()       # no half-written pipeline
+    assert not settings.model_path("stage1").exists()  # no half-written pipeline
     import mlflow
 
     run_id = json.loads((ckpt / "run.json").read_text())["run_id"]
@@ -283,8 +319,11 @@ def test_a_retrieved_id_missing_from_the_memory_is_named(project, settings):
     ids = table.column("memory_ids").to_pylist()
     ids[0] = ["mem-gone-0"] + ids[0][1:]
     ids = [[f"mem-gone-{i}"] + row[1:] for i, row in enumerate(ids)]
-    table = table.set_column(table.schema.get_field_index("memory_ids"), "memory_ids",
-                             pa.array(ids, type=table.schema.field("memory_ids").type))
+    table = table.set_column(
+        table.schema.get_field_index("memory_ids"),
+        "memory_ids",
+        pa.array(ids, type=table.schema.field("memory_ids").type),
+    )
     lance.write_dataset(table, uri, mode="overwrite")
     with pytest.raises(VimiError, match=r"retrieved memory document 'mem-gone-\d+' \(row \d+\), which is missing"):
         train_stage1(settings)
@@ -300,12 +339,15 @@ def test_mlflow_run_holds_params_metrics_inputs_and_artifacts(trained):
     assert mlflow.get_experiment(run.info.experiment_id).name == "vimi-stage1"
     params = run.data.params
     assert params["stage1.batch_size"] == "4" and params["retrieval.k"] == "4"
-    assert params["model.denoiser.type"] == "frame_stack_unet" and params["model.denoiser.block_out_channels"] == "[16, 32]"
+    assert (
+        params["model.denoiser.type"] == "frame_stack_unet"
+        and params["model.denoiser.block_out_channels"] == "[16, 32]"
+    )
     assert params["diffusion.prediction_type"] == "sample"
     for key in ("loss", "lr", "grad_norm", "clips_per_s", "final_loss"):
         assert key in run.data.metrics, key
     assert any(k.startswith("system/") for k in run.data.metrics)
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3          # every 2 of 6 steps
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 3  # every 2 of 6 steps
     inputs = {d.dataset.name.split("@")[0]: d.dataset for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"augmented", "videos", "memory"}
     assert inputs["augmented"].name == f"augmented@v{lance.dataset(str(trained.path('augmented'))).version}"

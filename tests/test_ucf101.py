@@ -15,8 +15,7 @@ from tests.conftest import real_clip_frames
 from vimi.errors import VimiError
 from vimi.evaluation.c3d import C3D, c3d_inputs, convert_c3d_to_safetensors, load_c3d, read_c3d_weights
 from vimi.evaluation.inception import classifier_probs, inception_score
-from vimi.evaluation.ucf101 import (UCF101, _resize, class_prompts, official_classes, read_prompts,
-                                    split_camel_case)
+from vimi.evaluation.ucf101 import UCF101, _resize, class_prompts, official_classes, read_prompts, split_camel_case
 from vimi.io.video import decode_container, write_video
 
 CLASSES = ["Biking", "PlayingCello", "Typing"]
@@ -50,7 +49,7 @@ def layout(tmp_path_factory) -> dict:
     train, test = [], []
     for label, cls in enumerate(CLASSES, 1):
         for k, (group, clip) in enumerate([(8, 1), (8, 2), (9, 1)]):
-            train.append((put(cls, group, clip, sources[cls][k * 5:k * 5 + 20]), label))
+            train.append((put(cls, group, clip, sources[cls][k * 5 : k * 5 + 20]), label))
         test.append(put(cls, 1, 1, sources[cls][20:40]))
     test.append(put("PlayingCello", 2, 1, sources["PlayingCello"][:10]))  # too short for 16 frames
     garbage = "Typing/v_Typing_g02_c01.avi"
@@ -60,19 +59,30 @@ def layout(tmp_path_factory) -> dict:
     (splits / "classInd.txt").write_bytes("".join(f"{i} {c}\r\n" for i, c in enumerate(CLASSES, 1)).encode())
     (splits / "trainlist01.txt").write_text("".join(f"{rel} {label}\n" for rel, label in train))
     (splits / "testlist01.txt").write_text("".join(f"{rel}\n" for rel in test))
-    return {"root": root, "videos": videos, "splits": splits, "train": train, "test": test,
-            "written": written, "garbage": garbage}
+    return {
+        "root": root,
+        "videos": videos,
+        "splits": splits,
+        "train": train,
+        "test": test,
+        "written": written,
+        "garbage": garbage,
+    }
 
 
 # ---- reader -------------------------------------------------------------------------------------------
+
 
 def test_items_labels_and_classes(layout):
     train = UCF101(layout["root"], split="train", fold=1)
     assert train.classes == CLASSES
     assert len(train) == 9
     assert train.items == [(rel, label - 1) for rel, label in layout["train"]]
-    assert train.items[:3] == [("Biking/v_Biking_g08_c01.avi", 0), ("Biking/v_Biking_g08_c02.avi", 0),
-                               ("Biking/v_Biking_g09_c01.avi", 0)]
+    assert train.items[:3] == [
+        ("Biking/v_Biking_g08_c01.avi", 0),
+        ("Biking/v_Biking_g08_c02.avi", 0),
+        ("Biking/v_Biking_g09_c01.avi", 0),
+    ]
     test = UCF101(layout["root"], split="test")
     assert [rel for rel, _ in test.items] == layout["test"]
     assert [label for _, label in test.items] == [0, 1, 2, 1, 2, 2]  # from the class folder of each line
@@ -115,7 +125,7 @@ def test_sampling_modes(layout):
     assert all(np.array_equal(a, b) for a, b in zip(first_random, again))
     assert all(f.shape[0] == 16 for f in first_random)
     # A random window is 16 consecutive decoded frames.
-    starts = [s for s in range(5) if np.array_equal(first_random[0], decoded[s:s + 16])]
+    starts = [s for s in range(5) if np.array_equal(first_random[0], decoded[s : s + 16])]
     assert len(starts) == 1
 
 
@@ -186,6 +196,7 @@ def test_split_errors(layout, tmp_path):
 
 # ---- class prompts ------------------------------------------------------------------------------------
 
+
 def test_shipped_prompts_cover_all_101_classes():
     classes = official_classes()
     assert len(classes) == 101 and len(set(classes)) == 101
@@ -215,6 +226,7 @@ def test_prompt_fallback_and_user_file(tmp_path):
 
 # ---- Inception Score ----------------------------------------------------------------------------------
 
+
 def test_inception_score_known_values():
     assert inception_score(np.full((8, 4), 0.25), splits=2) == (1.0, 0.0)
     mean, std = inception_score(np.full((30, 7), 1 / 7), splits=3)
@@ -225,7 +237,9 @@ def test_inception_score_known_values():
         assert abs(mean - k) < 1e-6 and std < 1e-6
     # By hand, 2 classes, marginal (0.5, 0.5): KL rows = ln 2, ln 2, 0, 0 → IS = exp(ln2 / 2) = √2.
     assert inception_score(np.array([[1, 0], [0, 1], [0.5, 0.5], [0.5, 0.5]]), splits=1) == (
-        pytest.approx(math.sqrt(2), abs=1e-12), 0.0)
+        pytest.approx(math.sqrt(2), abs=1e-12),
+        0.0,
+    )
     # KL row = 0.9 ln(0.9/0.5) + 0.1 ln(0.1/0.5) for all four rows.
     probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.1, 0.9]])
     expected = math.exp(0.9 * math.log(1.8) + 0.1 * math.log(0.2))
@@ -279,6 +293,7 @@ def test_classifier_probs_over_decoded_clips(layout):
 
 
 # ---- C3D ----------------------------------------------------------------------------------------------
+
 
 class _NotATensor:
     pass
@@ -344,9 +359,12 @@ def test_c3d_wrong_keys_and_shapes(c3d_files, tmp_path):
     state["fc9.weight"] = torch.zeros(2, 2)
     path = tmp_path / "wrong.pt"
     torch.save(state, path)
-    with pytest.raises(VimiError, match=r"do not fit the C3D network \(missing: fc6\.weight, fc6\.bias, fc7\.weight, "
-                                        r"fc7\.bias; unexpected: fc9\.weight; wrong shape: conv1\.weight "
-                                        r"\(64, 3, 3, 3, 2\) \(expected \(64, 3, 3, 3, 3\)\)\)"):
+    with pytest.raises(
+        VimiError,
+        match=r"do not fit the C3D network \(missing: fc6\.weight, fc6\.bias, fc7\.weight, "
+        r"fc7\.bias; unexpected: fc9\.weight; wrong shape: conv1\.weight "
+        r"\(64, 3, 3, 3, 2\) \(expected \(64, 3, 3, 3, 3\)\)\)",
+    ):
         load_c3d(path)
     torch.save({"conv1.weight": torch.zeros(1), "epoch": 3}, tmp_path / "mixed.pt")
     with pytest.raises(VimiError, match="non-tensor entries \\(epoch\\)"):
@@ -354,9 +372,14 @@ def test_c3d_wrong_keys_and_shapes(c3d_files, tmp_path):
 
 
 def test_chainer_names_map_onto_the_network(tmp_path):
-    np.savez(tmp_path / "c3d.npz", **{"conv1a/W": np.zeros((64, 3, 3, 3, 3), np.float32),
-                                      "conv2a/b": np.zeros(128, np.float32),
-                                      "fc8/W": np.zeros((101, 4096), np.float32)})
+    np.savez(
+        tmp_path / "c3d.npz",
+        **{
+            "conv1a/W": np.zeros((64, 3, 3, 3, 3), np.float32),
+            "conv2a/b": np.zeros(128, np.float32),
+            "fc8/W": np.zeros((101, 4096), np.float32),
+        },
+    )
     state, metadata = read_c3d_weights(tmp_path / "c3d.npz")
     assert sorted(state) == ["conv1.weight", "conv2.bias", "fc8.weight"] and metadata["c3d_pool5"] == "ceil"
     with pytest.raises(VimiError, match="missing: conv1.bias"):

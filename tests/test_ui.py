@@ -23,8 +23,15 @@ from tests.test_orchestration import ASSETS
 from vimi.config import Settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--window-size=1600,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=1600,1000",
+]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
@@ -55,7 +62,7 @@ def server(args: list[str], env: dict, url: str, log: Path) -> subprocess.Popen:
         wait_for(url, proc)
     except BaseException:
         stop(proc)
-        raise AssertionError(f"{' '.join(args[:3])} did not start:\n{log.read_text()[-3000:]}")
+        raise AssertionError(f"{' '.join(args[:3])} did not start:\n{log.read_text()[-3000:]}") from None
     return proc
 
 
@@ -67,14 +74,18 @@ def stop(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def browse(url: str, screenshot: Path | None = None, expect: tuple[str, ...] = (),
-           budgets_ms: tuple[int, ...] = (20000, 45000, 90000)) -> str:
+def browse(
+    url: str,
+    screenshot: Path | None = None,
+    expect: tuple[str, ...] = (),
+    budgets_ms: tuple[int, ...] = (20000, 45000, 90000),
+) -> str:
     """The page's DOM after its scripts ran (and a screenshot of it). Pages that fetch their data load
     slower on a busy machine: the page is read again with more (virtual) time until `expect` is in it."""
     import tempfile
 
     assert Path(CHROMIUM).exists(), "Chromium is missing: `make test` installs Debian's chromium package"
-    profile = Path(tempfile.mkdtemp(prefix="chromium-"))       # a new profile: no state from another page
+    profile = Path(tempfile.mkdtemp(prefix="chromium-"))  # a new profile: no state from another page
     for budget in budgets_ms:
         common = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget}"]
         dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=180)
@@ -87,7 +98,7 @@ def browse(url: str, screenshot: Path | None = None, expect: tuple[str, ...] = (
         with Image.open(screenshot) as img:
             assert img.size == (1600, 1000)
             colours = img.convert("RGB").resize((64, 40)).getcolors(64 * 40)
-            assert colours is None or len(colours) > 8        # a drawn page, not a blank one
+            assert colours is None or len(colours) > 8  # a drawn page, not a blank one
         keep = os.environ.get("VIMI_SCREENSHOTS")
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)
@@ -102,8 +113,9 @@ def pipeline_project(tmp_path_factory):
     from vimi.pipeline import promote_model
 
     root = tmp_path_factory.mktemp("ui")
-    env = micro_project(root, DAGSTER_HOME=str(root / "dagster"), DAGSTER_DISABLE_TELEMETRY="1",
-                        MLFLOW_DISABLE_TELEMETRY="true")
+    env = micro_project(
+        root, DAGSTER_HOME=str(root / "dagster"), DAGSTER_DISABLE_TELEMETRY="1", MLFLOW_DISABLE_TELEMETRY="true"
+    )
     (root / "dagster").mkdir()
     (root / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     with pytest.MonkeyPatch.context() as mp:
@@ -120,16 +132,22 @@ def test_dagster_ui_lists_every_asset_and_draws_the_graph(pipeline_project, tmp_
 
     port = free_port()
     env = pipeline_project["env"]
-    proc = server([str(BIN / "dagster"), "dev", "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
-                  env, f"http://127.0.0.1:{port}/server_info", tmp_path / "dagster.log")
+    proc = server(
+        [str(BIN / "dagster"), "dev", "-m", "orchestration.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        env,
+        f"http://127.0.0.1:{port}/server_info",
+        tmp_path / "dagster.log",
+    )
     try:
         # Bound to loopback only: the port answers on 127.0.0.1 and nothing listens on the other addresses.
         listening = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
-        assert listening and all(line.split()[3].startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:"))
-                                 for line in listening.splitlines() if line.strip()), listening
+        assert listening and all(
+            line.split()[3].startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:"))
+            for line in listening.splitlines()
+            if line.strip()
+        ), listening
         base = f"http://127.0.0.1:{port}"
-        catalog = browse(f"{base}/assets", tmp_path / "dagster-catalog.png",
-                         tuple(f">{a}<" for a in ASSETS))
+        catalog = browse(f"{base}/assets", tmp_path / "dagster-catalog.png", tuple(f">{a}<" for a in ASSETS))
         missing = sorted(a for a in ASSETS if f">{a}<" not in catalog)
         assert not missing, f"the asset catalog does not list {missing}"
         graph = defs.resolve_asset_graph()
@@ -138,8 +156,11 @@ def test_dagster_ui_lists_every_asset_and_draws_the_graph(pipeline_project, tmp_
             groups.setdefault(graph.get(key).group_name, set()).add(key.to_user_string())
         assert set(groups) == {"data", "retrieval", "instructions", "models", "evaluation"}
         for group, members in sorted(groups.items()):
-            dom = browse(f"{base}/locations/orchestration.definitions/asset-groups/{group}",
-                         tmp_path / f"dagster-graph-{group}.png", tuple(members))
+            dom = browse(
+                f"{base}/locations/orchestration.definitions/asset-groups/{group}",
+                tmp_path / f"dagster-graph-{group}.png",
+                tuple(members),
+            )
             drawn = {a for a in members if a in dom}
             assert drawn == members, f"group {group}: the lineage graph does not draw {members - drawn}"
     finally:
@@ -155,22 +176,39 @@ def test_mlflow_ui_lists_the_runs_and_the_registered_model(pipeline_project, tmp
     runs = client.search_runs([stage2.experiment_id])
     assert len(runs) == 1
     port = free_port()
-    proc = server([str(BIN / "mlflow"), "ui", "--backend-store-uri", env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1",
-                   "--port", str(port)], env, f"http://127.0.0.1:{port}/health", tmp_path / "mlflow.log")
+    proc = server(
+        [
+            str(BIN / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            env["MLFLOW_TRACKING_URI"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env,
+        f"http://127.0.0.1:{port}/health",
+        tmp_path / "mlflow.log",
+    )
     try:
         base = f"http://127.0.0.1:{port}"
-        experiments = browse(f"{base}/#/experiments", tmp_path / "mlflow-experiments.png",
-                             ("vimi-align", "vimi-stage1", "vimi-stage2"))
+        experiments = browse(
+            f"{base}/#/experiments", tmp_path / "mlflow-experiments.png", ("vimi-align", "vimi-stage1", "vimi-stage2")
+        )
         for name in ("vimi-align", "vimi-stage1", "vimi-stage2"):
             assert name in experiments, f"the MLflow UI does not list experiment {name}"
-        run_list = browse(f"{base}/#/experiments/{stage2.experiment_id}/runs",
-                          tmp_path / "mlflow-runs.png", (runs[0].info.run_id, "<strong>1</strong> matching run"))
+        run_list = browse(
+            f"{base}/#/experiments/{stage2.experiment_id}/runs",
+            tmp_path / "mlflow-runs.png",
+            (runs[0].info.run_id, "<strong>1</strong> matching run"),
+        )
         assert runs[0].info.run_id in run_list and "<strong>1</strong> matching run" in run_list
-        models = browse(f"{base}/#/models", tmp_path / "mlflow-models.png",
-                        ("vimi-video-generator",))
+        models = browse(f"{base}/#/models", tmp_path / "mlflow-models.png", ("vimi-video-generator",))
         assert "vimi-video-generator" in models
-        version = browse(f"{base}/#/models/vimi-video-generator",
-                         tmp_path / "mlflow-model-versions.png", ("champion", "Version 1"))
+        version = browse(
+            f"{base}/#/models/vimi-video-generator", tmp_path / "mlflow-model-versions.png", ("champion", "Version 1")
+        )
         assert "champion" in version and "Version 1" in version
     finally:
         stop(proc)

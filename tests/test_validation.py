@@ -26,8 +26,16 @@ def png(w: int, h: int) -> bytes:
 
 
 def memory_row(i: str, caption: str = "a caption", image: bytes | None = None, width: int = 32, height: int = 32):
-    return {"id": i, "image": image if image is not None else png(32, 32), "caption": caption, "source": "test",
-            "width": width, "height": height, "meta": "{}", **{c: None for c in GROUND_TRUTH_COLUMNS}}
+    return {
+        "id": i,
+        "image": image if image is not None else png(32, 32),
+        "caption": caption,
+        "source": "test",
+        "width": width,
+        "height": height,
+        "meta": "{}",
+        **{c: None for c in GROUND_TRUTH_COLUMNS},
+    }
 
 
 def failed(report) -> dict[tuple[str, str | None], int | None]:
@@ -45,10 +53,10 @@ def test_suites_pass_on_spriteworld(settings):
 def test_memory_suite_fails_on_bad_rows(settings):
     rows = [
         memory_row("a"),
-        memory_row("a"),                                   # duplicate id
-        memory_row("c", caption="  "),                    # whitespace caption
-        memory_row("d", image=b"not an image"),            # undecodable
-        memory_row("e", width=33),                         # declared size disagrees with the pixels
+        memory_row("a"),  # duplicate id
+        memory_row("c", caption="  "),  # whitespace caption
+        memory_row("d", image=b"not an image"),  # undecodable
+        memory_row("e", width=33),  # declared size disagrees with the pixels
         memory_row("f", image=png(4, 4), width=4, height=4),  # too small
     ]
     uri = settings.path("memory")
@@ -58,23 +66,40 @@ def test_memory_suite_fails_on_bad_rows(settings):
     assert failed(report) == {
         ("expect_column_values_to_be_unique", "id"): 2,
         ("expect_column_values_to_not_match_regex", "caption"): 1,
-        ("expect_column_values_to_be_between", "width"): 1,       # 4 < min_image_size 8
+        ("expect_column_values_to_be_between", "width"): 1,  # 4 < min_image_size 8
         ("expect_column_values_to_be_between", "height"): 1,
         ("expect_column_values_to_be_in_set", "image_decodable"): 1,
-        ("expect_column_pair_values_to_be_equal", "width=decoded_width"): 2,   # e (33≠32) and d (-1)
+        ("expect_column_pair_values_to_be_equal", "width=decoded_width"): 2,  # e (33≠32) and d (-1)
         ("expect_column_pair_values_to_be_equal", "height=decoded_height"): 1,  # d
     }
 
 
 def test_video_suite_fails_on_bad_rows(settings):
     good = np.zeros((8, 16, 16, 3), np.uint8).tobytes()
-    base = {"caption": "x", "video_format": RAW_FORMAT, "num_frames": 8, "fps": 8.0, "height": 16, "width": 16,
-            "source": "test", "meta": "{}", "split": None, "subject_id": None, "subject_name": None,
-            "shape": None, "color1": None, "color2": None, "pattern": None, "scene": None, "action": None,
-            "subject_split": None, "trajectory": None}
+    base = {
+        "caption": "x",
+        "video_format": RAW_FORMAT,
+        "num_frames": 8,
+        "fps": 8.0,
+        "height": 16,
+        "width": 16,
+        "source": "test",
+        "meta": "{}",
+        "split": None,
+        "subject_id": None,
+        "subject_name": None,
+        "shape": None,
+        "color1": None,
+        "color2": None,
+        "pattern": None,
+        "scene": None,
+        "action": None,
+        "subject_split": None,
+        "trajectory": None,
+    }
     rows = [
         base | {"id": "ok", "video": good},
-        base | {"id": "short", "video": good[: len(good) // 2]},          # raw bytes disagree with the shape
+        base | {"id": "short", "video": good[: len(good) // 2]},  # raw bytes disagree with the shape
         base | {"id": "few", "video": good[: len(good) // 2], "num_frames": 4},  # fewer than 8 frames
         base | {"id": "fmt", "video": good, "video_format": "gif89"},
         base | {"id": "fps", "video": good, "fps": 0.0},
@@ -85,7 +110,7 @@ def test_video_suite_fails_on_bad_rows(settings):
     assert bad[("expect_column_values_to_be_between", "num_frames")] == 1
     assert bad[("expect_column_values_to_be_in_set", "video_format")] == 1
     assert bad[("expect_column_values_to_be_between", "fps")] == 1
-    assert bad[("expect_column_values_to_be_in_set", "video_decodable")] == 2   # "short", "fmt"
+    assert bad[("expect_column_values_to_be_in_set", "video_decodable")] == 2  # "short", "fmt"
 
 
 def test_schema_drift_is_reported(settings):
@@ -102,10 +127,14 @@ def test_cli_exit_codes_and_json(project, settings):
     ok = subprocess.run([sys.executable, "-m", "vimi", "validate", "memory", "--json"], capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["success"] is True
     rows = [memory_row("mem-0000000", caption="")]
-    lance_io.write_batches(settings.path("memory"), lance_io.batches_of(rows, MEMORY_SCHEMA, 10), MEMORY_SCHEMA,
-                           "append")
-    bad = subprocess.run([sys.executable, "-m", "vimi", "validate", "memory", "--report",
-                          str(project / "r.json")], capture_output=True, text=True)
+    lance_io.write_batches(
+        settings.path("memory"), lance_io.batches_of(rows, MEMORY_SCHEMA, 10), MEMORY_SCHEMA, "append"
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "vimi", "validate", "memory", "--report", str(project / "r.json")],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1
     assert "memory suite FAILED" in bad.stdout and "FAIL expect_column_values_to_be_unique [id]" in bad.stdout
     assert json.loads((project / "r.json").read_text())["failed"] == 2

@@ -50,8 +50,9 @@ def test_profiles_scale_the_world():
 
 def test_same_seed_same_rows_other_seed_other_rows(tmp_path, settings):
     first = generate_world(settings, tmp_path / "a")
-    parallel = Settings(params=deep_merge(settings.params, {"world": {"workers": 2}}), root=settings.root,
-                        data_dir=settings.data_dir)
+    parallel = Settings(
+        params=deep_merge(settings.params, {"world": {"workers": 2}}), root=settings.root, data_dir=settings.data_dir
+    )
     second = generate_world(parallel, tmp_path / "b")  # two worker processes: same rows
     for name in ("memory", "videos", "eval_videos"):
         assert first[name]["fingerprint"] == second[name]["fingerprint"], name
@@ -60,8 +61,9 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path, settings):
         assert a.equals(b)
     assert (tmp_path / "a/world/catalog.json").read_bytes() == (tmp_path / "b/world/catalog.json").read_bytes()
 
-    other = Settings(params=deep_merge(settings.params, {"seed": settings.seed + 1}), root=settings.root,
-                     data_dir=settings.data_dir)
+    other = Settings(
+        params=deep_merge(settings.params, {"seed": settings.seed + 1}), root=settings.root, data_dir=settings.data_dir
+    )
     third = generate_world(other, tmp_path / "c", parts=("memory", "videos"))
     assert third["memory"]["fingerprint"] != first["memory"]["fingerprint"]
     assert third["videos"]["fingerprint"] != first["videos"]["fingerprint"]
@@ -108,7 +110,11 @@ def test_memory_rows_carry_their_ground_truth(tmp_path, settings):
             subject = catalog[row["subject_id"]]
             assert row["caption"].startswith(subject["name"]) or f" {subject['name']}" in row["caption"]
             assert (row["shape"], row["color1"], row["color2"], row["pattern"]) == (
-                subject["shape"], subject["color1"], subject["color2"], subject["pattern"])
+                subject["shape"],
+                subject["color1"],
+                subject["color2"],
+                subject["pattern"],
+            )
             assert len(row["pose"]) == 4
         else:  # distractors name no subject
             assert row["subject_id"] is None
@@ -163,7 +169,7 @@ def test_pose_jitter_scales_the_random_part_of_a_trajectory():
         full = trajectory(action, 8, np.random.default_rng(7))
         assert np.array_equal(trajectory(action, 8, np.random.default_rng(7), jitter=1.0), full)  # the default
         fixed = [trajectory(action, 8, np.random.default_rng(seed), jitter=0.0) for seed in range(5)]
-        assert all(np.array_equal(f, fixed[0]) for f in fixed), action   # the action alone fixes the clip
+        assert all(np.array_equal(f, fixed[0]) for f in fixed), action  # the action alone fixes the clip
         half = trajectory(action, 8, np.random.default_rng(7), jitter=0.5)
         # Half the jitter: every continuous pose value halfway between the fixed clip and the full one
         # (turn directions stay random above zero jitter; angles of spin/default are scaled too).
@@ -183,7 +189,7 @@ def test_fixed_poses_one_background_and_a_larger_sprite():
     for p in plans:
         groups.setdefault((p.subject.id, p.action, p.scene), []).append(p.index)
     twins = [g for g in groups.values() if len(g) > 1]
-    assert twins   # 400 clips over a few hundred combinations repeat some
+    assert twins  # 400 clips over a few hundred combinations repeat some
     for group in twins:
         first = rows[group[0]]
         for other in group[1:]:

@@ -1,3 +1,6 @@
+"""`python -m vimi`: the command line."""
+
 from vimi.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -38,10 +38,16 @@ def ablation_settings(base: Settings, profile: str, seed: int | None, workdir: P
     params = load_params(base.params_path, profile)
     if seed is not None:
         params["seed"] = int(seed)
-    params["data"] = {}          # SpriteWorld: the ablation measures grounding against its ground truth
+    params["data"] = {}  # SpriteWorld: the ablation measures grounding against its ground truth
     work = Path(workdir) if workdir else base.root / "ablation" / profile
-    return Settings(params=params, root=base.root, data_dir=work / "data", params_path=base.params_path,
-                    models_dir=work / "models", experiment=EXPERIMENT)
+    return Settings(
+        params=params,
+        root=base.root,
+        data_dir=work / "data",
+        params_path=base.params_path,
+        models_dir=work / "models",
+        experiment=EXPERIMENT,
+    )
 
 
 def _start_parent(settings: Settings, run_id: str | None) -> str:
@@ -55,19 +61,28 @@ def _start_parent(settings: Settings, run_id: str | None) -> str:
         try:
             client.update_run(run_id, status="RUNNING")
             return run_id
-        except Exception:   # the tracking store was reset since: start a new parent
+        except Exception:  # the tracking store was reset since: start a new parent
             pass
-    run = client.create_run(experiment_id(settings, EXPERIMENT), run_name=f"ablation-{settings.profile}-seed{settings.seed}",
-                            tags={"vimi.ablation": "parent", "vimi.profile": settings.profile,
-                                  "vimi.seed": str(settings.seed)})
+    run = client.create_run(
+        experiment_id(settings, EXPERIMENT),
+        run_name=f"ablation-{settings.profile}-seed{settings.seed}",
+        tags={"vimi.ablation": "parent", "vimi.profile": settings.profile, "vimi.seed": str(settings.seed)},
+    )
     flat = flatten({k: v for k, v in settings.params.items() if k != "profiles"})
     for key, value in flat.items():
         client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id
 
 
-def run_ablation(base: Settings, profile: str | None = None, seed: int | None = None, workdir: Path | None = None,
-                 fresh: bool = False, report: Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_ablation(
+    base: Settings,
+    profile: str | None = None,
+    seed: int | None = None,
+    workdir: Path | None = None,
+    fresh: bool = False,
+    report: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train and evaluate the three arms; write `report` (default reports/ablation.md, + .json beside it)."""
     from vimi.locks import step_lock
 
@@ -77,8 +92,9 @@ def run_ablation(base: Settings, profile: str | None = None, seed: int | None = 
         return _run(settings, base, work, fresh, report, log)
 
 
-def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Path | None,
-         log: Callable[[str], None]) -> dict[str, Any]:
+def _run(
+    settings: Settings, base: Settings, work: Path, fresh: bool, report: Path | None, log: Callable[[str], None]
+) -> dict[str, Any]:
     from vimi import pipeline
     from vimi.evaluation.evaluate import evaluate_spriteworld
 
@@ -89,8 +105,10 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     digest = params_digest(settings.params)
     if state.get("params_digest") not in (None, digest):
-        raise VimiError(f"{work} holds an ablation of other parameters (params.yaml or the seed changed since); "
-                        "pass --fresh to start it over, or --workdir to keep both.")
+        raise VimiError(
+            f"{work} holds an ablation of other parameters (params.yaml or the seed changed since); "
+            "pass --fresh to start it over, or --workdir to keep both."
+        )
     state.update(params_digest=digest, profile=settings.profile, seed=settings.seed)
     state.setdefault("steps", {})
     state.setdefault("results", {})
@@ -109,8 +127,10 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
         log(f"ablation: {name} …")
         begin = time.perf_counter()
         meta = fn()
-        state["steps"][name] = {"seconds": round(time.perf_counter() - begin, 1),
-                                **{k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))}}
+        state["steps"][name] = {
+            "seconds": round(time.perf_counter() - begin, 1),
+            **{k: v for k, v in meta.items() if isinstance(v, (int, float, str, bool))},
+        }
         save_state()
         log(f"ablation: {name}: {state['steps'][name]['seconds']:.0f} s")
         return state["steps"][name]
@@ -128,20 +148,28 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
         trained = {
             "text_only": lambda: pipeline.train_stage1(settings, text_only=True),
             "retrieval": lambda: pipeline.train_stage1(settings),
-            "retrieval_stage2": lambda: pipeline.train_stage2(settings, init=str(settings.model_path("stage1")),
-                                                              register=False),
+            "retrieval_stage2": lambda: pipeline.train_stage2(
+                settings, init=str(settings.model_path("stage1")), register=False
+            ),
         }
         models = {"text_only": "stage1-text-only", "retrieval": "stage1", "retrieval_stage2": "stage2"}
         for arm, train in trained.items():
             training = step(f"train_{arm}", train)
             if arm not in state["results"]:
                 log(f"ablation: evaluating {arm} …")
-                result = evaluate_spriteworld(settings, str(settings.model_path(models[arm])), seed=settings.seed,
-                                              prompt_mode="caption" if arm == "text_only" else "instruction",
-                                              with_per_clip=True)
+                result = evaluate_spriteworld(
+                    settings,
+                    str(settings.model_path(models[arm])),
+                    seed=settings.seed,
+                    prompt_mode="caption" if arm == "text_only" else "instruction",
+                    with_per_clip=True,
+                )
                 state["results"][arm] = {k: v for k, v in result.items() if k != "model"} | {
-                    "model": str(settings.model_path(models[arm])), "final_loss": training.get("final_loss"),
-                    "train_seconds": training.get("seconds"), "train_run_id": training.get("run_id")}
+                    "model": str(settings.model_path(models[arm])),
+                    "final_loss": training.get("final_loss"),
+                    "train_seconds": training.get("seconds"),
+                    "train_run_id": training.get("run_id"),
+                }
                 save_state()
         state["comparisons"] = comparisons(state["results"])
         save_state()
@@ -151,9 +179,16 @@ def _run(settings: Settings, base: Settings, work: Path, fresh: bool, report: Pa
     report = report or base.root / "reports" / "ablation.md"
     table = write_report(state, report)
     _log_report(settings, state, report)
-    return {"profile": settings.profile, "seed": settings.seed, "workdir": str(work), "report": str(report),
-            "parent_run_id": state["parent_run_id"], "results": state["results"], "steps": state["steps"],
-            "table": table}
+    return {
+        "profile": settings.profile,
+        "seed": settings.seed,
+        "workdir": str(work),
+        "report": str(report),
+        "parent_run_id": state["parent_run_id"],
+        "results": state["results"],
+        "steps": state["steps"],
+        "table": table,
+    }
 
 
 def _world(settings: Settings) -> dict[str, Any]:
@@ -204,27 +239,36 @@ def _cell(value: Any) -> str:
 
 def write_report(state: dict[str, Any], report: Path) -> str:
     """reports/ablation.md (the table and how it was made) and reports/ablation.json (everything)."""
-    rows = ["| arm | " + " | ".join(label for _, label in TABLE_METRICS) + " |",
-            "|---|" + "---|" * len(TABLE_METRICS)]
+    rows = ["| arm | " + " | ".join(label for _, label in TABLE_METRICS) + " |", "|---|" + "---|" * len(TABLE_METRICS)]
     for arm, label in ARMS.items():
         result = state["results"].get(arm)
         if result is not None:
             rows.append(f"| {label} | " + " | ".join(_cell(result.get(key)) for key, _ in TABLE_METRICS) + " |")
     ceiling = next(iter(state["results"].values()), {})
-    rows.append("| real clips (ceiling) | " + " | ".join(
-        _cell(ceiling[f"{key}_real"]) if f"{key}_real" in ceiling else "—" for key, _ in TABLE_METRICS) + " |")
+    rows.append(
+        "| real clips (ceiling) | "
+        + " | ".join(_cell(ceiling[f"{key}_real"]) if f"{key}_real" in ceiling else "—" for key, _ in TABLE_METRICS)
+        + " |"
+    )
     table = "\n".join(rows)
     compared = state.get("comparisons") or {}
     if compared:
-        table += "\n\n| paired difference (same clips) | arms | difference | 95% bootstrap interval | clips |\n" \
-                 "|---|---|---|---|---|\n" + "\n".join(
-                     f"| {name} | {ARMS[c['better']]} − {ARMS[c['baseline']]} | {c['difference']:+.3f} | "
-                     f"[{c['low']:+.3f}, {c['high']:+.3f}] | {c['clips']} |" for name, c in compared.items())
+        table += (
+            "\n\n| paired difference (same clips) | arms | difference | 95% bootstrap interval | clips |\n"
+            "|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {name} | {ARMS[c['better']]} − {ARMS[c['baseline']]} | {c['difference']:+.3f} | "
+                f"[{c['low']:+.3f}, {c['high']:+.3f}] | {c['clips']} |"
+                for name, c in compared.items()
+            )
+        )
     any_result = ceiling
     steps = state["steps"]
     lines = [
-        f"# Ablation on SpriteWorld `{state['profile']}`, seed {state['seed']}", "",
-        table, "",
+        f"# Ablation on SpriteWorld `{state['profile']}`, seed {state['seed']}",
+        "",
+        table,
+        "",
         f"Evaluation: {any_result.get('videos', {})} generated clips per task from the evaluation split's "
         f"instructions, {any_result.get('steps', '?')} DDIM steps, sampler seed {any_result.get('seed', '?')}; "
         "the same clips and seeds for every arm. The text-only arm is prompted with each clip's caption; the "
@@ -245,4 +289,3 @@ def write_report(state: dict[str, Any], report: Path) -> str:
     tmp.write_text(json.dumps(state, indent=1, default=str) + "\n")
     tmp.replace(json_path)
     return table
-

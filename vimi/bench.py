@@ -18,8 +18,12 @@ from vimi.config import Settings, deep_merge
 
 
 def _machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "lance": lance.__version__,
-            "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "lance": lance.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _timed(fn):
@@ -38,8 +42,11 @@ def _write_shards(uri: Path, folder: Path, per_shard: int) -> list[Path]:
         with tarfile.open(path, "w") as tar:
             for row in table.slice(start, per_shard).to_pylist():
                 key = row["id"].replace("mem-", "")
-                for ext, data in (("png", row["image"]), ("txt", row["caption"].encode()),
-                                  ("json", b'{"bench": true}')):
+                for ext, data in (
+                    ("png", row["image"]),
+                    ("txt", row["caption"].encode()),
+                    ("json", b'{"bench": true}'),
+                ):
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -68,7 +75,7 @@ def _random_take(uri: Path, batch: int, rows: int, total: int, seed: int = 0) ->
     indices = rng.integers(0, total, size=rows)
     start = time.perf_counter()
     for i in range(0, rows, batch):
-        ds.take(indices[i:i + batch].tolist())
+        ds.take(indices[i : i + batch].tolist())
     return rows / (time.perf_counter() - start)
 
 
@@ -91,14 +98,24 @@ def bench_memory(settings: Settings, rows: int | None = None, clips: int | None 
         # Ingest: webdataset shards of the generated memory back into a new memory.
         shards = _write_shards(tmp_path / "memory.lance", tmp_path / "shards", per_shard=500)
         _, baseline_s = _timed(lambda: _read_shards_baseline(shards))
-        report, ingest_s = _timed(lambda: ingest_memory([str(tmp_path / "shards")], "webdataset",
-                                                        tmp_path / "ingested.lance", tmp_path / "q.lance",
-                                                        settings.section("ingest")))
+        report, ingest_s = _timed(
+            lambda: ingest_memory(
+                [str(tmp_path / "shards")],
+                "webdataset",
+                tmp_path / "ingested.lance",
+                tmp_path / "q.lance",
+                settings.section("ingest"),
+            )
+        )
         # Random access in training-sized batches against one row at a time.
-        reads = {f"batch_{b}_rows_per_s": _random_take(tmp_path / "videos.lance", b, 2048 if b > 1 else 512,
-                                                       vid_result.rows) for b in (1, 32, 256)}
-        mem_reads = {f"batch_{b}_rows_per_s": _random_take(tmp_path / "memory.lance", b, 2048 if b > 1 else 512,
-                                                           mem_result.rows) for b in (1, 32, 256)}
+        reads = {
+            f"batch_{b}_rows_per_s": _random_take(tmp_path / "videos.lance", b, 2048 if b > 1 else 512, vid_result.rows)
+            for b in (1, 32, 256)
+        }
+        mem_reads = {
+            f"batch_{b}_rows_per_s": _random_take(tmp_path / "memory.lance", b, 2048 if b > 1 else 512, mem_result.rows)
+            for b in (1, 32, 256)
+        }
 
     render_rate = min(rows, 500) / render_s
     baseline_rate = report.ingested / baseline_s
@@ -126,12 +143,14 @@ def bench_memory(settings: Settings, rows: int | None = None, clips: int | None 
             "ratio_vs_baseline": (report.ingested / ingest_s) / baseline_rate,
             "quarantined": sum(report.quarantined.values()),
         },
-        "random_access_videos": reads | {
+        "random_access_videos": reads
+        | {
             "ratio_batch_32_vs_1": reads["batch_32_rows_per_s"] / reads["batch_1_rows_per_s"],
             "ratio_batch_256_vs_1": reads["batch_256_rows_per_s"] / reads["batch_1_rows_per_s"],
             "row_bytes": cfg.num_frames * cfg.frame_size * cfg.frame_size * 3,
         },
-        "random_access_memory": mem_reads | {
+        "random_access_memory": mem_reads
+        | {
             "ratio_batch_32_vs_1": mem_reads["batch_32_rows_per_s"] / mem_reads["batch_1_rows_per_s"],
             "ratio_batch_256_vs_1": mem_reads["batch_256_rows_per_s"] / mem_reads["batch_1_rows_per_s"],
         },

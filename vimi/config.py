@@ -34,7 +34,7 @@ DATASET_FILES = {
 
 def is_remote(uri: str | Path) -> bool:
     """An object-store URI (s3://, gs://, az://, memory://, ...), as opposed to a local path."""
-    text = str(uri)        # a pathlib.Path never holds "://" (it folds the slashes); a UPath keeps it
+    text = str(uri)  # a pathlib.Path never holds "://" (it folds the slashes); a UPath keeps it
     return "://" in text and not text.startswith("file://")
 
 
@@ -116,7 +116,7 @@ def load_params(path: Path | None = None, profile: str | None = None) -> dict[st
     from vimi.params import check_params
 
     base = {k: v for k, v in raw.items() if k != "profiles"}
-    for name, overrides in profiles.items():      # a typo in any profile is an error, chosen or not
+    for name, overrides in profiles.items():  # a typo in any profile is an error, chosen or not
         if name != chosen:
             check_params({**deep_merge(base, overrides or {}), "profile": name}, f"{path} (profile {name})")
     return check_params({**deep_merge(base, profiles[chosen] or {}), "profile": chosen}, str(path))
@@ -162,8 +162,14 @@ class Settings:
             lance = str(dataset_location(lance).expanduser().resolve())
         elif lance:
             object_store_env()
-        return cls(params=params, root=root, data_dir=data, params_path=path, tracking_uri=tracking_uri or None,
-                   lance_uri=lance)
+        return cls(
+            params=params,
+            root=root,
+            data_dir=data,
+            params_path=path,
+            tracking_uri=tracking_uri or None,
+            lance_uri=lance,
+        )
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.params.get(name)
@@ -191,4 +197,3 @@ class Settings:
         if self.lance_uri and file.endswith(".lance"):
             return dataset_location(self.lance_uri) / file
         return self.data_dir / file
-

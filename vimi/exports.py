@@ -8,7 +8,9 @@ import importlib
 from typing import Any, Callable
 
 
-def lazy_exports(package: str, table: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
+def lazy_exports(
+    package: str, table: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """`__getattr__`, `__dir__` and `__all__` for PACKAGE, whose TABLE maps each name to its module."""
 
     def __getattr__(name: str) -> Any:

@@ -56,7 +56,7 @@ def read_context_frames(path: Path, count: int) -> np.ndarray:
         raise VimiError(f"Video {path} does not exist.")
     try:
         frames, _ = decode_container(Path(path), max_frames=count)
-    except Exception as exc:   # VideoDecodeError, or PyAV's own error types for broken files
+    except Exception as exc:  # VideoDecodeError, or PyAV's own error types for broken files
         raise VimiError(f"Video {path} cannot be decoded ({exc}).") from None
     if len(frames) < count:
         raise VimiError(f"Video {path} has {len(frames)} frame(s), fewer than the {count} context frames asked for.")
@@ -72,8 +72,9 @@ def place_frames(prompt: str, num_images: int, num_frames: int) -> str:
         return IMAGE_PLACEHOLDER * num_frames + " " + prompt
     given = f"{num_images} image(s)" + (f" and {num_frames} context frame(s)" if num_frames else "")
     need = f"{num_images}" + (f" (the frames then go in front) or {num_images + num_frames}" if num_frames else "")
-    raise VimiError(f"The prompt has {found} {IMAGE_PLACEHOLDER} placeholder(s) but {given} were given; "
-                    f"it needs {need}.")
+    raise VimiError(
+        f"The prompt has {found} {IMAGE_PLACEHOLDER} placeholder(s) but {given} were given; it needs {need}."
+    )
 
 
 def order_images(prompt: str, placed: str, images: Sequence[np.ndarray], frames: Sequence[np.ndarray]) -> list:
@@ -99,10 +100,20 @@ def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def generate_video(settings: Settings, model: str, prompt: str, out: Path, images: Sequence[Path] = (),
-                   video: Path | None = None, context_frames: int | None = None, num_frames: int | None = None,
-                   seed: int = 0, guidance_scale: float | None = None, steps: int | None = None,
-                   device: str | None = None) -> dict[str, Any]:
+def generate_video(
+    settings: Settings,
+    model: str,
+    prompt: str,
+    out: Path,
+    images: Sequence[Path] = (),
+    video: Path | None = None,
+    context_frames: int | None = None,
+    num_frames: int | None = None,
+    seed: int = 0,
+    guidance_scale: float | None = None,
+    steps: int | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
     """Generate one clip and write it (MP4 or GIF, by out's suffix) with its sidecar; returns the sidecar.
     Everything the user gave is checked before the model loads; nothing is left at `out` on failure."""
     import torch
@@ -132,36 +143,65 @@ def generate_video(settings: Settings, model: str, prompt: str, out: Path, image
     pipe = load_pipeline(resolved.path, device)
     num_frames = int(num_frames or pipe.config.num_frames)
     if len(given) and len(given) >= num_frames:
-        raise VimiError(f"{len(given)} context frames leave nothing to predict in a {num_frames}-frame clip "
-                        "(--frames).")
+        raise VimiError(
+            f"{len(given)} context frames leave nothing to predict in a {num_frames}-frame clip (--frames)."
+        )
     steps = int(steps or settings.params.get("diffusion", {}).get("inference_steps", 25))
     scale = float(pipe.config.guidance_scale if guidance_scale is None else guidance_scale)
     generator = torch.Generator().manual_seed(int(seed))
-    frames = pipe(placed, images=ordered, num_frames=num_frames, context_frames=given if len(given) else None,
-                  num_inference_steps=steps, guidance_scale=scale, generator=generator, show_progress=True).frames[0]
+    frames = pipe(
+        placed,
+        images=ordered,
+        num_frames=num_frames,
+        context_frames=given if len(given) else None,
+        num_inference_steps=steps,
+        guidance_scale=scale,
+        generator=generator,
+        show_progress=True,
+    ).frames[0]
 
     from vimi.io.video import write_video
 
     fps = float(getattr(pipe.config, "fps", 8.0))
-    write_video(frames, out, fps=fps)    # atomic: a temporary file renamed into place
+    write_video(frames, out, fps=fps)  # atomic: a temporary file renamed into place
     sidecar = {
         "video": str(out.resolve()),
         "model": resolved.to_json(),
         "prompt": prompt,
         "prompt_used": placed,
-        "images": [{"placeholder": _placeholder_index(ordered, a), "path": str(Path(p).resolve()),
-                    "sha256": _sha256(Path(p)), "width": int(a.shape[1]), "height": int(a.shape[0])}
-                   for p, a in zip(images, image_arrays)],
-        "context": None if video is None else {"video": str(Path(video).resolve()), "sha256": _sha256(Path(video)),
-                                               "frames_given": int(len(given)), "source_frames": list(range(len(given)))},
-        "seed": int(seed), "guidance_scale": scale, "num_inference_steps": steps, "num_frames": int(frames.shape[0]),
-        "height": int(frames.shape[1]), "width": int(frames.shape[2]), "fps": fps, "device": str(device),
-        "seconds": round(time.perf_counter() - start, 2), "created": datetime.now(timezone.utc).isoformat(),
+        "images": [
+            {
+                "placeholder": _placeholder_index(ordered, a),
+                "path": str(Path(p).resolve()),
+                "sha256": _sha256(Path(p)),
+                "width": int(a.shape[1]),
+                "height": int(a.shape[0]),
+            }
+            for p, a in zip(images, image_arrays)
+        ],
+        "context": None
+        if video is None
+        else {
+            "video": str(Path(video).resolve()),
+            "sha256": _sha256(Path(video)),
+            "frames_given": int(len(given)),
+            "source_frames": list(range(len(given))),
+        },
+        "seed": int(seed),
+        "guidance_scale": scale,
+        "num_inference_steps": steps,
+        "num_frames": int(frames.shape[0]),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "fps": fps,
+        "device": str(device),
+        "seconds": round(time.perf_counter() - start, 2),
+        "created": datetime.now(timezone.utc).isoformat(),
     }
     try:
         _write_json(sidecar_path(out), sidecar)
     except OSError:
-        out.unlink(missing_ok=True)    # a video without its provenance is not left behind
+        out.unlink(missing_ok=True)  # a video without its provenance is not left behind
         raise
     return sidecar
 

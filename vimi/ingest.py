@@ -79,15 +79,17 @@ def run_ingest(
             row_id = item[id_column]
             if row_id in seen or row_id in existing:
                 where = "an earlier row of this ingest" if row_id in seen else f"the existing {dataset}"
-                report.quarantine(QuarantineRow(item["source"], row_id, "duplicate_id",
-                                                f"id {row_id!r} already in {where}"))
+                report.quarantine(
+                    QuarantineRow(item["source"], row_id, "duplicate_id", f"id {row_id!r} already in {where}")
+                )
                 continue
             seen.add(row_id)
             report.ingested += 1
             yield item
 
-    result = lance_io.write_batches(uri, lance_io.batches_of(good_rows(), schema, batch_rows), schema, mode,
-                                    commit_message=f"ingest into {dataset}")
+    result = lance_io.write_batches(
+        uri, lance_io.batches_of(good_rows(), schema, batch_rows), schema, mode, commit_message=f"ingest into {dataset}"
+    )
     report.version = result.version
     lance_io.write_quarantine(quarantine_uri, dataset, uuid.uuid4().hex, report.quarantine_rows)
     return report

@@ -22,11 +22,11 @@ from vimi.errors import VimiError
 
 QUARANTINE_SCHEMA = pa.schema(
     [
-        pa.field("dataset", pa.string(), nullable=False),   # the dataset the row was meant for
-        pa.field("source", pa.string(), nullable=False),    # file, shard or table it came from
-        pa.field("key", pa.string()),                       # sample key / row id inside the source
-        pa.field("reason", pa.string(), nullable=False),    # machine-readable: empty_caption, ...
-        pa.field("detail", pa.string()),                    # human-readable
+        pa.field("dataset", pa.string(), nullable=False),  # the dataset the row was meant for
+        pa.field("source", pa.string(), nullable=False),  # file, shard or table it came from
+        pa.field("key", pa.string()),  # sample key / row id inside the source
+        pa.field("reason", pa.string(), nullable=False),  # machine-readable: empty_caption, ...
+        pa.field("detail", pa.string()),  # human-readable
         pa.field("ingest_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
@@ -51,7 +51,7 @@ class QuarantineRow:
 @dataclass
 class WriteResult:
     uri: str
-    version: int | None   # None when nothing was written and no dataset existed
+    version: int | None  # None when nothing was written and no dataset existed
     rows_written: int
     total_rows: int
 
@@ -83,7 +83,7 @@ def exists(uri: str | Path) -> bool:
         fs, path = _object_store(uri)
         try:
             return fs.get_file_info(f"{path}/_versions").type == pafs.FileType.Directory
-        except OSError as exc:   # unreachable endpoint, refused credentials: say so here, once
+        except OSError as exc:  # unreachable endpoint, refused credentials: say so here, once
             raise VimiError(f"cannot reach {uri}: {str(exc).splitlines()[0]}") from None
     return (Path(uri) / "_versions").is_dir()
 
@@ -232,8 +232,15 @@ def write_quarantine(uri: str | Path, dataset: str, ingest_id: str, rows: list[Q
         return None
     now = _dt.datetime.now(_dt.timezone.utc)
     records = [
-        {"dataset": dataset, "source": r.source, "key": r.key, "reason": r.reason,
-         "detail": r.detail, "ingest_id": ingest_id, "created_at": now}
+        {
+            "dataset": dataset,
+            "source": r.source,
+            "key": r.key,
+            "reason": r.reason,
+            "detail": r.detail,
+            "ingest_id": ingest_id,
+            "created_at": now,
+        }
         for r in rows
     ]
     result = write_batches(uri, batches_of(records, QUARANTINE_SCHEMA, 4096), QUARANTINE_SCHEMA, "append")
@@ -280,5 +287,11 @@ def summary(uri: str | Path, caption_column: str = "caption", n_samples: int = 5
         idx = sorted({int(i * (n - 1) / max(n_samples - 1, 1)) for i in range(min(n_samples, n))})
         samples = ds.take(idx, columns=[caption_column]).column(0).to_pylist()
     size = total_bytes(uri)
-    return {"path": str(uri), "rows": n, "version": ds.version, "fragments": len(ds.get_fragments()), "bytes": size,
-            "sample_captions": samples}
+    return {
+        "path": str(uri),
+        "rows": n,
+        "version": ds.version,
+        "fragments": len(ds.get_fragments()),
+        "bytes": size,
+        "sample_captions": samples,
+    }

@@ -21,7 +21,7 @@ from vimi.errors import VimiError
 
 @contextmanager
 def step_lock(folder: Path, step: str) -> Iterator[Path | None]:
-    if int(os.environ.get("RANK", "0") or 0) > 0:     # `accelerate launch`: the main process holds it for all
+    if int(os.environ.get("RANK", "0") or 0) > 0:  # `accelerate launch`: the main process holds it for all
         yield None
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -36,24 +36,29 @@ def step_lock(folder: Path, step: str) -> Iterator[Path | None]:
             except (OSError, ValueError):
                 holder = {}
             since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"])) if "since" in holder else "?"
-            raise VimiError(f"Another run of the {step} step is in progress on these outputs (pid "
-                            f"{holder.get('pid', '?')}, since {since}; lock {path}). Wait for it to finish, or stop "
-                            "it and run again: a stopped step leaves the previous outputs intact.") from None
+            raise VimiError(
+                f"Another run of the {step} step is in progress on these outputs (pid "
+                f"{holder.get('pid', '?')}, since {since}; lock {path}). Wait for it to finish, or stop "
+                "it and run again: a stopped step leaves the previous outputs intact."
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "since": time.time(), "step": step}).encode())
         yield path
     finally:
-        os.close(fd)     # releases the lock
+        os.close(fd)  # releases the lock
 
 
 def locked(step: str | Callable[..., str]) -> Callable:
     """Decorate a pipeline step `f(settings, ...)`: it runs under the step's lock in settings' data directory.
     `step` is the lock's name, or a function of the step's arguments giving it."""
+
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def run(settings, *args, **kwargs):
             name = step(settings, *args, **kwargs) if callable(step) else step
             with step_lock(settings.data_dir / ".locks", name):
                 return fn(settings, *args, **kwargs)
+
         return run
+
     return wrap

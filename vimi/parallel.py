@@ -23,8 +23,11 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, processe
     if workers <= 1:
         yield from map(fn, items)
         return
-    pool: Executor = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-                      if processes else ThreadPoolExecutor(workers))
+    pool: Executor = (
+        ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        if processes
+        else ThreadPoolExecutor(workers)
+    )
     with pool:
         window: deque = deque()
         for item in items:

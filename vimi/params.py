@@ -80,9 +80,14 @@ class Model(Section):
     max_tokens: int = Field(256, ge=8)
     max_segment_tokens: int = Field(48, ge=1)
     # The denoiser's own configuration (its `type` and that architecture's keys), checked by the model.
-    denoiser: dict[str, Any] = {"type": "frame_stack_unet", "block_out_channels": [64, 128, 128],
-                                "cross_attention": [False, True, True], "layers_per_block": 1,
-                                "attention_heads": 4, "norm_groups": 8}
+    denoiser: dict[str, Any] = {
+        "type": "frame_stack_unet",
+        "block_out_channels": [64, 128, 128],
+        "cross_attention": [False, True, True],
+        "layers_per_block": 1,
+        "attention_heads": 4,
+        "norm_groups": 8,
+    }
 
 
 class Diffusion(Section):
@@ -134,7 +139,7 @@ class Stage1(Loop):
     warmup_steps: int = 50
     cfg_dropout: float = Field(0.1, ge=0, le=1)
     doc_dropout: float = Field(0.3, ge=0, le=1)
-    max_docs: Optional[int] = Field(4, ge=0)     # retrieved documents in a prompt; null: retrieval.k
+    max_docs: Optional[int] = Field(4, ge=0)  # retrieved documents in a prompt; null: retrieval.k
     sample_prompts: int = Field(4, ge=1)
     sample_steps: int = Field(10, ge=1)
 
@@ -146,8 +151,11 @@ class Instructions(Section):
     mixture: dict[str, float] = {"subject": 0.4, "prediction": 0.3, "text_to_video": 0.3}
     context_frames: int = 2
     reference_images: list[int] = [1, 2]
-    templates: dict[str, list[str]] = {"subject": ["{images} {caption}"], "prediction": ["{images} {caption}"],
-                                       "text_to_video": ["{caption}"]}
+    templates: dict[str, list[str]] = {
+        "subject": ["{images} {caption}"],
+        "prediction": ["{images} {caption}"],
+        "text_to_video": ["{caption}"],
+    }
 
 
 class Stage2(Loop):
@@ -183,8 +191,8 @@ class UCF101(Section):
     fold: int = Field(1, ge=1, le=3)
     c3d: Optional[str] = None
     allow_fewer: bool = False
-    steps: Optional[int] = Field(None, ge=1)      # DDIM steps (default: diffusion.inference_steps)
-    prompts: Optional[str] = None                 # class prompts file (default: the shipped one)
+    steps: Optional[int] = Field(None, ge=1)  # DDIM steps (default: diffusion.inference_steps)
+    prompts: Optional[str] = None  # class prompts file (default: the shipped one)
 
 
 class Evaluate(Section):

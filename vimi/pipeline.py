@@ -62,8 +62,15 @@ def _specs(spec_list: Any, name: str) -> list[dict[str, Any]]:
 
 def _ingest_configured(settings: Settings, uri: Path, schema, streams: list, start: float) -> dict[str, Any]:
     """One overwrite commit of every configured source's rows; bad rows quarantined beside it."""
-    report = run_ingest(str(uri), uri, lance_io.quarantine_path_for(uri), schema, itertools.chain(*streams),
-                        settings.section("ingest")["batch_rows"], mode="overwrite")
+    report = run_ingest(
+        str(uri),
+        uri,
+        lance_io.quarantine_path_for(uri),
+        schema,
+        itertools.chain(*streams),
+        settings.section("ingest")["batch_rows"],
+        mode="overwrite",
+    )
     return _dataset_metadata(uri, time.perf_counter() - start, source="ingest", **report.to_json())
 
 
@@ -89,8 +96,9 @@ def build_memory(settings: Settings, out: Path | None = None, world_dir: Path | 
 
 
 @locked(lambda settings, split="train", *a, **k: "videos" if split == "train" else "eval_videos")
-def build_videos(settings: Settings, split: str = "train", out: Path | None = None,
-                 world_dir: Path | None = None) -> dict[str, Any]:
+def build_videos(
+    settings: Settings, split: str = "train", out: Path | None = None, world_dir: Path | None = None
+) -> dict[str, Any]:
     """Training clips (split=train) or the evaluation split (split=eval): ingested from
     data.video_sources when configured (training only), else SpriteWorld."""
     if split not in ("train", "eval"):
@@ -105,8 +113,9 @@ def build_videos(settings: Settings, split: str = "train", out: Path | None = No
             missing = [k for k in ("csv", "videos") if not spec.get(k)]
             if missing:
                 raise VimiError(f"params.yaml data.video_sources entry {spec} lacks {', '.join(missing)}.")
-            streams.append(video_candidates(spec.get("format", "webvid"), Path(spec["csv"]), Path(spec["videos"]),
-                                            ingest))
+            streams.append(
+                video_candidates(spec.get("format", "webvid"), Path(spec["csv"]), Path(spec["videos"]), ingest)
+            )
         return _ingest_configured(settings, uri, VIDEO_SCHEMA, streams, start)
     cfg = WorldConfig.from_params(settings.params)
     catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
@@ -114,8 +123,9 @@ def build_videos(settings: Settings, split: str = "train", out: Path | None = No
     return _dataset_metadata(uri, time.perf_counter() - start, source="spriteworld", quarantined={})
 
 
-def generate_world(settings: Settings, out_dir: Path | None = None,
-                   parts: tuple[str, ...] = WORLD_PARTS) -> dict[str, dict[str, Any]]:
+def generate_world(
+    settings: Settings, out_dir: Path | None = None, parts: tuple[str, ...] = WORLD_PARTS
+) -> dict[str, dict[str, Any]]:
     """`vimi world generate`: SpriteWorld's catalog, memory, training clips and evaluation split."""
     unknown = [p for p in parts if p not in WORLD_PARTS]
     if unknown:
@@ -126,8 +136,13 @@ def generate_world(settings: Settings, out_dir: Path | None = None,
     if "catalog" in parts:
         results["catalog"] = world_catalog(settings, world_dir)
     # Generation ignores data.*_sources: this command always writes SpriteWorld.
-    world_only = Settings(params={**settings.params, "data": {}}, root=settings.root, data_dir=base,
-                          params_path=settings.params_path, lance_uri=None if out_dir else settings.lance_uri)
+    world_only = Settings(
+        params={**settings.params, "data": {}},
+        root=settings.root,
+        data_dir=base,
+        params_path=settings.params_path,
+        lance_uri=None if out_dir else settings.lance_uri,
+    )
     if "memory" in parts:
         results["memory"] = build_memory(world_only, world_only.path("memory"), world_dir)
     if "videos" in parts:
@@ -144,9 +159,14 @@ def build_bm25_index(settings: Settings) -> dict[str, Any]:
 
     r = settings.section("retrieval")
     index_dir = settings.path("bm25")
-    info = build_index(settings.path("memory"), index_dir, float(r.get("k1", 0.9)), float(r.get("b", 0.4)),
-                       shards=resolve_workers(int(r.get("index_shards", 4))),
-                       batch_rows=int(r.get("index_batch_rows", 20000)))
+    info = build_index(
+        settings.path("memory"),
+        index_dir,
+        float(r.get("k1", 0.9)),
+        float(r.get("b", 0.4)),
+        shards=resolve_workers(int(r.get("index_shards", 4))),
+        batch_rows=int(r.get("index_batch_rows", 20000)),
+    )
     return describe(info, index_dir) | {"docs_per_s": round(info.docs / max(info.seconds, 1e-9), 1)}
 
 
@@ -167,8 +187,9 @@ def fetch_documents(settings: Settings, hits: list, with_images: bool = False) -
     columns = ["caption", "image"] if with_images else ["caption"]
     rows = lance_io.open_dataset(settings.path("memory")).take([h.row for h in hits], columns=columns).to_pylist()
     if with_images:
-        from PIL import Image
         import io
+
+        from PIL import Image
 
         for row in rows:
             with Image.open(io.BytesIO(row["image"])) as img:
@@ -182,8 +203,14 @@ def augment_videos(settings: Settings) -> dict[str, Any]:
     from vimi.retrieval.augment import augment, examples
 
     r = settings.section("retrieval")
-    meta = augment(settings.path("videos"), settings.path("memory"), settings.path("bm25"),
-                   settings.path("augmented"), k=r["k"], threads=r["search_threads"])
+    meta = augment(
+        settings.path("videos"),
+        settings.path("memory"),
+        settings.path("bm25"),
+        settings.path("augmented"),
+        k=r["k"],
+        threads=r["search_threads"],
+    )
     meta["examples"] = examples(settings.path("augmented"), settings.path("memory"))
     from vimi.validation.suites import retrieval_frame
 
@@ -199,9 +226,15 @@ def build_instruction_dataset(settings: Settings) -> dict[str, Any]:
 
     params = InstructionParams.from_params(settings.params)
     eval_videos = settings.path("eval_videos")
-    return build_instructions(settings.path("memory"), settings.path("videos"),
-                              eval_videos if lance_io.exists(eval_videos) else None, settings.path("augmented"),
-                              settings.path("instructions"), params, settings.seed)
+    return build_instructions(
+        settings.path("memory"),
+        settings.path("videos"),
+        eval_videos if lance_io.exists(eval_videos) else None,
+        settings.path("augmented"),
+        settings.path("instructions"),
+        params,
+        settings.seed,
+    )
 
 
 def memory_change(settings: Settings) -> dict[str, Any] | None:
@@ -225,8 +258,9 @@ def validate_dataset(settings: Settings, which: str, uri: Path | None = None) ->
     if which == "retrieval":
         from vimi.validation.suites import validate_retrieval
 
-        return validate_retrieval(uri or settings.path("augmented"), settings.path("videos"),
-                                  settings.path("memory"), settings.params)
+        return validate_retrieval(
+            uri or settings.path("augmented"), settings.path("videos"), settings.path("memory"), settings.params
+        )
     if which == "instructions":
         from vimi.validation.suites import validate_instructions
 
@@ -237,8 +271,14 @@ def validate_dataset(settings: Settings, which: str, uri: Path | None = None) ->
 
 
 # The step that writes each dataset: compaction takes its lock, so it never races that step's overwrite.
-DATASET_WRITERS = {"memory": "memory", "videos": "videos", "eval_videos": "eval_videos", "augmented": "augment",
-                   "instructions": "instructions", "quarantine": "quarantine"}
+DATASET_WRITERS = {
+    "memory": "memory",
+    "videos": "videos",
+    "eval_videos": "eval_videos",
+    "augmented": "augment",
+    "instructions": "instructions",
+    "quarantine": "quarantine",
+}
 
 
 def referenced_versions(settings: Settings) -> dict[str, set[int]]:
@@ -263,7 +303,7 @@ def referenced_versions(settings: Settings) -> dict[str, set[int]]:
         if not lance_io.exists(settings.path(name)):
             continue
         ds = lance_io.open_dataset(settings.path(name))
-        videos = ["videos_path"] if name == "instructions" else []   # augmented: always this directory's videos
+        videos = ["videos_path"] if name == "instructions" else []  # augmented: always this directory's videos
         table = ds.to_table(columns=["memory_path", "memory_version", *videos, "videos_version"])
         for row in {tuple(r.values()) for r in table.to_pylist()}:
             add(row[0], row[1])
@@ -274,8 +314,9 @@ def referenced_versions(settings: Settings) -> dict[str, set[int]]:
     return refs
 
 
-def compact_datasets(settings: Settings, names: list[str] | None = None, max_fragments: int = 0,
-                     prune: bool = False) -> dict[str, dict[str, Any] | None]:
+def compact_datasets(
+    settings: Settings, names: list[str] | None = None, max_fragments: int = 0, prune: bool = False
+) -> dict[str, dict[str, Any] | None]:
     """Merge the fragments of the named datasets (all by default) that have more than
     ``max_fragments``: appends do it themselves past lance_io.MAX_FRAGMENTS; this is for data
     appended by other tools, or to merge everything before a `dvc commit`/push.
@@ -299,15 +340,23 @@ def compact_datasets(settings: Settings, names: list[str] | None = None, max_fra
             before = lance_io.open_dataset(uri)
             fragments, version = len(before.get_fragments()), before.version
             after = lance_io.compact(uri, max_fragments) or before
-            meta = {"path": str(uri), "fragments_before": fragments, "version_before": version,
-                    "fragments": len(after.get_fragments()), "version": after.version,
-                    "compacted": after.version != version}
+            meta = {
+                "path": str(uri),
+                "fragments_before": fragments,
+                "version_before": version,
+                "fragments": len(after.get_fragments()),
+                "version": after.version,
+                "compacted": after.version != version,
+            }
             if prune:
                 files = len(lance_io.file_sizes(uri))
                 pruned = lance_io.prune(uri, refs[name])
-                meta |= {"versions_pruned": pruned,
-                         "versions_kept": [v["version"] for v in lance_io.open_dataset(uri).versions()],
-                         "files_before": files, "files": len(lance_io.file_sizes(uri))}
+                meta |= {
+                    "versions_pruned": pruned,
+                    "versions_kept": [v["version"] for v in lance_io.open_dataset(uri).versions()],
+                    "files_before": files,
+                    "files": len(lance_io.file_sizes(uri)),
+                }
         result[name] = meta
     return result
 
@@ -326,16 +375,24 @@ def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, A
     section = settings.params.get("align", {})
     cfg = LoopConfig.from_params(section, settings.seed, "align")
     task = AlignTask(settings.path("memory"), settings.params.get("model", {}), section, settings.seed)
-    tracker = mlflow_tracker(settings, "vimi-align", "align-image-encoder",
-                             [_lance_input(settings.path("memory"), "memory")], log_model=False)
+    tracker = mlflow_tracker(
+        settings,
+        "vimi-align",
+        "align-image-encoder",
+        [_lance_input(settings.path("memory"), "memory")],
+        log_model=False,
+    )
     out = settings.model_path("encoder")
     summary = train(task, cfg, settings.model_path(".checkpoints") / "encoder", out, tracker, resume)
     from vimi.train.stage1 import load_vision
 
-    quality = task.evaluate(load_vision(out).to(task.language_model.device))   # what was saved: the EMA weights
+    quality = task.evaluate(load_vision(out).to(task.language_model.device))  # what was saved: the EMA weights
     (out / "alignment.json").write_text(json.dumps(quality, indent=1))
-    return summary | quality | {"path": str(out), "experiment": "vimi-align",
-                                "run_link": ui_link(settings, "vimi-align", summary["run_id"])}
+    return (
+        summary
+        | quality
+        | {"path": str(out), "experiment": "vimi-align", "run_link": ui_link(settings, "vimi-align", summary["run_id"])}
+    )
 
 
 @locked(lambda settings, text_only=False, *a, **k: "stage1-text-only" if text_only else "stage1")
@@ -348,30 +405,47 @@ def train_stage1(settings: Settings, text_only: bool = False, resume: str = "aut
 
     section = settings.params.get("stage1", {})
     cfg = LoopConfig.from_params(section, settings.seed, "stage1")
-    task = Stage1Task(settings.params, settings.path("augmented"), settings.path("videos"),
-                      settings.model_path("encoder"), text_only=text_only)
+    task = Stage1Task(
+        settings.params,
+        settings.path("augmented"),
+        settings.path("videos"),
+        settings.model_path("encoder"),
+        text_only=text_only,
+    )
     inputs = [_lance_input(settings.path("augmented"), "augmented"), _lance_input(settings.path("videos"), "videos")]
     if not text_only:
         inputs.append(_lance_input(settings.path("memory"), "memory"))
     import pandas as pd
 
     example = (pd.DataFrame({"prompt": [task.dataset.captions[0]]}), {"num_inference_steps": 2, "seed": 0})
-    tracker = mlflow_tracker(settings, "vimi-stage1", task.name, inputs,
-                             tags={"vimi.stage": "1", "vimi.text_only": str(text_only).lower(),
-                                   "vimi.profile": settings.profile}, input_example=example)
+    tracker = mlflow_tracker(
+        settings,
+        "vimi-stage1",
+        task.name,
+        inputs,
+        tags={"vimi.stage": "1", "vimi.text_only": str(text_only).lower(), "vimi.profile": settings.profile},
+        input_example=example,
+    )
     out = settings.model_path(task.name)
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
-    return summary | {"path": str(out), "experiment": "vimi-stage1", "text_only": text_only,
-                      "run_link": ui_link(settings, "vimi-stage1", summary["run_id"])}
+    return summary | {
+        "path": str(out),
+        "experiment": "vimi-stage1",
+        "text_only": text_only,
+        "run_link": ui_link(settings, "vimi-stage1", summary["run_id"]),
+    }
 
 
 def _lineage_tags(settings: Settings, instructions: Any, init: Any) -> dict[str, str]:
     """Where a stage-2 model came from: data versions, index, code, the model it started from."""
     from vimi.registry import git_commit
 
-    tags = {"vimi.instructions": f"{settings.path('instructions')}@v{instructions.version}",
-            "vimi.profile": settings.profile, "vimi.git_commit": git_commit(settings.root),
-            "vimi.init_model": init.uri}
+    tags = {
+        "vimi.instructions": f"{settings.path('instructions')}@v{instructions.version}",
+        "vimi.profile": settings.profile,
+        "vimi.git_commit": git_commit(settings.root),
+        "vimi.init_model": init.uri,
+    }
     versions = instructions.versions()
     for name in ("videos", "memory"):
         tags[f"vimi.{name}"] = ", ".join(versions[name])
@@ -384,7 +458,7 @@ def _lineage_tags(settings: Settings, instructions: Any, init: Any) -> dict[str,
         try:
             aug = lance_io.open_dataset(path).checkout_version(version)
             tags["vimi.index_id"] = aug.to_table(columns=["index_id"], limit=1).column("index_id")[0].as_py()
-        except Exception:   # that version was cleaned up since: the tag says so rather than failing training
+        except Exception:  # that version was cleaned up since: the tag says so rather than failing training
             tags["vimi.index_id"] = "unknown (augmented version gone)"
     stage1_run = init.run_id
     summary = Path(init.path) / "training.json"
@@ -406,13 +480,16 @@ def _input_example(dataset: Any) -> tuple[Any, dict[str, Any]] | None:
         return None
     memory = lance_io.open_dataset(row["memory_path"]).checkout_version(row["memory_version"])
     rows = [s["row"] for s in row["image_sources"]]
-    images = [base64.b64encode(b).decode("ascii") for b in memory.take(rows, columns=["image"]).column("image").to_pylist()]
+    images = [
+        base64.b64encode(b).decode("ascii") for b in memory.take(rows, columns=["image"]).column("image").to_pylist()
+    ]
     return pd.DataFrame({"prompt": [row["instruction"]], "images": [images]}), {"num_inference_steps": 2, "seed": 0}
 
 
 @locked("stage2")
-def train_stage2(settings: Settings, init: str | None = None, resume: str = "auto",
-                 register: bool = True) -> dict[str, Any]:
+def train_stage2(
+    settings: Settings, init: str | None = None, resume: str = "auto", register: bool = True
+) -> dict[str, Any]:
     """Stage 2, multimodal instruction tuning from a stage-1 pipeline (models/stage2/); tracked in the
     MLflow experiment vimi-stage2 and registered as a new `candidate` version of the model."""
     from vimi.registry import register_pipeline, resolve_model
@@ -426,25 +503,46 @@ def train_stage2(settings: Settings, init: str | None = None, resume: str = "aut
         init = str(section.get("init", "models/stage1"))
         local = Path(init) if Path(init).is_absolute() else settings.root / init
         if ":/" not in init and not local.exists():
-            raise VimiError(f"No stage-1 pipeline at {local} (params.yaml stage2.init). Train it first "
-                            "(vimi train stage1), or pass --from MODEL.")
+            raise VimiError(
+                f"No stage-1 pipeline at {local} (params.yaml stage2.init). Train it first "
+                "(vimi train stage1), or pass --from MODEL."
+            )
         source = resolve_model(settings, init, base=settings.root)
     else:
         source = resolve_model(settings, init)
     task = Stage2Task(settings.params, settings.path("instructions"), source.path)
     inputs = [_lance_input(settings.path("instructions"), "instructions")]
-    inputs += [(dataset_location(p), name, int(v)) for name, keys in (("videos", task.dataset.videos), ("memory", task.dataset.memory))
-               for p, v in keys]
+    inputs += [
+        (dataset_location(p), name, int(v))
+        for name, keys in (("videos", task.dataset.videos), ("memory", task.dataset.memory))
+        for p, v in keys
+    ]
     lineage = _lineage_tags(settings, task.dataset, source)
-    tracker = mlflow_tracker(settings, "vimi-stage2", task.name, inputs,
-                             tags={"vimi.stage": "2", **lineage}, input_example=_input_example(task.dataset))
+    tracker = mlflow_tracker(
+        settings,
+        "vimi-stage2",
+        task.name,
+        inputs,
+        tags={"vimi.stage": "2", **lineage},
+        input_example=_input_example(task.dataset),
+    )
     out = settings.model_path(task.name)
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
-    meta = summary | {"path": str(out), "experiment": "vimi-stage2", "init_model": source.uri,
-                      "run_link": ui_link(settings, "vimi-stage2", summary["run_id"]), "lineage": lineage}
-    if register and summary.get("model_uri"):   # the main process logged the model; others have nothing to register
-        meta["registered"] = register_pipeline(settings, summary["model_uri"], out, lineage,
-                                               {"final_loss": summary["final_loss"], "clips_per_s": summary["clips_per_s"]})
+    meta = summary | {
+        "path": str(out),
+        "experiment": "vimi-stage2",
+        "init_model": source.uri,
+        "run_link": ui_link(settings, "vimi-stage2", summary["run_id"]),
+        "lineage": lineage,
+    }
+    if register and summary.get("model_uri"):  # the main process logged the model; others have nothing to register
+        meta["registered"] = register_pipeline(
+            settings,
+            summary["model_uri"],
+            out,
+            lineage,
+            {"final_loss": summary["final_loss"], "clips_per_s": summary["clips_per_s"]},
+        )
     return meta
 
 
@@ -472,26 +570,50 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
     # fitted to its shape when it trains and when it classifies.
     num_frames = int(section.get("num_frames") or world.get("num_frames", 8))
     frame_size = int(section.get("frame_size") or world.get("frame_size", 32))
-    task = FeatureNetTask(settings.path("videos"), num_frames, frame_size, section, settings.seed,
-                          memory if lance_io.exists(memory) else None)
-    inputs = [_lance_input(settings.path("videos"), "videos")] + ([_lance_input(memory, "memory")] if task.stills else [])
-    tracker = mlflow_tracker(settings, "vimi-eval", "feature-network", inputs,
-                             tags={"vimi.stage": "featurenet", "vimi.profile": settings.profile}, log_model=False)
+    task = FeatureNetTask(
+        settings.path("videos"),
+        num_frames,
+        frame_size,
+        section,
+        settings.seed,
+        memory if lance_io.exists(memory) else None,
+    )
+    inputs = [_lance_input(settings.path("videos"), "videos")] + (
+        [_lance_input(memory, "memory")] if task.stills else []
+    )
+    tracker = mlflow_tracker(
+        settings,
+        "vimi-eval",
+        "feature-network",
+        inputs,
+        tags={"vimi.stage": "featurenet", "vimi.profile": settings.profile},
+        log_model=False,
+    )
     out = settings.model_path(task.name)
     summary = train(task, cfg, settings.model_path(".checkpoints") / task.name, out, tracker, resume)
     quality: dict[str, Any] = {}
     if lance_io.exists(settings.path("eval_videos")):
         model = load_feature_network(out)
-        clips = LabelledClips(settings.path("eval_videos"), model.config.labels, model.config.num_frames,
-                              model.config.frame_size)
+        clips = LabelledClips(
+            settings.path("eval_videos"), model.config.labels, model.config.num_frames, model.config.frame_size
+        )
         quality = accuracy(model, clips)
         (out / "accuracy.json").write_text(json.dumps(quality, indent=1))
-    return summary | {"path": str(out), "experiment": "vimi-eval", "eval_accuracy": quality,
-                      "run_link": ui_link(settings, "vimi-eval", summary["run_id"])}
+    return summary | {
+        "path": str(out),
+        "experiment": "vimi-eval",
+        "eval_accuracy": quality,
+        "run_link": ui_link(settings, "vimi-eval", summary["run_id"]),
+    }
 
 
-def evaluate_model(settings: Settings, benchmark: str = "spriteworld", model: str | None = None,
-                   metrics_file: Path | None = None, **options: Any) -> dict[str, Any]:
+def evaluate_model(
+    settings: Settings,
+    benchmark: str = "spriteworld",
+    model: str | None = None,
+    metrics_file: Path | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """The evaluation steps: SpriteWorld's grounding metrics (reports/metrics.json) or UCF101 zero-shot
     FVD/IS (reports/ucf101.json) of MODEL (default: the newest @candidate), into MLflow vimi-eval and the
     version's tags (which promotion reads). OPTIONS override params.yaml: for spriteworld
@@ -504,23 +626,32 @@ def evaluate_model(settings: Settings, benchmark: str = "spriteworld", model: st
     options = {key: value for key, value in options.items() if value is not None}
     seed = int(options.pop("seed", settings.seed))
     if benchmark == "ucf101":
-        return evaluate_ucf101_configured(settings, model, metrics_file or settings.root / "reports" / "ucf101.json",
-                                          seed=seed, **options)
+        return evaluate_ucf101_configured(
+            settings, model, metrics_file or settings.root / "reports" / "ucf101.json", seed=seed, **options
+        )
     if benchmark != "spriteworld":
         raise VimiError(f"Unknown benchmark {benchmark!r}; the pipeline evaluates spriteworld and ucf101.")
     unknown = set(options) - {"videos_per_task", "steps"}
     if unknown:
-        raise VimiError(f"spriteworld evaluation takes no option {', '.join(sorted(unknown))}; "
-                        "known: videos_per_task, steps, seed.")
-    return evaluate_spriteworld(settings, model, options.get("videos_per_task"), options.get("steps"), seed,
-                                metrics_file=metrics_file or settings.root / "reports" / "metrics.json")
+        raise VimiError(
+            f"spriteworld evaluation takes no option {', '.join(sorted(unknown))}; known: videos_per_task, steps, seed."
+        )
+    return evaluate_spriteworld(
+        settings,
+        model,
+        options.get("videos_per_task"),
+        options.get("steps"),
+        seed,
+        metrics_file=metrics_file or settings.root / "reports" / "metrics.json",
+    )
 
 
 UCF101_OPTIONS = ("root", "num_videos", "c3d", "split", "fold", "steps", "allow_fewer", "prompts")
 
 
-def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Path | None, seed: int | None = None,
-                               **overrides: Any) -> dict[str, Any]:
+def evaluate_ucf101_configured(
+    settings: Settings, model: str, metrics_file: Path | None, seed: int | None = None, **overrides: Any
+) -> dict[str, Any]:
     """Zero-shot UCF101 FVD (and IS with C3D) as params.yaml evaluate.ucf101 configures it (OVERRIDES win);
     with no `root` (UCF101 is not shipped: it cannot be downloaded here) it says so, records that in the
     metrics file and evaluates nothing."""
@@ -528,12 +659,15 @@ def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Pat
 
     unknown = set(overrides) - set(UCF101_OPTIONS)
     if unknown:
-        raise VimiError(f"ucf101 evaluation takes no option {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(UCF101_OPTIONS)}, seed.")
+        raise VimiError(
+            f"ucf101 evaluation takes no option {', '.join(sorted(unknown))}; known: {', '.join(UCF101_OPTIONS)}, seed."
+        )
     section = {**(settings.params.get("evaluate", {}).get("ucf101") or {}), **overrides}
     if not section.get("root"):
-        reason = ("params.yaml evaluate.ucf101.root is not set: point it at a folder holding UCF-101/ and "
-                  "ucfTrainTestlist/ (the official layout) to evaluate zero-shot FVD (and IS with c3d)")
+        reason = (
+            "params.yaml evaluate.ucf101.root is not set: point it at a folder holding UCF-101/ and "
+            "ucfTrainTestlist/ (the official layout) to evaluate zero-shot FVD (and IS with c3d)"
+        )
         if metrics_file is not None:
             update_metrics_file(Path(metrics_file), "ucf101", {"configured": False, "reason": reason})
         return {"benchmark": "ucf101", "configured": False, "reason": reason}
@@ -544,11 +678,20 @@ def evaluate_ucf101_configured(settings: Settings, model: str, metrics_file: Pat
         path = Path(str(value)).expanduser()
         return path if path.is_absolute() else settings.root / path
 
-    result = evaluate_ucf101(settings, model, local(section["root"]), int(section.get("num_videos", 2048)),
-                             local(section.get("c3d")), str(section.get("split", "test")), int(section.get("fold", 1)),
-                             section.get("steps"), settings.seed if seed is None else seed,
-                             allow_fewer=bool(section.get("allow_fewer", False)),
-                             metrics_file=metrics_file, prompts_file=local(section.get("prompts")))
+    result = evaluate_ucf101(
+        settings,
+        model,
+        local(section["root"]),
+        int(section.get("num_videos", 2048)),
+        local(section.get("c3d")),
+        str(section.get("split", "test")),
+        int(section.get("fold", 1)),
+        section.get("steps"),
+        settings.seed if seed is None else seed,
+        allow_fewer=bool(section.get("allow_fewer", False)),
+        metrics_file=metrics_file,
+        prompts_file=local(section.get("prompts")),
+    )
     return result | {"configured": True}
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from vimi.config import Settings
 from vimi.errors import VimiError
 
-BUDGET_S = 15 * 60    # the budget of `make run` on the tiny profile, 2 cores, after set-up
+BUDGET_S = 15 * 60  # the budget of `make run` on the tiny profile, 2 cores, after set-up
 
 
 def _steps(s: Settings) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -31,6 +31,7 @@ def _steps(s: Settings) -> list[tuple[str, str, Callable[[], Any]]]:
             if not report.success:
                 raise VimiError(f"the {which} suite failed in the benchmark:\n{report.to_text()}")
             return report
+
         return run
 
     return [
@@ -63,13 +64,20 @@ def _process_start_s() -> float:
     return time.perf_counter() - start
 
 
-def bench_pipeline(settings: Settings, workdir: Path | None = None,
-                   log: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+def bench_pipeline(
+    settings: Settings, workdir: Path | None = None, log: Callable[[str], None] = lambda line: None
+) -> dict[str, Any]:
     from vimi.bench import _machine
 
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vimi-bench-pipeline-"))
-    s = Settings(params=settings.params, root=scratch, data_dir=scratch / "data", params_path=settings.params_path,
-                 models_dir=scratch / "models", tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}")
+    s = Settings(
+        params=settings.params,
+        root=scratch,
+        data_dir=scratch / "data",
+        params_path=settings.params_path,
+        models_dir=scratch / "models",
+        tracking_uri=f"sqlite:///{scratch / 'mlflow.db'}",
+    )
     stages: list[dict[str, Any]] = []
     baseline = _process_start_s()
     total_start = time.perf_counter()
@@ -90,10 +98,17 @@ def bench_pipeline(settings: Settings, workdir: Path | None = None,
     # steps above do not: added from the baseline measured here.
     projected = total + baseline * sum(1 for st in stages if st["group"] != "checks")
     return {
-        "benchmark": "pipeline", "profile": settings.profile, "machine": _machine(),
-        "stages": stages, "seconds_by_group": by_group, "total_s": round(total, 1),
+        "benchmark": "pipeline",
+        "profile": settings.profile,
+        "machine": _machine(),
+        "stages": stages,
+        "seconds_by_group": by_group,
+        "total_s": round(total, 1),
         "baseline_process_start_s": round(baseline, 2),
-        "make_run_projected_s": round(projected, 1), "budget_s": BUDGET_S,
-        "budget_share": round(projected / BUDGET_S, 3), "within_budget": projected <= BUDGET_S,
-        "slowest": sorted(stages, key=lambda st: -st["seconds"])[:3], "workdir": str(scratch),
+        "make_run_projected_s": round(projected, 1),
+        "budget_s": BUDGET_S,
+        "budget_share": round(projected / BUDGET_S, 3),
+        "within_budget": projected <= BUDGET_S,
+        "slowest": sorted(stages, key=lambda st: -st["seconds"])[:3],
+        "workdir": str(scratch),
     }

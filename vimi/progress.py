@@ -21,16 +21,26 @@ def enabled() -> bool:
 
 def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
     """Wrap an iterable in a progress bar on stderr."""
-    yield from tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=0.5,
-                    dynamic_ncols=True, file=sys.stderr)
+    yield from tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=not enabled(),
+        mininterval=0.5,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
 
 
 @contextmanager
 def counter(total: int, desc: str, unit: str = "it") -> Iterator[Callable[[int], None]]:
     """A progress bar advanced by calls from any thread: ``with counter(n, "x") as tick: tick(5)``."""
     lock = threading.Lock()
-    with tqdm(total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=0.5, dynamic_ncols=True,
-              file=sys.stderr) as bar:
+    with tqdm(
+        total=total, desc=desc, unit=unit, disable=not enabled(), mininterval=0.5, dynamic_ncols=True, file=sys.stderr
+    ) as bar:
+
         def tick(n: int) -> None:
             with lock:
                 bar.update(n)

@@ -8,15 +8,16 @@ num_frames, num_inference_steps, guidance_scale, format (mp4 | gif).
 Output, one row per video: `video` (base64 of the MP4 or GIF), format, num_frames, height, width, seed.
 """
 
-import mlflow
 from mlflow.pyfunc import PythonModel
+
+import mlflow
 
 
 def _bad_input(message: str):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)   # the scoring server answers 400
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # the scoring server answers 400
 
 
 class ViMiPyfunc(PythonModel):
@@ -57,25 +58,38 @@ class ViMiPyfunc(PythonModel):
                 for column in ("images", "context_frames"):
                     values = row.get(column)
                     values = [] if values is None or (np.ndim(values) == 0 and pd.isna(values)) else list(values)
-                    decoded[column] = [read_image(base64.b64decode(v, validate=True), f"Row {i}: {column}[{j}]")
-                                       for j, v in enumerate(values)]
+                    decoded[column] = [
+                        read_image(base64.b64decode(v, validate=True), f"Row {i}: {column}[{j}]")
+                        for j, v in enumerate(values)
+                    ]
                 frames_given = decoded["context_frames"]
                 placed = place_frames(prompt, len(decoded["images"]), len(frames_given))
                 images = order_images(prompt, placed, decoded["images"], frames_given)
                 generator = torch.Generator().manual_seed(seed + i)
                 frames = self.pipeline(
-                    placed, images=images, num_frames=params.get("num_frames") or None,
+                    placed,
+                    images=images,
+                    num_frames=params.get("num_frames") or None,
                     context_frames=np.stack(frames_given) if frames_given else None,
                     num_inference_steps=int(params.get("num_inference_steps") or 25),
                     guidance_scale=None if params.get("guidance_scale") is None else float(params["guidance_scale"]),
-                    generator=generator).frames[0]
+                    generator=generator,
+                ).frames[0]
             except (VimiError, ValueError) as exc:
                 raise _bad_input(str(exc)) from None
             with tempfile.TemporaryDirectory() as tmp:
                 path = write_video(frames, Path(tmp) / f"video.{fmt}", fps=float(self.pipeline.config.fps))
                 data = base64.b64encode(path.read_bytes()).decode("ascii")
-            out.append({"video": data, "format": fmt, "num_frames": int(frames.shape[0]),
-                        "height": int(frames.shape[1]), "width": int(frames.shape[2]), "seed": seed + i})
+            out.append(
+                {
+                    "video": data,
+                    "format": fmt,
+                    "num_frames": int(frames.shape[0]),
+                    "height": int(frames.shape[1]),
+                    "width": int(frames.shape[2]),
+                    "seed": seed + i,
+                }
+            )
         return pd.DataFrame(out)
 
 

@@ -56,9 +56,9 @@ def client(settings: Settings):
 
 @dataclass
 class ResolvedModel:
-    uri: str                      # as the user named it
-    path: Path                    # the local ViMi pipeline directory
-    name: str | None = None       # registered model name, version and the alias used, if any
+    uri: str  # as the user named it
+    path: Path  # the local ViMi pipeline directory
+    name: str | None = None  # registered model name, version and the alias used, if any
     version: str | None = None
     alias: str | None = None
     run_id: str | None = None
@@ -82,8 +82,10 @@ def pipeline_dir(root: Path, what: str) -> Path:
             path = folder / str((artifacts.get("pipeline") or {}).get("path", ""))
             if (path / "model_index.json").is_file():
                 return path
-    raise VimiError(f"{what} holds no ViMi pipeline (no model_index.json in {root}, nor an MLflow model "
-                    "with a `pipeline` artifact).")
+    raise VimiError(
+        f"{what} holds no ViMi pipeline (no model_index.json in {root}, nor an MLflow model "
+        "with a `pipeline` artifact)."
+    )
 
 
 def _download(artifact_uri: str, dest: Path) -> Path:
@@ -98,7 +100,7 @@ def _download(artifact_uri: str, dest: Path) -> Path:
         mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp))
         try:
             tmp.rename(dest)
-        except OSError:          # another process finished the same download first
+        except OSError:  # another process finished the same download first
             shutil.rmtree(tmp, ignore_errors=True)
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,18 +121,23 @@ def registry_version(settings: Settings, name: str, ref: str, by_alias: bool):
         model = c.get_registered_model(name)
     except MlflowException:
         names = sorted(m.name for m in c.search_registered_models())
-        raise VimiError(f"No registered model {name!r} in {tracking_uri(settings)}; registered models: "
-                        f"{', '.join(names) or 'none'}. Train and register one: vimi train stage2.") from None
+        raise VimiError(
+            f"No registered model {name!r} in {tracking_uri(settings)}; registered models: "
+            f"{', '.join(names) or 'none'}. Train and register one: vimi train stage2."
+        ) from None
     versions = c.search_model_versions(f"name='{name}'")
     if by_alias:
         if ref not in model.aliases:
             aliases = ", ".join(f"@{a} (version {v})" for a, v in sorted(model.aliases.items())) or "none"
-            raise VimiError(f"Model {name!r} has no alias @{ref}. Aliases: {aliases}; versions: "
-                            f"{_versions_line(versions)}.")
+            raise VimiError(
+                f"Model {name!r} has no alias @{ref}. Aliases: {aliases}; versions: {_versions_line(versions)}."
+            )
         return c.get_model_version(name, str(model.aliases[ref]))
     if ref not in {str(v.version) for v in versions}:
-        raise VimiError(f"Model {name!r} has no version {ref}. Versions: {_versions_line(versions)}; aliases: "
-                        f"{', '.join('@' + a for a in sorted(model.aliases)) or 'none'}.")
+        raise VimiError(
+            f"Model {name!r} has no version {ref}. Versions: {_versions_line(versions)}; aliases: "
+            f"{', '.join('@' + a for a in sorted(model.aliases)) or 'none'}."
+        )
     return c.get_model_version(name, ref)
 
 
@@ -140,7 +147,7 @@ def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> Res
     uri = model_uri(settings, uri)
     cache = settings.model_path(".cache")
     if uri.startswith("models:/"):
-        rest = uri[len("models:/"):].strip("/")
+        rest = uri[len("models:/") :].strip("/")
         if "@" in rest:
             name, ref, by_alias = *rest.split("@", 1), True
         elif "/" in rest:
@@ -153,10 +160,11 @@ def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> Res
         # Keyed by what the version points at too: a recreated store may reuse version numbers.
         key = hashlib.sha256(f"{mv.source}|{mv.run_id}".encode()).hexdigest()[:12]
         local = _download(f"models:/{name}/{mv.version}", cache / "models" / name / f"{mv.version}-{key}")
-        return ResolvedModel(uri, pipeline_dir(local, uri), name, str(mv.version), ref if by_alias else None,
-                             mv.run_id, dict(mv.tags))
+        return ResolvedModel(
+            uri, pipeline_dir(local, uri), name, str(mv.version), ref if by_alias else None, mv.run_id, dict(mv.tags)
+        )
     if uri.startswith("runs:/"):
-        rest = uri[len("runs:/"):].strip("/")
+        rest = uri[len("runs:/") :].strip("/")
         run_id, _, sub = rest.partition("/")
         from mlflow.exceptions import MlflowException
 
@@ -174,8 +182,9 @@ def resolve_model(settings: Settings, uri: str, base: Path | None = None) -> Res
     if base is not None and not path.is_absolute():
         path = base / path
     if not path.exists():
-        raise VimiError(f"Model {uri!r} is neither an existing pipeline directory ({path.resolve()}) nor a "
-                        "runs:/ or models:/ URI.")
+        raise VimiError(
+            f"Model {uri!r} is neither an existing pipeline directory ({path.resolve()}) nor a runs:/ or models:/ URI."
+        )
     return ResolvedModel(uri, pipeline_dir(path.resolve(), uri))
 
 
@@ -185,8 +194,13 @@ def git_commit(root: Path) -> str:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
@@ -204,23 +218,28 @@ def smoke_check(path: Path, num_frames: int) -> tuple[bool, str]:
         pipe = load_pipeline(path)
         size = int(pipe.config.frame_size)
         generator = torch.Generator().manual_seed(0)
-        out = pipe("a check", num_frames=num_frames, num_inference_steps=2, generator=generator, output_type="pt").frames
+        out = pipe(
+            "a check", num_frames=num_frames, num_inference_steps=2, generator=generator, output_type="pt"
+        ).frames
         if tuple(out.shape) != (1, 3, num_frames, size, size) or not torch.isfinite(out).all():
             return False, f"text-to-video gave shape {tuple(out.shape)}, finite={bool(torch.isfinite(out).all())}"
         if pipe.predicts_video:
             given = np.random.default_rng(0).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
-            frames = pipe("a check", num_frames=num_frames, context_frames=given, num_inference_steps=2,
-                          generator=generator).frames
+            frames = pipe(
+                "a check", num_frames=num_frames, context_frames=given, num_inference_steps=2, generator=generator
+            ).frames
             if not np.array_equal(frames[0, 0], given[0]):
                 return False, "video prediction does not start with the given frame"
-    except Exception as exc:   # any failure is the check's finding, not a crash of registration
+    except Exception as exc:  # any failure is the check's finding, not a crash of registration
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return True, f"loads; generates finite {num_frames}-frame clips" + (
-        "; video prediction keeps the given frames" if pipe.predicts_video else "")
+        "; video prediction keeps the given frames" if pipe.predicts_video else ""
+    )
 
 
-def register_pipeline(settings: Settings, model_uri: str, local_dir: Path, tags: dict[str, Any],
-                      metrics: dict[str, float]) -> dict[str, Any]:
+def register_pipeline(
+    settings: Settings, model_uri: str, local_dir: Path, tags: dict[str, Any], metrics: dict[str, float]
+) -> dict[str, Any]:
     """Register a logged pipeline (its `models:/m-…` or `runs:/…` URI; `local_dir` is the same pipeline,
     checked before registering) as a new version, tagged with lineage, metrics and the check's
     verdict; alias `candidate`."""
@@ -229,30 +248,43 @@ def register_pipeline(settings: Settings, model_uri: str, local_dir: Path, tags:
     name = model_name(settings)
     c = client(settings)
     ok, detail = smoke_check(local_dir, int(settings.params.get("registry", {}).get("smoke_frames", 8)))
-    all_tags = {**{k: str(v) for k, v in tags.items()},
-                **{f"{METRIC_PREFIX}{k}": f"{float(v):.6g}" for k, v in metrics.items()},
-                CHECKS_TAG: "passed" if ok else "failed", CHECKS_DETAIL_TAG: detail[:4000]}
+    all_tags = {
+        **{k: str(v) for k, v in tags.items()},
+        **{f"{METRIC_PREFIX}{k}": f"{float(v):.6g}" for k, v in metrics.items()},
+        CHECKS_TAG: "passed" if ok else "failed",
+        CHECKS_DETAIL_TAG: detail[:4000],
+    }
     try:
         c.get_registered_model(name)
     except Exception:
-        c.create_registered_model(name, description="ViMi: grounded video generation from multimodal "
-                                  "instructions (subject-driven, video prediction, text-to-video).")
+        c.create_registered_model(
+            name,
+            description="ViMi: grounded video generation from multimodal "
+            "instructions (subject-driven, video prediction, text-to-video).",
+        )
     mv = mlflow.register_model(model_uri, name, tags=all_tags)
     c.set_registered_model_alias(name, CANDIDATE, mv.version)
-    return {"name": name, "version": str(mv.version), "alias": CANDIDATE, "checks": all_tags[CHECKS_TAG],
-            "checks_detail": detail, "uri": f"models:/{name}/{mv.version}"}
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "alias": CANDIDATE,
+        "checks": all_tags[CHECKS_TAG],
+        "checks_detail": detail,
+        "uri": f"models:/{name}/{mv.version}",
+    }
 
 
 def metrics_of(tags: dict[str, str]) -> dict[str, float]:
-    return {k[len(METRIC_PREFIX):]: float(v) for k, v in tags.items() if k.startswith(METRIC_PREFIX)}
+    return {k[len(METRIC_PREFIX) :]: float(v) for k, v in tags.items() if k.startswith(METRIC_PREFIX)}
 
 
 def lower_is_better(metric: str) -> bool:
     return metric.startswith("fvd") or metric.endswith("loss")
 
 
-def decide(candidate_tags: dict[str, str], champion_tags: dict[str, str] | None, metric: str = "fvd_syn",
-           margin: float = 0.0) -> tuple[bool, str]:
+def decide(
+    candidate_tags: dict[str, str], champion_tags: dict[str, str] | None, metric: str = "fvd_syn", margin: float = 0.0
+) -> tuple[bool, str]:
     """The promotion policy. A candidate becomes champion only when its checks passed; with a
     champion in place that was evaluated on `metric`, the candidate must be evaluated on it too and
     beat it by the relative `margin` (fvd*, *loss: lower is better; everything else higher)."""
@@ -272,33 +304,52 @@ def decide(candidate_tags: dict[str, str], champion_tags: dict[str, str] | None,
         needed = theirs + abs(theirs) * margin
         better = ours > needed if margin > 0 else ours > theirs
     verdict = "beats" if better else "does not beat"
-    return better, (f"its checks passed and its {metric} {ours:.4g} {verdict} the champion's {theirs:.4g}"
-                    + (f" by the margin {margin:.1%}" if margin > 0 else ""))
+    return better, (
+        f"its checks passed and its {metric} {ours:.4g} {verdict} the champion's {theirs:.4g}"
+        + (f" by the margin {margin:.1%}" if margin > 0 else "")
+    )
 
 
 def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
     """Apply the policy to the candidate (or the given version): move `champion` or say why not."""
     name = model_name(settings)
     c = client(settings)
-    candidate = registry_version(settings, name, version, False) if version else \
-        registry_version(settings, name, CANDIDATE, True)
+    candidate = (
+        registry_version(settings, name, version, False)
+        if version
+        else registry_version(settings, name, CANDIDATE, True)
+    )
     aliases = c.get_registered_model(name).aliases
     champion_version = aliases.get(CHAMPION)
-    result = {"name": name, "candidate": str(candidate.version),
-              "previous_champion": None if champion_version is None else str(champion_version)}
+    result = {
+        "name": name,
+        "candidate": str(candidate.version),
+        "previous_champion": None if champion_version is None else str(champion_version),
+    }
     if champion_version is not None and str(champion_version) == str(candidate.version):
-        return result | {"promoted": False, "champion": str(champion_version),
-                         "reason": f"version {candidate.version} is already the champion"}
+        return result | {
+            "promoted": False,
+            "champion": str(champion_version),
+            "reason": f"version {candidate.version} is already the champion",
+        }
     champion = None if champion_version is None else c.get_model_version(name, str(champion_version))
     policy = settings.params.get("registry", {})
-    ok, reason = decide(dict(candidate.tags), None if champion is None else dict(champion.tags),
-                        str(policy.get("promotion_metric", "fvd_syn")), float(policy.get("promotion_margin", 0.0)))
-    c.set_model_version_tag(name, candidate.version, PROMOTION_TAG,
-                            ("promoted: " if ok else "kept as candidate: ") + reason)
+    ok, reason = decide(
+        dict(candidate.tags),
+        None if champion is None else dict(champion.tags),
+        str(policy.get("promotion_metric", "fvd_syn")),
+        float(policy.get("promotion_margin", 0.0)),
+    )
+    c.set_model_version_tag(
+        name, candidate.version, PROMOTION_TAG, ("promoted: " if ok else "kept as candidate: ") + reason
+    )
     if ok:
         c.set_registered_model_alias(name, CHAMPION, candidate.version)
-    return result | {"promoted": ok, "reason": reason,
-                     "champion": str(candidate.version) if ok else result["previous_champion"]}
+    return result | {
+        "promoted": ok,
+        "reason": reason,
+        "champion": str(candidate.version) if ok else result["previous_champion"],
+    }
 
 
 def describe(settings: Settings) -> dict[str, Any] | None:
@@ -306,8 +357,8 @@ def describe(settings: Settings) -> dict[str, Any] | None:
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(settings)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        return None    # no store yet: nothing registered (and `vimi status` creates none)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        return None  # no store yet: nothing registered (and `vimi status` creates none)
     name = model_name(settings)
     c = client(settings)
     try:
@@ -319,8 +370,14 @@ def describe(settings: Settings) -> dict[str, Any] | None:
         by_version.setdefault(str(v), []).append(alias)
     versions = []
     for mv in sorted(c.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
-        versions.append({"version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-                         "run_id": mv.run_id, "checks": mv.tags.get(CHECKS_TAG),
-                         "promotion": mv.tags.get(PROMOTION_TAG), "metrics": metrics_of(dict(mv.tags))})
+        versions.append(
+            {
+                "version": str(mv.version),
+                "aliases": sorted(by_version.get(str(mv.version), [])),
+                "run_id": mv.run_id,
+                "checks": mv.tags.get(CHECKS_TAG),
+                "promotion": mv.tags.get(PROMOTION_TAG),
+                "metrics": metrics_of(dict(mv.tags)),
+            }
+        )
     return {"name": name, "aliases": {a: str(v) for a, v in model.aliases.items()}, "versions": versions}
-

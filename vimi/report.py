@@ -50,8 +50,10 @@ def _gif(path: Path, title: str, scale: int = 3) -> str:
 
     with Image.open(path) as img:
         width, height = img.size
-    return (f"<figure><img class=gif src=\"{_data_uri(path.read_bytes(), 'image/gif')}\" width={width * scale} "
-            f"height={height * scale} alt=\"{html.escape(title)}\"><figcaption>{html.escape(title)}</figcaption></figure>")
+    return (
+        f'<figure><img class=gif src="{_data_uri(path.read_bytes(), "image/gif")}" width={width * scale} '
+        f'height={height * scale} alt="{html.escape(title)}"><figcaption>{html.escape(title)}</figcaption></figure>'
+    )
 
 
 def loss_curves_png(curves: dict[str, Path]) -> bytes | None:
@@ -97,13 +99,19 @@ def _retrieved_examples(settings: Settings, n: int = 4) -> str:
     out = []
     for row in picks:
         cells = "".join(
-            f"<span class=doc><img src=\"{_data_uri(d['image'], _mime(d['image']))}\" alt=\"\"><br>"
+            f'<span class=doc><img src="{_data_uri(d["image"], _mime(d["image"]))}" alt=""><br>'
             f"{html.escape(d['caption'])} <span class=muted>({d['score']:.2f})</span></span>"
-            for d in row["docs"])
-        out.append(f"<tr><td><b>{html.escape(row['caption'])}</b><br><span class=muted>{html.escape(row['clip_id'])}"
-                   f" · {row['flag']}</span></td><td>{cells or '<span class=muted>no hit</span>'}</td></tr>")
-    return "<table><tr><th>video caption (the query)</th><th>retrieved memory documents (BM25 score)</th></tr>" + \
-        "".join(out) + "</table>"
+            for d in row["docs"]
+        )
+        out.append(
+            f"<tr><td><b>{html.escape(row['caption'])}</b><br><span class=muted>{html.escape(row['clip_id'])}"
+            f" · {row['flag']}</span></td><td>{cells or '<span class=muted>no hit</span>'}</td></tr>"
+        )
+    return (
+        "<table><tr><th>video caption (the query)</th><th>retrieved memory documents (BM25 score)</th></tr>"
+        + "".join(out)
+        + "</table>"
+    )
 
 
 def _mime(data: bytes) -> str:
@@ -125,10 +133,15 @@ def _ablation_section(reports: Path) -> str:
     parts = []
     for path in found:
         state = json.loads(path.read_text())
-        rows = [{"arm": label, **{name: state["results"][arm].get(key) for key, name in TABLE_METRICS}}
-                for arm, label in ARMS.items() if arm in state.get("results", {})]
-        parts.append(f"<h3>{html.escape(path.name)}: profile {html.escape(str(state.get('profile')))}, seed "
-                     f"{html.escape(str(state.get('seed')))}</h3>" + _table(rows))
+        rows = [
+            {"arm": label, **{name: state["results"][arm].get(key) for key, name in TABLE_METRICS}}
+            for arm, label in ARMS.items()
+            if arm in state.get("results", {})
+        ]
+        parts.append(
+            f"<h3>{html.escape(path.name)}: profile {html.escape(str(state.get('profile')))}, seed "
+            f"{html.escape(str(state.get('seed')))}</h3>" + _table(rows)
+        )
     return "".join(parts)
 
 
@@ -148,55 +161,93 @@ def build_report(settings: Settings, out: Path | None = None, log_to_mlflow: boo
     sections.append(("Retrieved examples", _retrieved_examples(settings)))
 
     samples = []
-    for name, title in (("stage2", "stage 2: subject-driven · video prediction · text-to-video (real above, "
-                                   "generated below)"),
-                        ("stage1", "stage 1: retrieval-augmented samples (real above, generated below)")):
+    for name, title in (
+        ("stage2", "stage 2: subject-driven · video prediction · text-to-video (real above, generated below)"),
+        ("stage1", "stage 1: retrieval-augmented samples (real above, generated below)"),
+    ):
         gif = settings.model_path(name) / "samples" / "final.gif"
         if gif.is_file():
             samples.append(_gif(gif, title))
     grounding = reports / "grounding.gif"
     if grounding.is_file():
-        samples.append(_gif(grounding, "unseen subjects (evaluation): the reference image · the clip generated with "
-                                       "it · the same prompt and noise without it · the real clip"))
+        samples.append(
+            _gif(
+                grounding,
+                "unseen subjects (evaluation): the reference image · the clip generated with "
+                "it · the same prompt and noise without it · the real clip",
+            )
+        )
     sections.append(("Sample videos", "".join(samples) or "<p class=muted>No trained model yet.</p>"))
 
-    curves = {name: settings.model_path(name) / "loss.csv"
-              for name in ("encoder", "stage1", "stage1-text-only", "stage2", "featurenet")
-              if (settings.model_path(name) / "loss.csv").is_file()}
+    curves = {
+        name: settings.model_path(name) / "loss.csv"
+        for name in ("encoder", "stage1", "stage1-text-only", "stage2", "featurenet")
+        if (settings.model_path(name) / "loss.csv").is_file()
+    }
     png = loss_curves_png(curves)
-    sections.append(("Loss curves", f"<img src=\"{_data_uri(png, 'image/png')}\" alt=\"training loss\">" if png
-                     else "<p class=muted>No training yet.</p>"))
+    sections.append(
+        (
+            "Loss curves",
+            f'<img src="{_data_uri(png, "image/png")}" alt="training loss">'
+            if png
+            else "<p class=muted>No training yet.</p>",
+        )
+    )
     models = [{"model": name, **(meta or {})} for name, meta in status["models"].items() if meta]
     sections.append(("Models", _table(models, ["model", "steps", "final_loss", "clips_per_s", "run_id", "path"])))
 
     metrics: dict = {}
-    for name in ("metrics.json", "ucf101.json"):     # the SpriteWorld and the UCF101 step's sections
+    for name in ("metrics.json", "ucf101.json"):  # the SpriteWorld and the UCF101 step's sections
         if (reports / name).is_file():
             metrics.update(json.loads((reports / name).read_text()))
-    sections.append(("Metrics", "".join(f"<h3>{html.escape(bench)}</h3>" + _table(
-        [{"metric": k, "value": v} for k, v in figures.items()]) for bench, figures in sorted(metrics.items()))
-        or "<p class=muted>No evaluation yet.</p>"))
+    sections.append(
+        (
+            "Metrics",
+            "".join(
+                f"<h3>{html.escape(bench)}</h3>" + _table([{"metric": k, "value": v} for k, v in figures.items()])
+                for bench, figures in sorted(metrics.items())
+            )
+            or "<p class=muted>No evaluation yet.</p>",
+        )
+    )
 
     registry = status.get("registry") or {}
     versions = registry.get("versions") or []
-    sections.append(("Registry", (f"<p>Model <code>{html.escape(registry['name'])}</code>, aliases "
-                                  f"{html.escape(json.dumps(registry.get('aliases', {})))}</p>" if versions else "")
-                     + _table(versions, ["version", "aliases", "checks", "promotion", "metrics", "run_id"])))
+    sections.append(
+        (
+            "Registry",
+            (
+                f"<p>Model <code>{html.escape(registry['name'])}</code>, aliases "
+                f"{html.escape(json.dumps(registry.get('aliases', {})))}</p>"
+                if versions
+                else ""
+            )
+            + _table(versions, ["version", "aliases", "checks", "promotion", "metrics", "run_id"]),
+        )
+    )
     sections.append(("Ablation", _ablation_section(reports)))
 
     commit = git_commit(settings.root)
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vimi run report</title>"
-            f"<style>{CSS}</style></head><body><h1>vimi run report</h1><p class=muted>profile "
-            f"{html.escape(settings.profile)} · data {html.escape(str(settings.data_dir))} · git {html.escape(commit)} · "
-            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>{body}</body></html>\n")
+    page = (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>vimi run report</title>"
+        f"<style>{CSS}</style></head><body><h1>vimi run report</h1><p class=muted>profile "
+        f"{html.escape(settings.profile)} · data {html.escape(str(settings.data_dir))} · git {html.escape(commit)} · "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>{body}</body></html>\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page)
     tmp.replace(out)
 
-    result: dict[str, Any] = {"path": str(out), "bytes": out.stat().st_size, "sections": [t for t, _ in sections],
-                              "sample_videos": len(samples), "loss_curves": sorted(curves), "git_commit": commit}
+    result: dict[str, Any] = {
+        "path": str(out),
+        "bytes": out.stat().st_size,
+        "sections": [t for t, _ in sections],
+        "sample_videos": len(samples),
+        "loss_curves": sorted(curves),
+        "git_commit": commit,
+    }
     stage2 = settings.model_path("stage2") / "training.json"
     run_id = json.loads(stage2.read_text()).get("run_id") if stage2.is_file() else None
     if log_to_mlflow and run_id:

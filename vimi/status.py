@@ -18,22 +18,39 @@ def data_status(settings: Settings) -> dict[str, Any]:
         uri = settings.path(name)
         if lance_io.exists(uri):
             meta = lance_io.summary(uri, n_samples=0)
-            datasets[name] = {"rows": meta["rows"], "version": meta["version"], "path": meta["path"],
-                              "fragments": meta["fragments"], "quarantined": quarantine_counts(settings, uri)}
+            datasets[name] = {
+                "rows": meta["rows"],
+                "version": meta["version"],
+                "path": meta["path"],
+                "fragments": meta["fragments"],
+                "quarantined": quarantine_counts(settings, uri),
+            }
         else:
             datasets[name] = None
     models: dict[str, Any] = {}
     for name in ("encoder", "stage1", "stage1-text-only", "stage2", "featurenet"):
         summary = settings.model_path(name) / "training.json"
-        models[name] = ({k: v for k, v in json.loads(summary.read_text()).items()
-                         if k in ("steps", "final_loss", "clips_per_s", "run_id")} | {"path": str(summary.parent)}
-                        if summary.is_file() else None)
+        models[name] = (
+            {
+                k: v
+                for k, v in json.loads(summary.read_text()).items()
+                if k in ("steps", "final_loss", "clips_per_s", "run_id")
+            }
+            | {"path": str(summary.parent)}
+            if summary.is_file()
+            else None
+        )
     try:
         registry = describe(settings)
-    except Exception as exc:   # status reports, it does not fail on an unreachable tracking server
+    except Exception as exc:  # status reports, it does not fail on an unreachable tracking server
         registry = {"error": str(exc).splitlines()[0]}
-    return {"profile": settings.profile, "data_dir": str(settings.data_dir), "datasets": datasets, "models": models,
-            "registry": registry}
+    return {
+        "profile": settings.profile,
+        "data_dir": str(settings.data_dir),
+        "datasets": datasets,
+        "models": models,
+        "registry": registry,
+    }
 
 
 def quarantine_counts(settings: Settings, dataset: Path | None = None) -> dict[str, int]:

@@ -38,11 +38,11 @@ class Out:
 class Suite:
     """A Great Expectations suite that gates a step's output (`vimi validate NAME`)."""
 
-    name: str              # the suite, as `vimi validate` and `pipeline.validate_dataset` name it
-    check: str             # the Dagster asset check's name
+    name: str  # the suite, as `vimi validate` and `pipeline.validate_dataset` name it
+    check: str  # the Dagster asset check's name
     description: str
     params: tuple[str, ...] = ()
-    metrics: str | None = None   # also the suite's headline figures as a DVC metrics file
+    metrics: str | None = None  # also the suite's headline figures as a DVC metrics file
 
     @property
     def report(self) -> str:
@@ -52,15 +52,16 @@ class Suite:
         return f"validate {self.name} --report {self.report}" + (f" --metrics {self.metrics}" if self.metrics else "")
 
     def outs(self) -> tuple[Out, ...]:
-        return (Out(self.report, cache=False),) + ((Out(self.metrics, cache=False, metrics=True),)
-                                                   if self.metrics else ())
+        return (Out(self.report, cache=False),) + (
+            (Out(self.metrics, cache=False, metrics=True),) if self.metrics else ()
+        )
 
 
 @dataclass(frozen=True)
 class Step:
     name: str
-    function: Callable[..., dict[str, Any]]   # a vimi.pipeline function, called with the settings
-    command: str                              # the `vimi` command line (without `vimi`) that runs it
+    function: Callable[..., dict[str, Any]]  # a vimi.pipeline function, called with the settings
+    command: str  # the `vimi` command line (without `vimi`) that runs it
     upstream: tuple[str, ...]
     params: tuple[str, ...]
     outs: tuple[Out, ...]
@@ -68,7 +69,7 @@ class Step:
     kinds: tuple[str, ...]
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    reads: tuple[str, ...] = ()               # files read beyond the upstream steps' outputs (DVC deps)
+    reads: tuple[str, ...] = ()  # files read beyond the upstream steps' outputs (DVC deps)
     suite: Suite | None = None
 
     def run(self, settings: Settings) -> dict[str, Any]:
@@ -109,109 +110,241 @@ _WORLD = ("seed", "profile", "world")
 _DATASET_SUITE = ("validate", "ingest")
 
 STEPS: tuple[Step, ...] = (
-    Step("spriteworld", pipeline.world_catalog, "world catalog", (), _WORLD,
-         (Out("data/world"),), "data", ("json",),
-         "SpriteWorld's catalog: subjects (name, shape, colours, pattern, seen/unseen), scenes, actions."),
-    Step("image_text_memory", pipeline.build_memory, "memory build", ("spriteworld",),
-         _WORLD + ("data.memory_sources", "ingest"), (Out("data/memory.lance"),), "data", ("lance",),
-         "Image-text memory (data/memory.lance): SpriteWorld documents, or the configured webdataset/parquet "
-         "sources.",
-         suite=Suite("memory", "memory_suite", "GE: schema, unique ids, non-empty captions, decodable images of "
-                     "declared size.", _DATASET_SUITE)),
-    Step("video_corpus", pipeline.build_videos, "videos build --split train", ("spriteworld",),
-         _WORLD + ("data.video_sources", "ingest"), (Out("data/videos.lance"),), "data", ("lance",),
-         "Training clips (data/videos.lance): SpriteWorld, or the configured WebVid sources.",
-         kwargs={"split": "train"},
-         suite=Suite("videos", "videos_suite", "GE: schema, unique ids, non-empty captions, decodable clips, frame "
-                     "counts and sizes in range.", _DATASET_SUITE)),
-    Step("eval_video_corpus", pipeline.build_videos, "videos build --split eval", ("spriteworld",), _WORLD,
-         (Out("data/eval_videos.lance"),), "data", ("lance",),
-         "Evaluation clips (data/eval_videos.lance): seen subjects in new combinations and subjects that appear "
-         "only in the memory.",
-         kwargs={"split": "eval"},
-         suite=Suite("eval_videos", "eval_videos_suite", "GE: the video suite on the evaluation split.",
-                     _DATASET_SUITE)),
-    Step("bm25_index", pipeline.build_bm25_index, "index build", ("image_text_memory",),
-         ("retrieval.k1", "retrieval.b", "retrieval.index_shards", "retrieval.index_batch_rows"),
-         (Out("data/bm25"),), "retrieval", ("lucene",),
-         "BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/), sharded by memory rows."),
-    Step("augmented_video_dataset", pipeline.augment_videos, "augment", ("bm25_index", "video_corpus"),
-         ("retrieval.k", "retrieval.search_threads"), (Out("data/augmented.lance"),), "retrieval", ("lance",),
-         "Retrieval-augmented video dataset (data/augmented.lance): per training clip, the top-k memory documents "
-         "of its caption, with scores, ranks and provenance.",
-         reads=("data/memory.lance",),
-         suite=Suite("retrieval", "retrieval_quality", "Retrieval-quality gate (GE): one row per clip, k hits or a "
-                     "flag, scores non-increasing, no dangling ids, coverage and recall@k above params.yaml's "
-                     "thresholds.", ("retrieval.min_coverage", "retrieval.min_recall_at_k"),
-                     metrics="reports/retrieval.json")),
-    Step("image_encoder", pipeline.align_image_encoder, "train align", ("image_text_memory",),
-         ("seed", "model", "align"), (Out("models/encoder"),), "models", ("pytorch", "mlflow"),
-         "Image encoder aligned contrastively to all-MiniLM-L6-v2 on the memory (models/encoder/); MLflow "
-         "experiment vimi-align."),
-    Step("stage1_model", pipeline.train_stage1, "train stage1 --metrics reports/stage1.json",
-         ("augmented_video_dataset", "image_encoder"),
-         ("seed", "model", "diffusion", "stage1", "world.num_frames", "world.frame_size"),
-         (Out("models/stage1"), Out("reports/stage1.json", cache=False, metrics=True)), "models",
-         ("pytorch", "mlflow"),
-         "Stage 1: the video denoiser pretrained on the retrieval-augmented dataset, conditioned by the multimodal "
-         "encoder (models/stage1/, a ViMiPipeline directory); MLflow experiment vimi-stage1.",
-         reads=("data/videos.lance", "data/memory.lance")),
-    Step("instruction_dataset", pipeline.build_instruction_dataset, "instructions build",
-         ("augmented_video_dataset", "eval_video_corpus", "image_text_memory"),
-         ("seed", "instructions", "world.num_frames"), (Out("data/instructions.lance"),), "instructions", ("lance",),
-         "Stage-2 instruction dataset (data/instructions.lance): subject-driven (reference images of the subject "
-         "from the memory), video prediction (first frames given), text-to-video; training rows from the training "
-         "clips, evaluation rows (unseen subjects included) from the evaluation split.",
-         reads=("data/videos.lance",),
-         suite=Suite("instructions", "instructions_suite", "GE: one <image> per image source, given frames only for "
-                     "video prediction, subject references from the memory (never the target clip), no dangling "
-                     "ids, no unseen subject in training rows.")),
-    Step("stage2_model", pipeline.train_stage2, "train stage2 --metrics reports/stage2.json",
-         ("stage1_model", "instruction_dataset"),
-         ("seed", "stage2", "diffusion.loss_weighting", "diffusion.snr_gamma", "registry.model_name",
-          "registry.smoke_frames"),
-         (Out("models/stage2"), Out("reports/stage2.json", cache=False, metrics=True)), "models",
-         ("pytorch", "mlflow"),
-         "Stage 2: the stage-1 pipeline instruction-tuned on the three tasks (models/stage2/); MLflow experiment "
-         "vimi-stage2; registered as a new version of vimi-video-generator with alias @candidate."),
-    Step("feature_network", pipeline.train_feature_network, "train featurenet", ("video_corpus", "eval_video_corpus"),
-         ("seed", "featurenet", "world.num_frames", "world.frame_size"), (Out("models/featurenet"),), "evaluation",
-         ("pytorch", "mlflow"),
-         "SpriteWorld's feature network (models/featurenet/): a video classifier of the action and the subject's "
-         "attributes, the eye of FVD_syn, IS_syn and motion accuracy."),
-    Step("spriteworld_metrics", pipeline.evaluate_model,
-         "evaluate --benchmark spriteworld --model @candidate --metrics reports/metrics.json",
-         ("stage2_model", "feature_network", "instruction_dataset"), ("seed", "evaluate", "world.sprite_scale"),
-         (Out("reports/metrics.json", cache=False, metrics=True),), "evaluation", ("mlflow",),
-         "SpriteWorld grounding metrics of the newest @candidate on the evaluation split (reports/metrics.json, "
-         "MLflow vimi-eval, tags on the registered version).",
-         kwargs={"benchmark": "spriteworld"}, reads=("data/eval_videos.lance",)),
-    Step("ucf101_metrics", pipeline.evaluate_model,
-         "evaluate --benchmark ucf101 --model @candidate --metrics reports/ucf101.json",
-         ("stage2_model",), ("seed", "evaluate.ucf101", "diffusion.inference_steps"),
-         (Out("reports/ucf101.json", cache=False, metrics=True),), "evaluation", ("mlflow",),
-         "Zero-shot UCF101 FVD (I3D) and IS (C3D, when its weights are configured) of the newest @candidate, on "
-         "the official split lists; params.yaml evaluate.ucf101 says where UCF101 is (not shipped: without it this "
-         "step records that nothing was evaluated).",
-         kwargs={"benchmark": "ucf101"}),
-    Step("champion_model", pipeline.promote_model, "promote --report reports/promotion.json",
-         ("spriteworld_metrics", "ucf101_metrics"), ("registry.promotion_metric", "registry.promotion_margin"),
-         (Out("reports/promotion.json", cache=False),), "models", ("mlflow",),
-         "The registry's @champion: the promotion policy applied to the newest @candidate (`vimi promote`); the "
-         "decision and its reason are tagged on the version.",
-         reads=("reports/stage2.json",)),
-    Step("report", pipeline.build_run_report, "report", ("champion_model", "augmented_video_dataset", "feature_network"),
-         (), (Out("reports/index.html", cache=False),), "evaluation", ("html",),
-         "The run report (reports/index.html, self-contained): retrieved examples, sample videos of each task, loss "
-         "curves, metrics, the registry and the ablation; logged to the stage-2 MLflow run.",
-         reads=("models/stage1", "models/stage2")),
+    Step(
+        "spriteworld",
+        pipeline.world_catalog,
+        "world catalog",
+        (),
+        _WORLD,
+        (Out("data/world"),),
+        "data",
+        ("json",),
+        "SpriteWorld's catalog: subjects (name, shape, colours, pattern, seen/unseen), scenes, actions.",
+    ),
+    Step(
+        "image_text_memory",
+        pipeline.build_memory,
+        "memory build",
+        ("spriteworld",),
+        _WORLD + ("data.memory_sources", "ingest"),
+        (Out("data/memory.lance"),),
+        "data",
+        ("lance",),
+        "Image-text memory (data/memory.lance): SpriteWorld documents, or the configured webdataset/parquet sources.",
+        suite=Suite(
+            "memory",
+            "memory_suite",
+            "GE: schema, unique ids, non-empty captions, decodable images of declared size.",
+            _DATASET_SUITE,
+        ),
+    ),
+    Step(
+        "video_corpus",
+        pipeline.build_videos,
+        "videos build --split train",
+        ("spriteworld",),
+        _WORLD + ("data.video_sources", "ingest"),
+        (Out("data/videos.lance"),),
+        "data",
+        ("lance",),
+        "Training clips (data/videos.lance): SpriteWorld, or the configured WebVid sources.",
+        kwargs={"split": "train"},
+        suite=Suite(
+            "videos",
+            "videos_suite",
+            "GE: schema, unique ids, non-empty captions, decodable clips, frame counts and sizes in range.",
+            _DATASET_SUITE,
+        ),
+    ),
+    Step(
+        "eval_video_corpus",
+        pipeline.build_videos,
+        "videos build --split eval",
+        ("spriteworld",),
+        _WORLD,
+        (Out("data/eval_videos.lance"),),
+        "data",
+        ("lance",),
+        "Evaluation clips (data/eval_videos.lance): seen subjects in new combinations and subjects that appear "
+        "only in the memory.",
+        kwargs={"split": "eval"},
+        suite=Suite("eval_videos", "eval_videos_suite", "GE: the video suite on the evaluation split.", _DATASET_SUITE),
+    ),
+    Step(
+        "bm25_index",
+        pipeline.build_bm25_index,
+        "index build",
+        ("image_text_memory",),
+        ("retrieval.k1", "retrieval.b", "retrieval.index_shards", "retrieval.index_batch_rows"),
+        (Out("data/bm25"),),
+        "retrieval",
+        ("lucene",),
+        "BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/), sharded by memory rows.",
+    ),
+    Step(
+        "augmented_video_dataset",
+        pipeline.augment_videos,
+        "augment",
+        ("bm25_index", "video_corpus"),
+        ("retrieval.k", "retrieval.search_threads"),
+        (Out("data/augmented.lance"),),
+        "retrieval",
+        ("lance",),
+        "Retrieval-augmented video dataset (data/augmented.lance): per training clip, the top-k memory documents "
+        "of its caption, with scores, ranks and provenance.",
+        reads=("data/memory.lance",),
+        suite=Suite(
+            "retrieval",
+            "retrieval_quality",
+            "Retrieval-quality gate (GE): one row per clip, k hits or a "
+            "flag, scores non-increasing, no dangling ids, coverage and recall@k above params.yaml's "
+            "thresholds.",
+            ("retrieval.min_coverage", "retrieval.min_recall_at_k"),
+            metrics="reports/retrieval.json",
+        ),
+    ),
+    Step(
+        "image_encoder",
+        pipeline.align_image_encoder,
+        "train align",
+        ("image_text_memory",),
+        ("seed", "model", "align"),
+        (Out("models/encoder"),),
+        "models",
+        ("pytorch", "mlflow"),
+        "Image encoder aligned contrastively to all-MiniLM-L6-v2 on the memory (models/encoder/); MLflow "
+        "experiment vimi-align.",
+    ),
+    Step(
+        "stage1_model",
+        pipeline.train_stage1,
+        "train stage1 --metrics reports/stage1.json",
+        ("augmented_video_dataset", "image_encoder"),
+        ("seed", "model", "diffusion", "stage1", "world.num_frames", "world.frame_size"),
+        (Out("models/stage1"), Out("reports/stage1.json", cache=False, metrics=True)),
+        "models",
+        ("pytorch", "mlflow"),
+        "Stage 1: the video denoiser pretrained on the retrieval-augmented dataset, conditioned by the multimodal "
+        "encoder (models/stage1/, a ViMiPipeline directory); MLflow experiment vimi-stage1.",
+        reads=("data/videos.lance", "data/memory.lance"),
+    ),
+    Step(
+        "instruction_dataset",
+        pipeline.build_instruction_dataset,
+        "instructions build",
+        ("augmented_video_dataset", "eval_video_corpus", "image_text_memory"),
+        ("seed", "instructions", "world.num_frames"),
+        (Out("data/instructions.lance"),),
+        "instructions",
+        ("lance",),
+        "Stage-2 instruction dataset (data/instructions.lance): subject-driven (reference images of the subject "
+        "from the memory), video prediction (first frames given), text-to-video; training rows from the training "
+        "clips, evaluation rows (unseen subjects included) from the evaluation split.",
+        reads=("data/videos.lance",),
+        suite=Suite(
+            "instructions",
+            "instructions_suite",
+            "GE: one <image> per image source, given frames only for "
+            "video prediction, subject references from the memory (never the target clip), no dangling "
+            "ids, no unseen subject in training rows.",
+        ),
+    ),
+    Step(
+        "stage2_model",
+        pipeline.train_stage2,
+        "train stage2 --metrics reports/stage2.json",
+        ("stage1_model", "instruction_dataset"),
+        (
+            "seed",
+            "stage2",
+            "diffusion.loss_weighting",
+            "diffusion.snr_gamma",
+            "registry.model_name",
+            "registry.smoke_frames",
+        ),
+        (Out("models/stage2"), Out("reports/stage2.json", cache=False, metrics=True)),
+        "models",
+        ("pytorch", "mlflow"),
+        "Stage 2: the stage-1 pipeline instruction-tuned on the three tasks (models/stage2/); MLflow experiment "
+        "vimi-stage2; registered as a new version of vimi-video-generator with alias @candidate.",
+    ),
+    Step(
+        "feature_network",
+        pipeline.train_feature_network,
+        "train featurenet",
+        ("video_corpus", "eval_video_corpus"),
+        ("seed", "featurenet", "world.num_frames", "world.frame_size"),
+        (Out("models/featurenet"),),
+        "evaluation",
+        ("pytorch", "mlflow"),
+        "SpriteWorld's feature network (models/featurenet/): a video classifier of the action and the subject's "
+        "attributes, the eye of FVD_syn, IS_syn and motion accuracy.",
+    ),
+    Step(
+        "spriteworld_metrics",
+        pipeline.evaluate_model,
+        "evaluate --benchmark spriteworld --model @candidate --metrics reports/metrics.json",
+        ("stage2_model", "feature_network", "instruction_dataset"),
+        ("seed", "evaluate", "world.sprite_scale"),
+        (Out("reports/metrics.json", cache=False, metrics=True),),
+        "evaluation",
+        ("mlflow",),
+        "SpriteWorld grounding metrics of the newest @candidate on the evaluation split (reports/metrics.json, "
+        "MLflow vimi-eval, tags on the registered version).",
+        kwargs={"benchmark": "spriteworld"},
+        reads=("data/eval_videos.lance",),
+    ),
+    Step(
+        "ucf101_metrics",
+        pipeline.evaluate_model,
+        "evaluate --benchmark ucf101 --model @candidate --metrics reports/ucf101.json",
+        ("stage2_model",),
+        ("seed", "evaluate.ucf101", "diffusion.inference_steps"),
+        (Out("reports/ucf101.json", cache=False, metrics=True),),
+        "evaluation",
+        ("mlflow",),
+        "Zero-shot UCF101 FVD (I3D) and IS (C3D, when its weights are configured) of the newest @candidate, on "
+        "the official split lists; params.yaml evaluate.ucf101 says where UCF101 is (not shipped: without it this "
+        "step records that nothing was evaluated).",
+        kwargs={"benchmark": "ucf101"},
+    ),
+    Step(
+        "champion_model",
+        pipeline.promote_model,
+        "promote --report reports/promotion.json",
+        ("spriteworld_metrics", "ucf101_metrics"),
+        ("registry.promotion_metric", "registry.promotion_margin"),
+        (Out("reports/promotion.json", cache=False),),
+        "models",
+        ("mlflow",),
+        "The registry's @champion: the promotion policy applied to the newest @candidate (`vimi promote`); the "
+        "decision and its reason are tagged on the version.",
+        reads=("reports/stage2.json",),
+    ),
+    Step(
+        "report",
+        pipeline.build_run_report,
+        "report",
+        ("champion_model", "augmented_video_dataset", "feature_network"),
+        (),
+        (Out("reports/index.html", cache=False),),
+        "evaluation",
+        ("html",),
+        "The run report (reports/index.html, self-contained): retrieved examples, sample videos of each task, loss "
+        "curves, metrics, the registry and the ablation; logged to the stage-2 MLflow run.",
+        reads=("models/stage1", "models/stage2"),
+    ),
 )
 
 STEP = {step.name: step for step in STEPS}
 
 # Loss curves for `dvc plots show`: the loss.csv each training ships in its model directory.
-LOSS_PLOTS = ("models/encoder/loss.csv", "models/stage1/loss.csv", "models/stage2/loss.csv",
-              "models/featurenet/loss.csv")
+LOSS_PLOTS = (
+    "models/encoder/loss.csv",
+    "models/stage1/loss.csv",
+    "models/stage2/loss.csv",
+    "models/featurenet/loss.csv",
+)
 
 
 def upstream_closure(name: str) -> set[str]:
@@ -238,7 +371,7 @@ def dvc_stages() -> dict[str, Any]:
         for key in step.all_params:
             params.append(key)
             if key == "profile":
-                params.append("profiles")   # the profile's values are merged from params.yaml profiles
+                params.append("profiles")  # the profile's values are merged from params.yaml profiles
         stage: dict[str, Any] = {"cmd": step.dvc_command}
         if deps:
             stage["deps"] = deps
@@ -266,13 +399,20 @@ def dvc_yaml() -> str:
     """The text of dvc.yaml."""
     import yaml
 
-    body = {"stages": dvc_stages(),
-            "plots": [{"loss": {"template": "linear", "x": "step", "y": {path: "loss" for path in LOSS_PLOTS}}}]}
+    body = {
+        "stages": dvc_stages(),
+        "plots": [{"loss": {"template": "linear", "x": "step", "y": {path: "loss" for path in LOSS_PLOTS}}}],
+    }
     return DVC_HEADER + yaml.safe_dump(body, sort_keys=False, width=120)
 
 
-GROUP_COLOURS = {"data": "#dbeafe", "retrieval": "#dcfce7", "models": "#fde68a", "instructions": "#fce7f3",
-                 "evaluation": "#e9d5ff"}
+GROUP_COLOURS = {
+    "data": "#dbeafe",
+    "retrieval": "#dcfce7",
+    "models": "#fde68a",
+    "instructions": "#fce7f3",
+    "evaluation": "#e9d5ff",
+}
 
 
 def lineage_svg() -> str:
@@ -281,24 +421,26 @@ def lineage_svg() -> str:
     from xml.sax.saxutils import escape
 
     depth: dict[str, int] = {}
-    for step in STEPS:       # the map lists every step after its upstream steps
+    for step in STEPS:  # the map lists every step after its upstream steps
         depth[step.name] = 1 + max((depth[u] for u in step.upstream), default=-1)
     rows: list[list[str]] = [[] for _ in range(max(depth.values()) + 1)]
     column: dict[str, float] = {}
     for step in STEPS:
         rows[depth[step.name]].append(step.name)
-    for row in rows:         # parents' mean column first: fewer crossings
+    for row in rows:  # parents' mean column first: fewer crossings
         row.sort(key=lambda n: sum(column[u] for u in STEP[n].upstream) / max(1, len(STEP[n].upstream)))
         for i, name in enumerate(row):
             column[name] = i - (len(row) - 1) / 2
     box_w, box_h, gap_x, gap_y, lane = 240, 44, 24, 34, 70
     width = 3 * box_w + 2 * gap_x + 2 * lane
     centre = {n: (width / 2 + column[n] * (box_w + gap_x), gap_y + depth[n] * (box_h + gap_y)) for n in depth}
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
-             f'height="{gap_y + len(rows) * (box_h + gap_y):.0f}" font-family="sans-serif">',
-             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
-             'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']
-    used = {-1: 0, 1: 0}         # edges that skip a row run down a lane beside the boxes, one lane each
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" '
+        f'height="{gap_y + len(rows) * (box_h + gap_y):.0f}" font-family="sans-serif">',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>',
+    ]
+    used = {-1: 0, 1: 0}  # edges that skip a row run down a lane beside the boxes, one lane each
     for step in STEPS:
         x2, y2 = centre[step.name]
         for parent in step.upstream:
@@ -308,23 +450,31 @@ def lineage_svg() -> str:
                 mid = (y1 + y2) / 2
                 d = f"M{x1:.0f},{y1:.0f} C{x1:.0f},{mid:.0f} {x2:.0f},{mid:.0f} {x2:.0f},{y2:.0f}"
             else:
-                side = -1 if column[parent] + column[step.name] < 0 or (
-                    column[parent] + column[step.name] == 0 and used[-1] <= used[1]) else 1
+                side = (
+                    -1
+                    if column[parent] + column[step.name] < 0
+                    or (column[parent] + column[step.name] == 0 and used[-1] <= used[1])
+                    else 1
+                )
                 used[side] += 1
                 x = width / 2 + side * (width / 2 - lane + 12 * used[side])
-                xe = x2 + side * (box_w / 2 - 16 - 10 * used[side])   # into the box's top, from its side
-                d = (f"M{x1:.0f},{y1:.0f} C{x1:.0f},{y1 + gap_y / 2:.0f} {x:.0f},{y1:.0f} {x:.0f},{y1 + gap_y:.0f} "
-                     f"L{x:.0f},{y2 - gap_y:.0f} C{x:.0f},{y2:.0f} {xe:.0f},{y2 - gap_y:.0f} {xe:.0f},{y2:.0f}")
+                xe = x2 + side * (box_w / 2 - 16 - 10 * used[side])  # into the box's top, from its side
+                d = (
+                    f"M{x1:.0f},{y1:.0f} C{x1:.0f},{y1 + gap_y / 2:.0f} {x:.0f},{y1:.0f} {x:.0f},{y1 + gap_y:.0f} "
+                    f"L{x:.0f},{y2 - gap_y:.0f} C{x:.0f},{y2:.0f} {xe:.0f},{y2 - gap_y:.0f} {xe:.0f},{y2:.0f}"
+                )
             parts.append(f'<path d="{d}" fill="none" stroke="#555" stroke-width="1.2" marker-end="url(#arrow)"/>')
     for step in STEPS:
         x, y = centre[step.name]
         command = step.plain_command
-        parts.append(f'<g><title>{escape(step.description)}</title>'
-                     f'<rect x="{x - box_w / 2:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="6" '
-                     f'fill="{GROUP_COLOURS[step.group]}" stroke="#333"/>'
-                     f'<text x="{x:.0f}" y="{y + 18:.0f}" font-size="13" font-weight="bold" '
-                     f'text-anchor="middle">{escape(step.name)}</text>'
-                     f'<text x="{x:.0f}" y="{y + 35:.0f}" font-size="10" text-anchor="middle" '
-                     f'fill="#333">{escape(command)}</text></g>')
+        parts.append(
+            f"<g><title>{escape(step.description)}</title>"
+            f'<rect x="{x - box_w / 2:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="6" '
+            f'fill="{GROUP_COLOURS[step.group]}" stroke="#333"/>'
+            f'<text x="{x:.0f}" y="{y + 18:.0f}" font-size="13" font-weight="bold" '
+            f'text-anchor="middle">{escape(step.name)}</text>'
+            f'<text x="{x:.0f}" y="{y + 35:.0f}" font-size="10" text-anchor="middle" '
+            f'fill="#333">{escape(command)}</text></g>'
+        )
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

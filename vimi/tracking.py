@@ -14,8 +14,15 @@ from typing import Any
 from vimi.config import Settings, flatten, is_remote
 
 # What `pip install` needs to load a logged pipeline (passed, so MLflow does not spend seconds inferring it).
-PIP_REQUIREMENTS = ["torch==2.14.1", "diffusers==0.42.1", "transformers==5.24.0", "safetensors",
-                    "numpy", "pillow", "av==18.1.0"]
+PIP_REQUIREMENTS = [
+    "torch==2.14.1",
+    "diffusers==0.42.1",
+    "transformers==5.24.0",
+    "safetensors",
+    "numpy",
+    "pillow",
+    "av==18.1.0",
+]
 
 
 def pyfunc_signature():
@@ -23,13 +30,32 @@ def pyfunc_signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
-    inputs = Schema([ColSpec("string", "prompt"), ColSpec(Array("string"), "images", required=False),
-                     ColSpec(Array("string"), "context_frames", required=False)])
-    outputs = Schema([ColSpec("string", "video"), ColSpec("string", "format"), ColSpec("long", "num_frames"),
-                      ColSpec("long", "height"), ColSpec("long", "width"), ColSpec("long", "seed")])
-    params = ParamSchema([ParamSpec("seed", "long", 0), ParamSpec("num_frames", "long", 0),
-                          ParamSpec("num_inference_steps", "long", 25), ParamSpec("guidance_scale", "double", 3.0),
-                          ParamSpec("format", "string", "mp4")])
+    inputs = Schema(
+        [
+            ColSpec("string", "prompt"),
+            ColSpec(Array("string"), "images", required=False),
+            ColSpec(Array("string"), "context_frames", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec("string", "video"),
+            ColSpec("string", "format"),
+            ColSpec("long", "num_frames"),
+            ColSpec("long", "height"),
+            ColSpec("long", "width"),
+            ColSpec("long", "seed"),
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("seed", "long", 0),
+            ParamSpec("num_frames", "long", 0),
+            ParamSpec("num_inference_steps", "long", 25),
+            ParamSpec("guidance_scale", "double", 3.0),
+            ParamSpec("format", "string", "mp4"),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -75,8 +101,11 @@ def process_tags() -> dict[str, str]:
 
     import psutil
 
-    return {"vimi.host": socket.gethostname(), "vimi.pid": str(os.getpid()),
-            "vimi.pid_started": f"{psutil.Process().create_time():.3f}"}
+    return {
+        "vimi.host": socket.gethostname(),
+        "vimi.pid": str(os.getpid()),
+        "vimi.pid_started": f"{psutil.Process().create_time():.3f}",
+    }
 
 
 def run_tags(settings: Settings, tags: dict[str, str] | None = None) -> dict[str, str]:
@@ -115,9 +144,12 @@ def close_orphan_runs(experiment: str) -> list[str]:
             continue
         if _process_alive(int(tags["vimi.pid"]), tags.get("vimi.pid_started", "")):
             continue
-        client.set_tag(run.info.run_id, "vimi.orphaned",
-                       f"process {tags['vimi.pid']} on {host} ended without finishing the run (killed?); "
-                       f"found at {_time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        client.set_tag(
+            run.info.run_id,
+            "vimi.orphaned",
+            f"process {tags['vimi.pid']} on {host} ended without finishing the run (killed?); "
+            f"found at {_time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        )
         client.set_terminated(run.info.run_id, status="KILLED")
         closed.append(run.info.run_id)
     return closed
@@ -134,11 +166,11 @@ def log_params(params: dict[str, Any]) -> None:
 def log_lance_input(uri: Path, name: str, version: int, context: str = "training") -> None:
     """A Lance dataset as a run input: its path and version, nothing read (a Lance version is
     immutable, so path + version identify the content; MLflow digests that)."""
-    import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
+    import mlflow
     from vimi import lance_io
 
     where = f"{lance_io.location(uri)}?version={version}"
@@ -151,8 +183,9 @@ def log_system_snapshot(run_id: str) -> None:
     """One sample of MLflow's own system monitors (CPU, memory, disk, network, GPU) when the
     background monitor logged none: it publishes only after a full sampling interval, so a run
     shorter than that would have no system metrics at all."""
-    import mlflow
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    import mlflow
 
     if any(k.startswith("system/") for k in mlflow.tracking.MlflowClient().get_run(run_id).data.metrics):
         return
@@ -162,15 +195,21 @@ def log_system_snapshot(run_id: str) -> None:
     monitor.mlflow_logger.flush()
 
 
-def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: list[tuple[Path, str, int]],
-                   tags: dict[str, str] | None = None, log_model: bool = True, input_example: Any = None):
+def mlflow_tracker(
+    settings: Settings,
+    experiment: str,
+    run_name: str,
+    inputs: list[tuple[Path, str, int]],
+    tags: dict[str, str] | None = None,
+    log_model: bool = True,
+    input_example: Any = None,
+):
     """A loop Tracker writing to MLflow: params.yaml flattened, the Lance inputs, metrics, sample
     GIFs, and at the end the pipeline directory (as an MLflow pyfunc model with its pip
     requirements given). The run stays open between start and finish/fail."""
     import tempfile
 
     import mlflow
-
     from vimi.train.loop import Tracker
 
     state: dict[str, Any] = {}
@@ -181,9 +220,13 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
         if not os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
             mlflow.set_system_metrics_sampling_interval(5)
         mlflow.set_system_metrics_samples_before_logging(1)
-        active = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else exp,
-                                  run_name=None if resume_run_id else run_name, log_system_metrics=True,
-                                  tags=None if resume_run_id else run_tags(settings, tags))
+        active = mlflow.start_run(
+            run_id=resume_run_id,
+            experiment_id=None if resume_run_id else exp,
+            run_name=None if resume_run_id else run_name,
+            log_system_metrics=True,
+            tags=None if resume_run_id else run_tags(settings, tags),
+        )
         state["run"] = active
         if resume_run_id is None:
             log_params(settings.params)
@@ -207,10 +250,15 @@ def mlflow_tracker(settings: Settings, experiment: str, run_name: str, inputs: l
     def finish(out_dir: Path, summary: dict[str, Any]) -> None:
         mlflow.log_metrics({"final_loss": float(summary["final_loss"])}, step=int(summary["steps"]))
         if log_model:
-            info = mlflow.pyfunc.log_model(name="pipeline", python_model=str(Path(__file__).parent / "pyfunc_model.py"),
-                                           artifacts={"pipeline": str(out_dir)}, pip_requirements=PIP_REQUIREMENTS,
-                                           signature=pyfunc_signature(), input_example=input_example)
-            summary["model_uri"] = info.model_uri    # MLflow 3 keeps logged models apart: models:/m-<id>
+            info = mlflow.pyfunc.log_model(
+                name="pipeline",
+                python_model=str(Path(__file__).parent / "pyfunc_model.py"),
+                artifacts={"pipeline": str(out_dir)},
+                pip_requirements=PIP_REQUIREMENTS,
+                signature=pyfunc_signature(),
+                input_example=input_example,
+            )
+            summary["model_uri"] = info.model_uri  # MLflow 3 keeps logged models apart: models:/m-<id>
         else:
             mlflow.log_artifacts(str(out_dir), "pipeline")
         log_system_snapshot(state["run"].info.run_id)

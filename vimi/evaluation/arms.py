@@ -17,10 +17,16 @@ ARMS = {
 }
 # Columns of the table, with the direction that is better.
 TABLE_METRICS = [
-    ("fvd_syn", "FVD_syn ↓"), ("is_syn", "IS_syn ↑"), ("motion_accuracy", "motion acc. ↑"),
-    ("subject_there_rate", "subject there ↑"), ("color_pair_accuracy_unseen", "colour pair unseen ↑"),
-    ("identity_accuracy_seen", "identity seen ↑"), ("identity_accuracy_unseen", "identity unseen ↑"),
-    ("prediction_psnr", "pred. PSNR ↑"), ("prediction_ssim", "pred. SSIM ↑"), ("final_loss", "final loss"),
+    ("fvd_syn", "FVD_syn ↓"),
+    ("is_syn", "IS_syn ↑"),
+    ("motion_accuracy", "motion acc. ↑"),
+    ("subject_there_rate", "subject there ↑"),
+    ("color_pair_accuracy_unseen", "colour pair unseen ↑"),
+    ("identity_accuracy_seen", "identity seen ↑"),
+    ("identity_accuracy_unseen", "identity unseen ↑"),
+    ("prediction_psnr", "pred. PSNR ↑"),
+    ("prediction_ssim", "pred. SSIM ↑"),
+    ("final_loss", "final loss"),
 ]
 
 
@@ -35,8 +41,9 @@ COMPARISONS = [
 ]
 
 
-def paired_difference(better: list[bool], baseline: list[bool], resamples: int = 2000, seed: int = 0
-                      ) -> dict[str, float]:
+def paired_difference(
+    better: list[bool], baseline: list[bool], resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Mean of better − baseline over the same clips, with a paired bootstrap 95% interval (clips
     resampled with replacement, the percentile interval)."""
     a, b = np.asarray(better, float), np.asarray(baseline, float)
@@ -45,8 +52,12 @@ def paired_difference(better: list[bool], baseline: list[bool], resamples: int =
     d = a - b
     idx = np.random.default_rng(seed).integers(0, len(d), (resamples, len(d)))
     boots = d[idx].mean(1)
-    return {"difference": float(d.mean()), "low": float(np.percentile(boots, 2.5)),
-            "high": float(np.percentile(boots, 97.5)), "clips": int(len(d))}
+    return {
+        "difference": float(d.mean()),
+        "low": float(np.percentile(boots, 2.5)),
+        "high": float(np.percentile(boots, 97.5)),
+        "clips": int(len(d)),
+    }
 
 
 def comparisons(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -59,10 +70,17 @@ def comparisons(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float
         keyed = []
         for side in sides:
             rows = zip(side["clip_id"], side["task"], side["split"], side[attribute])
-            keyed.append({(c, t): v for c, t, s, v in rows
-                          if all({"split": s, "task": t}[k] == want for k, want in where.items())})
+            keyed.append(
+                {
+                    (c, t): v
+                    for c, t, s, v in rows
+                    if all({"split": s, "task": t}[k] == want for k, want in where.items())
+                }
+            )
         common = sorted(set(keyed[0]) & set(keyed[1]))
         if common:
             out[name] = paired_difference([keyed[0][k] for k in common], [keyed[1][k] for k in common]) | {
-                "better": better, "baseline": baseline}
+                "better": better,
+                "baseline": baseline,
+            }
     return out

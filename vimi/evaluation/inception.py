@@ -28,13 +28,15 @@ def _validate(probs, splits: int) -> np.ndarray:
     if not np.isfinite(p).all():
         raise VimiError("Inception Score got probabilities that are NaN or infinite.")
     if (p < -1e-12).any():
-        raise VimiError(f"Inception Score got negative probabilities (min {p.min():.3g}); "
-                        "pass softmax outputs, not logits.")
+        raise VimiError(
+            f"Inception Score got negative probabilities (min {p.min():.3g}); pass softmax outputs, not logits."
+        )
     sums = p.sum(axis=1)
     worst = int(np.argmax(np.abs(sums - 1.0)))
     if abs(sums[worst] - 1.0) > ROW_SUM_TOLERANCE:
-        raise VimiError(f"Inception Score needs rows that sum to 1 (softmax outputs): row {worst} sums to "
-                        f"{sums[worst]:.6g}.")
+        raise VimiError(
+            f"Inception Score needs rows that sum to 1 (softmax outputs): row {worst} sums to {sums[worst]:.6g}."
+        )
     if p.shape[0] < splits:
         raise VimiError(f"Inception Score with {splits} splits needs at least {splits} samples, got {p.shape[0]}.")
     return np.clip(p, 0.0, None)
@@ -53,13 +55,20 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """(mean, std) of exp(E KL(p(y|x) ‖ p(y))) over ``splits`` consecutive chunks of the N×K ``probs``."""
     p = _validate(probs, splits)
     n = len(p)
-    scores = [_kl_score(p[i * n // splits:(i + 1) * n // splits]) for i in range(splits)]
+    scores = [_kl_score(p[i * n // splits : (i + 1) * n // splits]) for i in range(splits)]
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def classifier_probs(model: Callable, clips: Iterable, batch_size: int = 16, device: str = "cpu",
-                     preprocess: Callable | None = None, outputs: str = "logits", total: int | None = None,
-                     desc: str = "classifier") -> np.ndarray:
+def classifier_probs(
+    model: Callable,
+    clips: Iterable,
+    batch_size: int = 16,
+    device: str = "cpu",
+    preprocess: Callable | None = None,
+    outputs: str = "logits",
+    total: int | None = None,
+    desc: str = "classifier",
+) -> np.ndarray:
     """N×K class probabilities (float64) of a classifier over clips, batched, with a progress bar.
 
     ``clips`` yields T×H×W×3 arrays (or objects with a ``frames`` attribute, e.g. UCF101 ``Clip``);

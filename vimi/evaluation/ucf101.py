@@ -84,16 +84,23 @@ def _find_dirs(root: Path | None, videos_dir: Path | None, splits_dir: Path | No
         elif root.name == VIDEOS_DIRNAME:
             videos_dir = root
         else:
-            raise VimiError(f"No {VIDEOS_DIRNAME}/ folder in {root}: expected the official layout "
-                            f"{root}/{VIDEOS_DIRNAME}/<ClassName>/v_*.avi (or pass videos_dir).")
+            raise VimiError(
+                f"No {VIDEOS_DIRNAME}/ folder in {root}: expected the official layout "
+                f"{root}/{VIDEOS_DIRNAME}/<ClassName>/v_*.avi (or pass videos_dir)."
+            )
     if splits_dir is None:
-        candidates = [] if root is None else [root / SPLITS_DIRNAME,
-                                              root / "UCF101TrainTestSplits-RecognitionTask" / SPLITS_DIRNAME]
+        candidates = (
+            []
+            if root is None
+            else [root / SPLITS_DIRNAME, root / "UCF101TrainTestSplits-RecognitionTask" / SPLITS_DIRNAME]
+        )
         candidates.append(Path(videos_dir).parent / SPLITS_DIRNAME)
         found = next((c for c in candidates if c.is_dir()), None)
         if found is None:
-            raise VimiError(f"No {SPLITS_DIRNAME}/ folder (classInd.txt, trainlist0N.txt, testlist0N.txt) in "
-                            f"{root if root is not None else Path(videos_dir).parent} (or pass splits_dir).")
+            raise VimiError(
+                f"No {SPLITS_DIRNAME}/ folder (classInd.txt, trainlist0N.txt, testlist0N.txt) in "
+                f"{root if root is not None else Path(videos_dir).parent} (or pass splits_dir)."
+            )
         splits_dir = found
     videos_dir, splits_dir = Path(videos_dir), Path(splits_dir)
     if not videos_dir.is_dir():
@@ -167,7 +174,7 @@ def _resize(frames: np.ndarray, size: int, center_crop: bool) -> np.ndarray:
         h, w = frames.shape[1:3]
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        frames = frames[:, top:top + side, left:left + side]
+        frames = frames[:, top : top + side, left : left + side]
     if frames.shape[1:3] == (size, size):
         return np.ascontiguousarray(frames)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
@@ -178,16 +185,25 @@ def _resize(frames: np.ndarray, size: int, center_crop: bool) -> np.ndarray:
 class UCF101:
     """One split and fold of UCF101: ``classes``, ``items`` [(relative path, class index)], ``len()``."""
 
-    def __init__(self, root: Path | str | None = None, split: str = "train", fold: int = 1, *,
-                 videos_dir: Path | str | None = None, splits_dir: Path | str | None = None):
+    def __init__(
+        self,
+        root: Path | str | None = None,
+        split: str = "train",
+        fold: int = 1,
+        *,
+        videos_dir: Path | str | None = None,
+        splits_dir: Path | str | None = None,
+    ):
         if split not in SPLITS:
             raise VimiError(f"UCF101 split must be one of {', '.join(SPLITS)}, got {split!r}.")
         if isinstance(fold, bool) or not isinstance(fold, int) or fold not in FOLDS:
             raise VimiError(f"UCF101 fold must be 1, 2 or 3 (the official splits), got {fold!r}.")
         self.split, self.fold = split, fold
-        self.videos_dir, self.splits_dir = _find_dirs(None if root is None else Path(root),
-                                                      None if videos_dir is None else Path(videos_dir),
-                                                      None if splits_dir is None else Path(splits_dir))
+        self.videos_dir, self.splits_dir = _find_dirs(
+            None if root is None else Path(root),
+            None if videos_dir is None else Path(videos_dir),
+            None if splits_dir is None else Path(splits_dir),
+        )
         self.classes: list[str] = read_class_index(self.splits_dir / "classInd.txt")
         self.class_to_index = {name: i for i, name in enumerate(self.classes)}
         self.list_file = self.splits_dir / f"{split}list0{fold}.txt"
@@ -208,8 +224,9 @@ class UCF101:
 
     def _read_split(self, path: Path) -> list[tuple[str, int]]:
         if not path.is_file():
-            raise VimiError(f"UCF101 split list {path} does not exist (expected {self.split}list01..03.txt "
-                            f"beside classInd.txt).")
+            raise VimiError(
+                f"UCF101 split list {path} does not exist (expected {self.split}list01..03.txt beside classInd.txt)."
+            )
         items, seen = [], set()
         for n, line in _read_lines(path):
             parts = line.split()
@@ -220,12 +237,16 @@ class UCF101:
                 raise VimiError(f"{path} line {n}: {rel!r} has no class folder (expected '<Class>/<video>.avi').")
             class_name = rel.split("/", 1)[0]
             if class_name not in self.class_to_index:
-                raise VimiError(f"{path} line {n}: class {class_name!r} is not in "
-                                f"{self.splits_dir / 'classInd.txt'} ({len(self.classes)} classes).")
+                raise VimiError(
+                    f"{path} line {n}: class {class_name!r} is not in "
+                    f"{self.splits_dir / 'classInd.txt'} ({len(self.classes)} classes)."
+                )
             label = self.class_to_index[class_name]
             if len(parts) == 2 and int(parts[1]) != label + 1:
-                raise VimiError(f"{path} line {n}: label {parts[1]} disagrees with classInd.txt, where "
-                                f"{class_name!r} is {label + 1}.")
+                raise VimiError(
+                    f"{path} line {n}: label {parts[1]} disagrees with classInd.txt, where "
+                    f"{class_name!r} is {label + 1}."
+                )
             if rel in seen:
                 raise VimiError(f"{path} line {n}: {rel!r} is listed twice.")
             seen.add(rel)
@@ -248,8 +269,9 @@ class UCF101:
             directory = self.videos_dir / folder
             if not directory.is_dir():
                 wanted = folder.lower()
-                directory = next((d for d in self.videos_dir.iterdir() if d.is_dir() and d.name.lower() == wanted),
-                                 None)
+                directory = next(
+                    (d for d in self.videos_dir.iterdir() if d.is_dir() and d.name.lower() == wanted), None
+                )
             listing = {} if directory is None else {p.name.lower(): str(p) for p in directory.iterdir() if p.is_file()}
             self._dir_listing[folder] = listing
         found = listing.get(name.lower())
@@ -270,9 +292,17 @@ class UCF101:
 
     # ---- decoding -----------------------------------------------------------------------------------
 
-    def iter_clips(self, num_frames: int = 16, size: int | None = 224, sample: str = "first",
-                   limit: int | None = None, seed: int = 0, short: str = "skip",
-                   center_crop: bool = False, progress_desc: str | None = None) -> ClipStream:
+    def iter_clips(
+        self,
+        num_frames: int = 16,
+        size: int | None = 224,
+        sample: str = "first",
+        limit: int | None = None,
+        seed: int = 0,
+        short: str = "skip",
+        center_crop: bool = False,
+        progress_desc: str | None = None,
+    ) -> ClipStream:
         """Decoded clips (``Clip``: T×H×W×3 uint8, label, path) of this split; see the module docstring
         for ``sample``, ``short`` and ``limit``. ``size=None`` keeps the native resolution;
         ``center_crop`` takes the central square before resizing (default: plain resize, aspect not kept,
@@ -288,8 +318,10 @@ class UCF101:
         if sample not in ("first", "random", "uniform"):
             raise VimiError(f"sample must be 'first', 'random' or 'uniform', got {sample!r}.")
         if short not in ("skip", "pad"):
-            raise VimiError(f"short must be 'skip' (drop clips with too few frames) or 'pad' (repeat the last "
-                            f"frame), got {short!r}.")
+            raise VimiError(
+                f"short must be 'skip' (drop clips with too few frames) or 'pad' (repeat the last "
+                f"frame), got {short!r}."
+            )
         order = self.order(limit, seed)
         target = len(order) if limit is None else min(limit, len(order))
 
@@ -332,7 +364,7 @@ def _select(frames: np.ndarray, num_frames: int, sample: str, rng: random.Random
         return frames[:num_frames]
     if sample == "random":
         start = rng.randint(0, total - num_frames)
-        return frames[start:start + num_frames]
+        return frames[start : start + num_frames]
     return frames[np.linspace(0, total - 1, num_frames).round().astype(int)]
 
 

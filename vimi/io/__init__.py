@@ -2,9 +2,12 @@
 
 from vimi.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "decode_video": "vimi.io.video",
-    "write_video": "vimi.io.video",
-    "probe": "vimi.io.video",
-    "encode_raw": "vimi.io.video",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "decode_video": "vimi.io.video",
+        "write_video": "vimi.io.video",
+        "probe": "vimi.io.video",
+        "encode_raw": "vimi.io.video",
+    },
+)

@@ -108,8 +108,9 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:
             from PIL import Image
 
             images = [Image.fromarray(f) for f in frames]
-            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
-                           duration=int(round(1000 / fps)), loop=0)
+            images[0].save(
+                tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0
+            )
         elif suffix in (".mp4", ".avi", ".mkv", ".webm"):
             codec = {".webm": "libvpx-vp9"}.get(suffix, "libx264")
             # H.264 with yuv420p needs even sides: pad by repeating the last row/column.

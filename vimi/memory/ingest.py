@@ -48,13 +48,21 @@ def image_size(data: bytes) -> tuple[int, int]:
             with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as exc:
         raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
-def memory_row(source: str, key: str, row_id: str, image: bytes | None, caption: Any,
-               meta: dict[str, Any], limits: ImageLimits) -> dict | QuarantineRow:
+def memory_row(
+    source: str, key: str, row_id: str, image: bytes | None, caption: Any, meta: dict[str, Any], limits: ImageLimits
+) -> dict | QuarantineRow:
     """A memory row, or the reason it cannot be one."""
     if image is None:
         return QuarantineRow(source, key, "missing_image", "caption without image")
@@ -73,11 +81,22 @@ def memory_row(source: str, key: str, row_id: str, image: bytes | None, caption:
     except ValueError as exc:
         return QuarantineRow(source, key, "undecodable_image", str(exc))
     if not (limits.min_size <= width <= limits.max_size and limits.min_size <= height <= limits.max_size):
-        return QuarantineRow(source, key, "image_size_out_of_range",
-                             f"{width}x{height}, allowed sides {limits.min_size}..{limits.max_size}")
-    return {"id": row_id, "image": image, "caption": caption, "source": source, "width": width,
-            "height": height, "meta": json.dumps(meta, default=str, sort_keys=True),
-            **{c: None for c in GROUND_TRUTH_COLUMNS}}
+        return QuarantineRow(
+            source,
+            key,
+            "image_size_out_of_range",
+            f"{width}x{height}, allowed sides {limits.min_size}..{limits.max_size}",
+        )
+    return {
+        "id": row_id,
+        "image": image,
+        "caption": caption,
+        "source": source,
+        "width": width,
+        "height": height,
+        "meta": json.dumps(meta, default=str, sort_keys=True),
+        **{c: None for c in GROUND_TRUTH_COLUMNS},
+    }
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -96,10 +115,12 @@ def _sample(shard: str, key: str, files: dict[str, bytes], id_prefix: str, limit
         except (ValueError, UnicodeDecodeError) as exc:
             meta["json_error"] = f"{key}.json is not valid JSON: {exc}"
     if image_ext is None and "txt" not in files:
-        return QuarantineRow(shard, key, "missing_image",
-                             f"sample has neither image nor caption (members: {', '.join(sorted(files))})")
-    return memory_row(shard, key, id_prefix + key, files.get(image_ext) if image_ext else None,
-                      files.get("txt"), meta, limits)
+        return QuarantineRow(
+            shard, key, "missing_image", f"sample has neither image nor caption (members: {', '.join(sorted(files))})"
+        )
+    return memory_row(
+        shard, key, id_prefix + key, files.get(image_ext) if image_ext else None, files.get("txt"), meta, limits
+    )
 
 
 def webdataset_candidates(shards: list[Path], id_prefix: str, limits: ImageLimits) -> Iterator[dict | QuarantineRow]:
@@ -126,22 +147,25 @@ def webdataset_candidates(shards: list[Path], id_prefix: str, limits: ImageLimit
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
                     if ext in files:
-                        yield QuarantineRow(source, member.name, "duplicate_member",
-                                            f"{key} has a second .{ext} member")
+                        yield QuarantineRow(
+                            source, member.name, "duplicate_member", f"{key} has a second .{ext} member"
+                        )
                         continue
                     files[ext] = data
         except (tarfile.TarError, OSError, EOFError) as exc:
             if key is not None:
-                yield QuarantineRow(source, key, "unreadable_shard",
-                                    f"sample cut off by a broken archive: {type(exc).__name__}: {exc}")
+                yield QuarantineRow(
+                    source, key, "unreadable_shard", f"sample cut off by a broken archive: {type(exc).__name__}: {exc}"
+                )
                 key = None
             yield QuarantineRow(source, None, "unreadable_shard", f"{type(exc).__name__}: {exc}")
         if key is not None:
             yield _sample(source, key, files, id_prefix, limits)
 
 
-def _parquet_columns(path: Path, image_column: str | None, image_columns: list[str],
-                     caption_column: str, key_column: str) -> tuple[str, str | None]:
+def _parquet_columns(
+    path: Path, image_column: str | None, image_columns: list[str], caption_column: str, key_column: str
+) -> tuple[str, str | None]:
     names = pq.read_schema(path).names
     chosen = image_column or next((c for c in image_columns if c in names), None)
     problems = []
@@ -150,13 +174,16 @@ def _parquet_columns(path: Path, image_column: str | None, image_columns: list[s
     if caption_column not in names:
         problems.append(f"no caption column {caption_column!r}")
     if problems:
-        raise VimiError(f"{path} has {' and '.join(problems)}; its columns are: {', '.join(names)}. "
-                        "Name them with --image-column / --caption-column.")
+        raise VimiError(
+            f"{path} has {' and '.join(problems)}; its columns are: {', '.join(names)}. "
+            "Name them with --image-column / --caption-column."
+        )
     return chosen, key_column if key_column in names else None
 
 
-def parquet_plan(files: list[Path], image_column: str | None, image_columns: list[str], caption_column: str,
-                 key_column: str) -> list[tuple[Path, str | None, str | None, str]]:
+def parquet_plan(
+    files: list[Path], image_column: str | None, image_columns: list[str], caption_column: str, key_column: str
+) -> list[tuple[Path, str | None, str | None, str]]:
     """(file, image column, key column, error) per file, checked before anything is written:
     a wrong column name is the user's to fix, an unreadable file is quarantined."""
     plan = []
@@ -168,8 +195,13 @@ def parquet_plan(files: list[Path], image_column: str | None, image_columns: lis
     return plan
 
 
-def parquet_candidates(plan: list[tuple[Path, str | None, str | None, str]], id_prefix: str,
-                       limits: ImageLimits, caption_column: str, batch_rows: int) -> Iterator[dict | QuarantineRow]:
+def parquet_candidates(
+    plan: list[tuple[Path, str | None, str | None, str]],
+    id_prefix: str,
+    limits: ImageLimits,
+    caption_column: str,
+    batch_rows: int,
+) -> Iterator[dict | QuarantineRow]:
     for path, img_col, key_col, error in progress(plan, total=len(plan), desc="parquet files", unit="file"):
         source = f"parquet:{path}"
         if img_col is None:
@@ -179,22 +211,37 @@ def parquet_candidates(plan: list[tuple[Path, str | None, str | None, str]], id_
         try:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
                 for record in batch.to_pylist():
-                    key = str(record[key_col]) if key_col and record.get(key_col) is not None else f"{path.stem}/{row_index}"
+                    key = (
+                        str(record[key_col])
+                        if key_col and record.get(key_col) is not None
+                        else f"{path.stem}/{row_index}"
+                    )
                     row_index += 1
                     image = record.get(img_col)
-                    meta = {k: v for k, v in record.items()
-                            if k not in (img_col, caption_column) and not isinstance(v, (bytes, bytearray))}
+                    meta = {
+                        k: v
+                        for k, v in record.items()
+                        if k not in (img_col, caption_column) and not isinstance(v, (bytes, bytearray))
+                    }
                     if image is None and record.get("error_message"):
                         yield QuarantineRow(source, key, "missing_image", f"img2dataset: {record['error_message']}")
                         continue
                     yield memory_row(source, key, id_prefix + key, image, record.get(caption_column), meta, limits)
         except (pa.ArrowInvalid, OSError) as exc:
-            yield QuarantineRow(source, None, "unreadable_shard", f"after {row_index} rows: {type(exc).__name__}: {exc}")
+            yield QuarantineRow(
+                source, None, "unreadable_shard", f"after {row_index} rows: {type(exc).__name__}: {exc}"
+            )
 
 
-def memory_candidates(sources: list[str], fmt: str, ingest_params: dict[str, Any], id_prefix: str = "",
-                      image_column: str | None = None, caption_column: str | None = None,
-                      key_column: str | None = None) -> Iterator[dict | QuarantineRow]:
+def memory_candidates(
+    sources: list[str],
+    fmt: str,
+    ingest_params: dict[str, Any],
+    id_prefix: str = "",
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    key_column: str | None = None,
+) -> Iterator[dict | QuarantineRow]:
     """Candidate rows of one source specification. Errors the user must fix (no such file, wrong
     column names, unknown format) are raised here, before anything is written."""
     limits = ImageLimits.from_params(ingest_params)
@@ -202,17 +249,27 @@ def memory_candidates(sources: list[str], fmt: str, ingest_params: dict[str, Any
         return webdataset_candidates(expand_sources(sources, (".tar", ".tar.gz", ".tgz")), id_prefix, limits)
     if fmt == "parquet":
         caption_column = caption_column or ingest_params.get("caption_column", "caption")
-        plan = parquet_plan(expand_sources(sources, (".parquet",)), image_column,
-                            list(ingest_params.get("image_columns", ["jpg", "png", "webp", "image"])),
-                            caption_column, key_column or ingest_params.get("key_column", "key"))
+        plan = parquet_plan(
+            expand_sources(sources, (".parquet",)),
+            image_column,
+            list(ingest_params.get("image_columns", ["jpg", "png", "webp", "image"])),
+            caption_column,
+            key_column or ingest_params.get("key_column", "key"),
+        )
         return parquet_candidates(plan, id_prefix, limits, caption_column, ingest_params["batch_rows"])
     raise VimiError(f"Unknown memory format {fmt!r}; use one of: {', '.join(FORMATS)}.")
 
 
-def ingest_memory(sources: list[str], fmt: str, uri: Path, quarantine_uri: Path, ingest_params: dict[str, Any],
-                  mode: str = "append", **options: Any) -> IngestReport:
+def ingest_memory(
+    sources: list[str],
+    fmt: str,
+    uri: Path,
+    quarantine_uri: Path,
+    ingest_params: dict[str, Any],
+    mode: str = "append",
+    **options: Any,
+) -> IngestReport:
     """Ingest image-text pairs from ``sources`` into the memory at ``uri`` as one new version.
     ``options``: id_prefix, image_column, caption_column, key_column."""
     candidates = memory_candidates(sources, fmt, ingest_params, **options)
-    return run_ingest(str(uri), uri, quarantine_uri, MEMORY_SCHEMA, candidates,
-                      ingest_params["batch_rows"], mode=mode)
+    return run_ingest(str(uri), uri, quarantine_uri, MEMORY_SCHEMA, candidates, ingest_params["batch_rows"], mode=mode)

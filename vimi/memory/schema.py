@@ -13,23 +13,23 @@ SUBJECT_TRUTH_FIELDS = [
     pa.field("color2", pa.string()),
     pa.field("pattern", pa.string()),
     pa.field("scene", pa.string()),
-    pa.field("subject_split", pa.string()),             # seen | unseen
+    pa.field("subject_split", pa.string()),  # seen | unseen
 ]
 
 MEMORY_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),        # unique
+        pa.field("id", pa.string(), nullable=False),  # unique
         pa.field("image", pa.large_binary(), nullable=False),  # encoded PNG / JPEG / WebP bytes, as given
         pa.field("caption", pa.string(), nullable=False),
-        pa.field("source", pa.string(), nullable=False),    # "spriteworld", "webdataset:<shard>", "parquet:<file>"
+        pa.field("source", pa.string(), nullable=False),  # "spriteworld", "webdataset:<shard>", "parquet:<file>"
         pa.field("width", pa.int32(), nullable=False),
         pa.field("height", pa.int32(), nullable=False),
-        pa.field("meta", pa.string(), nullable=False),      # JSON object: anything else the source had
+        pa.field("meta", pa.string(), nullable=False),  # JSON object: anything else the source had
         # Ground truth, where known (SpriteWorld); null for real data.
-        pa.field("doc_type", pa.string()),                  # subject | anonymous | scene
+        pa.field("doc_type", pa.string()),  # subject | anonymous | scene
         *SUBJECT_TRUTH_FIELDS,
         pa.field("pose", POSE),
     ]
 )
 
-GROUND_TRUTH_COLUMNS = MEMORY_SCHEMA.names[MEMORY_SCHEMA.get_field_index("meta") + 1:]
+GROUND_TRUTH_COLUMNS = MEMORY_SCHEMA.names[MEMORY_SCHEMA.get_field_index("meta") + 1 :]

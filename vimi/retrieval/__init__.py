@@ -2,10 +2,13 @@
 
 from vimi.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "BM25Searcher": "vimi.retrieval.bm25",
-    "Hit": "vimi.retrieval.bm25",
-    "build_index": "vimi.retrieval.bm25",
-    "open_searcher": "vimi.retrieval.bm25",
-    "examples": "vimi.retrieval.augment",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "BM25Searcher": "vimi.retrieval.bm25",
+        "Hit": "vimi.retrieval.bm25",
+        "build_index": "vimi.retrieval.bm25",
+        "open_searcher": "vimi.retrieval.bm25",
+        "examples": "vimi.retrieval.augment",
+    },
+)

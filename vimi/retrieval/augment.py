@@ -25,13 +25,13 @@ FLAGS = (FLAG_OK, FLAG_EMPTY, FLAG_NO_HIT, FLAG_FEW)
 AUGMENTED_SCHEMA = pa.schema(
     [
         pa.field("clip_id", pa.string(), nullable=False),
-        pa.field("caption", pa.string(), nullable=False),         # the query, as in the video corpus
-        pa.field("memory_ids", pa.list_(pa.string()), nullable=False),   # best first
-        pa.field("memory_rows", pa.list_(pa.int64()), nullable=False),   # rows of that memory version
-        pa.field("scores", pa.list_(pa.float32()), nullable=False),      # BM25, non-increasing
-        pa.field("ranks", pa.list_(pa.int32()), nullable=False),         # 1..num_hits
+        pa.field("caption", pa.string(), nullable=False),  # the query, as in the video corpus
+        pa.field("memory_ids", pa.list_(pa.string()), nullable=False),  # best first
+        pa.field("memory_rows", pa.list_(pa.int64()), nullable=False),  # rows of that memory version
+        pa.field("scores", pa.list_(pa.float32()), nullable=False),  # BM25, non-increasing
+        pa.field("ranks", pa.list_(pa.int32()), nullable=False),  # 1..num_hits
         pa.field("num_hits", pa.int32(), nullable=False),
-        pa.field("flag", pa.string(), nullable=False),             # ok | empty_caption | no_hit | fewer_than_k
+        pa.field("flag", pa.string(), nullable=False),  # ok | empty_caption | no_hit | fewer_than_k
         pa.field("k", pa.int32(), nullable=False),
         # provenance
         pa.field("memory_path", pa.string(), nullable=False),
@@ -42,8 +42,9 @@ AUGMENTED_SCHEMA = pa.schema(
 )
 
 
-def _rows(searcher: BM25Searcher, clips: Iterator[pa.RecordBatch], k: int, threads: int,
-          provenance: dict[str, Any]) -> Iterator[dict]:
+def _rows(
+    searcher: BM25Searcher, clips: Iterator[pa.RecordBatch], k: int, threads: int, provenance: dict[str, Any]
+) -> Iterator[dict]:
     for batch in clips:
         ids, captions = batch.column("id").to_pylist(), batch.column("caption").to_pylist()
         results = searcher.batch_search([c or "" for c in captions], k, threads)
@@ -55,14 +56,22 @@ def _rows(searcher: BM25Searcher, clips: Iterator[pa.RecordBatch], k: int, threa
             else:
                 flag = FLAG_OK if len(hits) == k else FLAG_FEW
             yield {
-                "clip_id": clip_id, "caption": caption or "", "memory_ids": [h.id for h in hits],
-                "memory_rows": [h.row for h in hits], "scores": [h.score for h in hits],
-                "ranks": [h.rank for h in hits], "num_hits": len(hits), "flag": flag, "k": k, **provenance,
+                "clip_id": clip_id,
+                "caption": caption or "",
+                "memory_ids": [h.id for h in hits],
+                "memory_rows": [h.row for h in hits],
+                "scores": [h.score for h in hits],
+                "ranks": [h.rank for h in hits],
+                "num_hits": len(hits),
+                "flag": flag,
+                "k": k,
+                **provenance,
             }
 
 
-def augment(videos_uri: Path, memory_uri: Path, index_dir: Path, out_uri: Path, k: int,
-            threads: int = 0, batch_rows: int = 4096) -> dict[str, Any]:
+def augment(
+    videos_uri: Path, memory_uri: Path, index_dir: Path, out_uri: Path, k: int, threads: int = 0, batch_rows: int = 4096
+) -> dict[str, Any]:
     """Write the augmented dataset (one Lance commit) and return what a person wants to see."""
     if k < 1:
         raise VimiError(f"params.yaml retrieval.k must be >= 1, got {k}.")
@@ -70,18 +79,35 @@ def augment(videos_uri: Path, memory_uri: Path, index_dir: Path, out_uri: Path, 
     videos = lance_io.open_dataset(videos_uri, "video corpus", "Build it first (vimi world generate).")
     searcher = open_searcher(index_dir, memory_uri)  # refuses an index of another memory version
     info = searcher.info
-    provenance = {"memory_path": info.memory_path, "memory_version": info.memory_version,
-                  "index_id": info.index_id, "videos_version": videos.version}
+    provenance = {
+        "memory_path": info.memory_path,
+        "memory_version": info.memory_version,
+        "index_id": info.index_id,
+        "videos_version": videos.version,
+    }
     n = videos.count_rows()
     batches = videos.to_batches(columns=["id", "caption"], batch_size=batch_rows)
-    rows = progress(_rows(searcher, batches, k, resolve_workers(threads), provenance), total=n,
-                    desc="retrieving", unit="clip")
+    rows = progress(
+        _rows(searcher, batches, k, resolve_workers(threads), provenance), total=n, desc="retrieving", unit="clip"
+    )
     schema = AUGMENTED_SCHEMA.with_metadata({k: str(v) for k, v in provenance.items()} | {"k": str(k)})
-    result = lance_io.write_batches(out_uri, lance_io.batches_of(rows, schema, batch_rows), schema, "overwrite",
-                                    commit_message=f"augment k={k} index={info.index_id}")
+    result = lance_io.write_batches(
+        out_uri,
+        lance_io.batches_of(rows, schema, batch_rows),
+        schema,
+        "overwrite",
+        commit_message=f"augment k={k} index={info.index_id}",
+    )
     seconds = time.perf_counter() - start
-    return {"path": str(out_uri), "rows": result.total_rows, "version": result.version, "k": k,
-            "seconds": round(seconds, 2), "clips_per_s": round(result.total_rows / seconds, 1), **provenance}
+    return {
+        "path": str(out_uri),
+        "rows": result.total_rows,
+        "version": result.version,
+        "k": k,
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(result.total_rows / seconds, 1),
+        **provenance,
+    }
 
 
 def examples(out_uri: Path, memory_uri: Path, n: int = 3, with_images: bool = False) -> list[dict[str, Any]]:
@@ -89,8 +115,10 @@ def examples(out_uri: Path, memory_uri: Path, n: int = 3, with_images: bool = Fa
     read; ``with_images`` adds each clip's flag and its retrieved documents' images and scores."""
     ds = lance_io.open_dataset(out_uri, "augmented dataset")
     total = ds.count_rows()
-    picks = ds.take(sorted({int(i * (total - 1) / max(n - 1, 1)) for i in range(min(n, total))}),
-                    columns=["clip_id", "caption", "memory_rows", "memory_version", "scores", "flag"]).to_pylist()
+    picks = ds.take(
+        sorted({int(i * (total - 1) / max(n - 1, 1)) for i in range(min(n, total))}),
+        columns=["clip_id", "caption", "memory_rows", "memory_version", "scores", "flag"],
+    ).to_pylist()
     if not picks:
         return []
     import lance
@@ -100,8 +128,11 @@ def examples(out_uri: Path, memory_uri: Path, n: int = 3, with_images: bool = Fa
     out = []
     for row in picks:
         docs = memory.take(row["memory_rows"], columns=columns).to_pylist() if row["memory_rows"] else []
-        item = {"clip_id": row["clip_id"], "caption": row["caption"],
-                "retrieved": [f"{d['caption']} ({s:.2f})" for d, s in zip(docs, row["scores"])]}
+        item = {
+            "clip_id": row["clip_id"],
+            "caption": row["caption"],
+            "retrieved": [f"{d['caption']} ({s:.2f})" for d, s in zip(docs, row["scores"])],
+        }
         if with_images:
             item |= {"flag": row["flag"], "docs": [d | {"score": s} for d, s in zip(docs, row["scores"])]}
         out.append(item)

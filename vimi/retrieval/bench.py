@@ -22,9 +22,41 @@ from typing import Any, Callable
 import numpy as np
 
 # Lucene's English stop set (what Anserini's DefaultEnglishAnalyzer removes), for the Python peers.
-LUCENE_STOPWORDS = ["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is",
-                    "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then", "there",
-                    "these", "they", "this", "to", "was", "will", "with"]
+LUCENE_STOPWORDS = [
+    "a",
+    "an",
+    "and",
+    "are",
+    "as",
+    "at",
+    "be",
+    "but",
+    "by",
+    "for",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "no",
+    "not",
+    "of",
+    "on",
+    "or",
+    "such",
+    "that",
+    "the",
+    "their",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "to",
+    "was",
+    "will",
+    "with",
+]
 DOCS_PER_SUBJECT = 20
 
 
@@ -40,8 +72,15 @@ def synthetic_corpus(n_docs: int, n_queries: int, seed: int = 0) -> tuple[list[s
     name_list = list(names)
     colors, patterns, scenes = list(COLORS), [a for a, _ in PATTERNS.values()], list(SCENES.values())
     shapes, verbs = list(SHAPES), list(ACTIONS.values())
-    looks = [(shapes[rng.integers(8)], colors[rng.integers(12)], colors[rng.integers(12)],
-              patterns[rng.integers(len(patterns))]) for _ in range(n_subjects)]
+    looks = [
+        (
+            shapes[rng.integers(8)],
+            colors[rng.integers(12)],
+            colors[rng.integers(12)],
+            patterns[rng.integers(len(patterns))],
+        )
+        for _ in range(n_subjects)
+    ]
     subject = rng.integers(0, n_subjects, n_docs)
     subject[:n_subjects] = np.arange(n_subjects)  # every subject has documents
     scene = rng.integers(0, len(scenes), n_docs)
@@ -50,13 +89,19 @@ def synthetic_corpus(n_docs: int, n_queries: int, seed: int = 0) -> tuple[list[s
     for s, sc, t in zip(subject.tolist(), scene.tolist(), template.tolist()):
         shape, c1, c2, pattern = looks[s]
         name, where = name_list[s], scenes[sc]
-        captions.append((f"{name}, a {c1} and {c2} {pattern} {shape}, {where}",
-                         f"a photo of {name} the {pattern} {shape} {where}",
-                         f"{name} is a {c1} {shape} with {c2} details, seen {where}",
-                         f"{name} {where}")[t])
+        captions.append(
+            (
+                f"{name}, a {c1} and {c2} {pattern} {shape}, {where}",
+                f"a photo of {name} the {pattern} {shape} {where}",
+                f"{name} is a {c1} {shape} with {c2} details, seen {where}",
+                f"{name} {where}",
+            )[t]
+        )
     q_subject = rng.integers(0, n_subjects, n_queries)
-    queries = [f"{name_list[s]} {verbs[rng.integers(len(verbs))]} {scenes[rng.integers(len(scenes))]}"
-               for s in q_subject.tolist()]
+    queries = [
+        f"{name_list[s]} {verbs[rng.integers(len(verbs))]} {scenes[rng.integers(len(scenes))]}"
+        for s in q_subject.tolist()
+    ]
     return captions, queries
 
 
@@ -78,8 +123,9 @@ def _run_vimi(folder: str, k: int, threads: int, shards: int) -> dict[str, Any]:
     jvm_s = time.perf_counter() - t0
     info = build_index(root / "memory.lance", root / "bm25", 0.9, 0.4, shards=shards)
     t0 = time.perf_counter()
-    meta = augment(root / "videos.lance", root / "memory.lance", root / "bm25", root / "augmented.lance", k=k,
-                   threads=threads)
+    meta = augment(
+        root / "videos.lance", root / "memory.lance", root / "bm25", root / "augmented.lance", k=k, threads=threads
+    )
     augment_s = time.perf_counter() - t0
     table = lance.dataset(str(root / "augmented.lance")).to_table(columns=["memory_ids", "scores"])
     results = list(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
@@ -91,12 +137,18 @@ def _run_vimi(folder: str, k: int, threads: int, shards: int) -> dict[str, Any]:
     warm = build_index(root / "memory.lance", root / "bm25_again", 0.9, 0.4, shards=shards)  # JIT-compiled JVM
     return {
         "jvm_start_s": jvm_s,
-        "index_s": info.seconds, "index_docs_per_s": info.docs / info.seconds, "shards": len(info.shards),
+        "index_s": info.seconds,
+        "index_docs_per_s": info.docs / info.seconds,
+        "shards": len(info.shards),
         "index_thread_seconds": info.timings,
         "index_again_in_warm_jvm_docs_per_s": warm.docs / warm.seconds,
-        "augment_s": augment_s, "augment_captions_per_s": len(queries) / augment_s,
-        "search_s": search_s, "search_queries_per_s": len(queries) / search_s,
-        "peak_rss_mb": _peak_rss_mb(), "results": results, "augment_meta_clips_per_s": meta["clips_per_s"],
+        "augment_s": augment_s,
+        "augment_captions_per_s": len(queries) / augment_s,
+        "search_s": search_s,
+        "search_queries_per_s": len(queries) / search_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "results": results,
+        "augment_meta_clips_per_s": meta["clips_per_s"],
     }
 
 
@@ -120,10 +172,18 @@ def _run_bm25s(captions: list[str], queries: list[str], k: int, threads: int) ->
     docs, scores = retriever.retrieve(tokens, k=k, n_threads=threads, show_progress=False)
     search_s = time.perf_counter() - t0
     # bm25s always returns k documents; those scoring 0 matched nothing (Lucene would not return them).
-    results = [([f"s{int(d)}" for d, x in zip(row, srow) if x > 0], [float(x) for x in srow if x > 0])
-               for row, srow in zip(docs, scores)]
-    return {"index_s": index_s, "index_docs_per_s": len(captions) / index_s, "search_s": search_s,
-            "search_queries_per_s": len(queries) / search_s, "peak_rss_mb": _peak_rss_mb(), "results": results}
+    results = [
+        ([f"s{int(d)}" for d, x in zip(row, srow) if x > 0], [float(x) for x in srow if x > 0])
+        for row, srow in zip(docs, scores)
+    ]
+    return {
+        "index_s": index_s,
+        "index_docs_per_s": len(captions) / index_s,
+        "search_s": search_s,
+        "search_queries_per_s": len(queries) / search_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "results": results,
+    }
 
 
 def _run_rank_bm25(captions: list[str], queries: list[str], k: int) -> dict[str, Any]:
@@ -144,8 +204,14 @@ def _run_rank_bm25(captions: list[str], queries: list[str], k: int) -> dict[str,
         top = [d for d in np.argsort(-scores, kind="stable")[:k] if scores[d] > 0]
         results.append(([f"s{int(d)}" for d in top], [float(scores[d]) for d in top]))
     search_s = time.perf_counter() - t0
-    return {"index_s": index_s, "index_docs_per_s": len(captions) / max(index_s, 1e-9), "search_s": search_s,
-            "search_queries_per_s": len(queries) / search_s, "peak_rss_mb": _peak_rss_mb(), "results": results}
+    return {
+        "index_s": index_s,
+        "index_docs_per_s": len(captions) / max(index_s, 1e-9),
+        "search_s": search_s,
+        "search_queries_per_s": len(queries) / search_s,
+        "peak_rss_mb": _peak_rss_mb(),
+        "results": results,
+    }
 
 
 def _in_fresh_process(fn: Callable, *args) -> dict[str, Any]:
@@ -153,24 +219,31 @@ def _in_fresh_process(fn: Callable, *args) -> dict[str, Any]:
         return pool.submit(fn, *args).result()
 
 
-def tie_aware_agreement(a: list[tuple[list[str], list[float]]], b: list[tuple[list[str], list[float]]],
-                        k: int, rel: float = 1e-4) -> dict[str, float]:
+def tie_aware_agreement(
+    a: list[tuple[list[str], list[float]]], b: list[tuple[list[str], list[float]]], k: int, rel: float = 1e-4
+) -> dict[str, float]:
     """Per query, the two top-k lists agree when every document one ranks strictly above its k-th
     score is in the other's top k (documents tied at the k-th score may be either); also the plain
     overlap |A ∩ B| / k and the share of queries whose score lists are equal (relative 1e-4)."""
     agree = overlap = same_scores = 0
     for (ids_a, sc_a), (ids_b, sc_b) in zip(a, b):
+
         def strict(ids, scores):
             if len(ids) < k:
                 return set(ids)
             kth = scores[-1]
             return {i for i, s in zip(ids, scores) if s > kth + rel * abs(kth)}
+
         agree += strict(ids_a, sc_a) <= set(ids_b) and strict(ids_b, sc_b) <= set(ids_a)
         overlap += len(set(ids_a) & set(ids_b)) / k
         same_scores += len(sc_a) == len(sc_b) and all(math.isclose(x, y, rel_tol=rel) for x, y in zip(sc_a, sc_b))
     n = max(len(a), 1)
-    return {"tie_aware_agreement": agree / n, "overlap_at_k": overlap / n, "same_scores": same_scores / n,
-            "queries": len(a)}
+    return {
+        "tie_aware_agreement": agree / n,
+        "overlap_at_k": overlap / n,
+        "same_scores": same_scores / n,
+        "queries": len(a),
+    }
 
 
 def _write_inputs(folder: Path, captions: list[str], queries: list[str]) -> None:
@@ -180,20 +253,33 @@ def _write_inputs(folder: Path, captions: list[str], queries: list[str]) -> None
     from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 
     nulls = {c: None for c in GROUND_TRUTH_COLUMNS}
-    rows = ({"id": f"s{i}", "image": b"", "caption": c, "source": "bench", "width": 1, "height": 1, "meta": "{}",
-             **nulls} for i, c in enumerate(captions))
-    lance_io.write_batches(folder / "memory.lance", lance_io.batches_of(rows, MEMORY_SCHEMA, 50_000), MEMORY_SCHEMA,
-                           "overwrite")
+    rows = (
+        {"id": f"s{i}", "image": b"", "caption": c, "source": "bench", "width": 1, "height": 1, "meta": "{}", **nulls}
+        for i, c in enumerate(captions)
+    )
+    lance_io.write_batches(
+        folder / "memory.lance", lance_io.batches_of(rows, MEMORY_SCHEMA, 50_000), MEMORY_SCHEMA, "overwrite"
+    )
     videos = pa.table({"id": [f"q{i}" for i in range(len(queries))], "caption": queries})
     lance_io.write_batches(folder / "videos.lance", videos.to_batches(), videos.schema, "overwrite")
 
 
-def bench_retrieval(sizes: list[int], n_queries: int = 10_000, k: int = 10, rank_bm25_queries: int = 200,
-                    seed: int = 0, shards: int = 4, threads: int = 0,
-                    progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+def bench_retrieval(
+    sizes: list[int],
+    n_queries: int = 10_000,
+    k: int = 10,
+    rank_bm25_queries: int = 200,
+    seed: int = 0,
+    shards: int = 4,
+    threads: int = 0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
     threads = threads or os.cpu_count() or 1
     out: dict[str, Any] = {
-        "benchmark": "retrieval", "k": k, "queries": n_queries, "bm25": {"k1": 0.9, "b": 0.4},
+        "benchmark": "retrieval",
+        "k": k,
+        "queries": n_queries,
+        "bm25": {"k1": 0.9, "b": 0.4},
         "machine": {"cpus": threads, "python": platform.python_version(), "platform": platform.platform()},
         "engines": {
             "vimi": f"pyserini/Anserini Lucene, {shards} index shards, Lucene top-k search on {threads} threads",
@@ -219,14 +305,13 @@ def bench_retrieval(sizes: list[int], n_queries: int = 10_000, k: int = 10, rank
             "agreement_vimi_bm25s": tie_aware_agreement(ours["results"], peer["results"], k),
         }
         size["ratio_search_vimi_vs_bm25s"] = ours["search_queries_per_s"] / peer["search_queries_per_s"]
-        size["ratio_augment_end_to_end_vs_bm25s_search"] = (ours["augment_captions_per_s"]
-                                                            / peer["search_queries_per_s"])
+        size["ratio_augment_end_to_end_vs_bm25s_search"] = ours["augment_captions_per_s"] / peer["search_queries_per_s"]
         if n_docs == smallest:
             progress(f"{n_docs:,} documents: rank-bm25")
             few = queries[:rank_bm25_queries]
             slow = _in_fresh_process(_run_rank_bm25, captions, few, k)
             size["rank_bm25"] = {key: v for key, v in slow.items() if key != "results"}
-            size["agreement_vimi_rank_bm25"] = tie_aware_agreement(ours["results"][:len(few)], slow["results"], k)
+            size["agreement_vimi_rank_bm25"] = tie_aware_agreement(ours["results"][: len(few)], slow["results"], k)
             size["ratio_search_vimi_vs_rank_bm25"] = ours["search_queries_per_s"] / slow["search_queries_per_s"]
         out["sizes"][str(n_docs)] = size
     out["projection"] = project(out)
@@ -253,8 +338,12 @@ def project(result: dict[str, Any], docs: int = 500_000_000, captions: int = 10_
     qps_per_shard = qps * (shard_docs / largest["docs"]) ** (-alpha)
     one_machine_search_h = captions * shards / qps_per_shard / 3600
     return {
-        "memory_docs": docs, "captions": captions, "measured_at_docs": largest["docs"],
-        "search_scaling_exponent_alpha": round(alpha, 3), "shard_docs": shard_docs, "shards": shards,
+        "memory_docs": docs,
+        "captions": captions,
+        "measured_at_docs": largest["docs"],
+        "search_scaling_exponent_alpha": round(alpha, 3),
+        "shard_docs": shard_docs,
+        "shards": shards,
         "index_build_hours_one_machine": round(docs / index_rate / 3600, 2),
         "index_build_hours_on_shards_machines": round(shard_docs / index_rate / 3600, 2),
         "search_queries_per_s_per_shard": round(qps_per_shard, 1),

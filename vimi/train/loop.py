@@ -57,22 +57,40 @@ class LoopConfig:
         values = {k: v for k, v in section.items() if k in known}
         try:
             cfg = cls(**{**values, "seed": int(seed)})
-            for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every",
-                         "sample_every", "warmup_steps", "num_workers"):
+            for name in (
+                "steps",
+                "batch_size",
+                "grad_accum",
+                "checkpoint_every",
+                "keep_checkpoints",
+                "log_every",
+                "sample_every",
+                "warmup_steps",
+                "num_workers",
+            ):
                 setattr(cfg, name, int(getattr(cfg, name)))
             for name in ("lr", "weight_decay", "max_grad_norm", "ema_decay"):
                 setattr(cfg, name, float(getattr(cfg, name)))
         except (TypeError, ValueError) as exc:
             raise VimiError(f"params.yaml {where}: {exc}") from None
-        checks = [(cfg.steps >= 1, "steps >= 1"), (cfg.batch_size >= 1, "batch_size >= 1"),
-                  (cfg.grad_accum >= 1, "grad_accum >= 1"), (cfg.checkpoint_every >= 1, "checkpoint_every >= 1"),
-                  (cfg.keep_checkpoints >= 1, "keep_checkpoints >= 1"), (cfg.log_every >= 1, "log_every >= 1"),
-                  (cfg.sample_every >= 0, "sample_every >= 0 (0 = only at the end)"),
-                  (math.isfinite(cfg.lr) and cfg.lr > 0, "lr > 0"), (0 <= cfg.ema_decay < 1, "0 <= ema_decay < 1"),
-                  (cfg.max_grad_norm > 0, "max_grad_norm > 0"), (cfg.warmup_steps >= 0, "warmup_steps >= 0"),
-                  (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision in auto|no|bf16|fp16"),
-                  (cfg.lr_schedule in ("cosine", "constant", "constant_with_warmup", "linear"),
-                   "lr_schedule in cosine|constant|constant_with_warmup|linear")]
+        checks = [
+            (cfg.steps >= 1, "steps >= 1"),
+            (cfg.batch_size >= 1, "batch_size >= 1"),
+            (cfg.grad_accum >= 1, "grad_accum >= 1"),
+            (cfg.checkpoint_every >= 1, "checkpoint_every >= 1"),
+            (cfg.keep_checkpoints >= 1, "keep_checkpoints >= 1"),
+            (cfg.log_every >= 1, "log_every >= 1"),
+            (cfg.sample_every >= 0, "sample_every >= 0 (0 = only at the end)"),
+            (math.isfinite(cfg.lr) and cfg.lr > 0, "lr > 0"),
+            (0 <= cfg.ema_decay < 1, "0 <= ema_decay < 1"),
+            (cfg.max_grad_norm > 0, "max_grad_norm > 0"),
+            (cfg.warmup_steps >= 0, "warmup_steps >= 0"),
+            (cfg.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision in auto|no|bf16|fp16"),
+            (
+                cfg.lr_schedule in ("cosine", "constant", "constant_with_warmup", "linear"),
+                "lr_schedule in cosine|constant|constant_with_warmup|linear",
+            ),
+        ]
         bad = [need for ok, need in checks if not ok]
         if bad:
             raise VimiError(f"params.yaml {where} is out of range: need {', '.join(bad)}.")
@@ -83,8 +101,8 @@ class Task(Protocol):
     """What a stage plugs into the loop."""
 
     name: str
-    model: torch.nn.Module          # the trainable module
-    dataset: Any                    # map-style, with __getitems__(indices) -> batch
+    model: torch.nn.Module  # the trainable module
+    dataset: Any  # map-style, with __getitems__(indices) -> batch
 
     def to(self, device: torch.device) -> None: ...
     def loss(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor: ...
@@ -97,10 +115,10 @@ class Task(Protocol):
 class Tracker:
     """Callbacks into experiment tracking (MLflow) so the loop stays independent of it."""
 
-    start: Callable[[str | None], str]                 # run id to resume (or None) -> run id
+    start: Callable[[str | None], str]  # run id to resume (or None) -> run id
     metrics: Callable[[dict[str, float], int], None]
-    sample: Callable[[np.ndarray, int], Path | None]   # frames, step -> local file logged
-    finish: Callable[[Path, dict[str, Any]], None]     # final pipeline dir, summary (it may add model_uri)
+    sample: Callable[[np.ndarray, int], Path | None]  # frames, step -> local file logged
+    finish: Callable[[Path, dict[str, Any]], None]  # final pipeline dir, summary (it may add model_uri)
     fail: Callable[[str], None]
 
 
@@ -122,8 +140,7 @@ def micro_generator(seed: int, micro: int, process: int) -> torch.Generator:
 class MicroBatches(torch.utils.data.Sampler):
     """Index lists of this process' part of every global batch, from micro-batch `start` on."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, process: int = 0,
-                 processes: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int, process: int = 0, processes: int = 1):
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.start, self.stop, self.process, self.processes = start, stop, process, processes
 
@@ -144,8 +161,7 @@ def _checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
 
 
-def _save_checkpoint(root: Path, step: int, model, ema, optimizer, scheduler, state: dict[str, Any],
-                     keep: int) -> Path:
+def _save_checkpoint(root: Path, step: int, model, ema, optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
     from safetensors.torch import save_file
 
     final = root / f"step-{step:07d}"
@@ -156,8 +172,10 @@ def _save_checkpoint(root: Path, step: int, model, ema, optimizer, scheduler, st
     ema_state = ema.state_dict()
     shadow = ema_state.pop("shadow_params")
     save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(shadow)}, tmp / "ema.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema": ema_state},
-               tmp / "trainer_state.pt")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ema": ema_state},
+        tmp / "trainer_state.pt",
+    )
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -179,13 +197,21 @@ def _load_checkpoint(path: Path, model, ema, optimizer, scheduler) -> dict[str, 
 
 
 def _fingerprint(task: Task, cfg: LoopConfig) -> str:
-    config = {"task": task.fingerprint(), "loop": {k: v for k, v in asdict(cfg).items()
-                                                   if k not in ("num_workers", "log_every", "sample_every")}}
+    config = {
+        "task": task.fingerprint(),
+        "loop": {k: v for k, v in asdict(cfg).items() if k not in ("num_workers", "log_every", "sample_every")},
+    }
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, tracker: Tracker | None = None,
-          resume: str = "auto") -> dict[str, Any]:
+def train(
+    task: Task,
+    cfg: LoopConfig,
+    checkpoint_dir: Path,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+    resume: str = "auto",
+) -> dict[str, Any]:
     """Train task.model for cfg.steps optimizer steps; write the final pipeline to out_dir (atomically)."""
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
@@ -203,11 +229,19 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
 
     # What to resume: an unfinished run of the same configuration.
     run_info = json.loads(run_file.read_text()) if run_file.is_file() else {}
-    resumable = (run_info.get("fingerprint") == fingerprint and not run_info.get("finished")
-                 and bool(_checkpoints(checkpoint_dir)))
+    resumable = (
+        run_info.get("fingerprint") == fingerprint
+        and not run_info.get("finished")
+        and bool(_checkpoints(checkpoint_dir))
+    )
     if resume == "always" and not resumable:
-        why = ("its configuration changed" if run_info.get("fingerprint") not in (None, fingerprint)
-               else "it finished" if run_info.get("finished") else "there is no checkpoint")
+        why = (
+            "its configuration changed"
+            if run_info.get("fingerprint") not in (None, fingerprint)
+            else "it finished"
+            if run_info.get("finished")
+            else "there is no checkpoint"
+        )
         raise VimiError(f"Nothing to resume in {checkpoint_dir}: {why}. Run without --resume to start afresh.")
     if not (resume != "never" and resumable):
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -217,8 +251,12 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
     model = task.model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_schedule, optimizer, num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
-                              num_training_steps=cfg.steps * accelerator.num_processes)
+    scheduler = get_scheduler(
+        cfg.lr_schedule,
+        optimizer,
+        num_warmup_steps=cfg.warmup_steps * accelerator.num_processes,
+        num_training_steps=cfg.steps * accelerator.num_processes,
+    )
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
     start_step, resumed_from = 0, None
     if run_info:
@@ -232,31 +270,45 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
     # checkpoint resumed from were logged by the killed process and are logged again.
     history = checkpoint_dir / "history.csv"
     if accelerator.is_main_process:
-        kept = [line for line in (history.read_text().splitlines()[1:] if run_info and history.is_file() else [])
-                if int(line.split(",", 1)[0]) <= start_step]
+        kept = [
+            line
+            for line in (history.read_text().splitlines()[1:] if run_info and history.is_file() else [])
+            if int(line.split(",", 1)[0]) <= start_step
+        ]
         history.write_text("\n".join([HISTORY_HEADER, *kept]) + "\n")
     run_id = tracker.start(run_info.get("run_id")) if tracker and accelerator.is_main_process else None
     run_info = {"fingerprint": fingerprint, "run_id": run_id, "finished": False, "task": task.name}
     if accelerator.is_main_process:
         run_file.write_text(json.dumps(run_info, indent=1))
 
-    sampler = MicroBatches(len(task.dataset), cfg.batch_size, cfg.seed, start_step * cfg.grad_accum,
-                           cfg.steps * cfg.grad_accum, accelerator.process_index, accelerator.num_processes)
+    sampler = MicroBatches(
+        len(task.dataset),
+        cfg.batch_size,
+        cfg.seed,
+        start_step * cfg.grad_accum,
+        cfg.steps * cfg.grad_accum,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
     from vimi.data.clips import collate_batch
 
-    loader = torch.utils.data.DataLoader(task.dataset, batch_sampler=sampler, collate_fn=collate_batch,
-                                         num_workers=cfg.num_workers)
+    loader = torch.utils.data.DataLoader(
+        task.dataset, batch_sampler=sampler, collate_fn=collate_batch, num_workers=cfg.num_workers
+    )
     clips_per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     losses: list[float] = []
     last_loss, last_good = float("nan"), (_checkpoints(checkpoint_dir)[-1].name if resumed_from else None)
     step, micro = start_step, start_step * cfg.grad_accum
     window_start, window_steps, load_seconds, compute_seconds = time.perf_counter(), 0, 0.0, 0.0
-    busy_seconds = 0.0   # loading + stepping, without checkpoints and samples
+    busy_seconds = 0.0  # loading + stepping, without checkpoints and samples
     grad_norm = torch.tensor(0.0)
     model.train()
     bars = ExitStack()
-    tick = bars.enter_context(counter(cfg.steps - start_step, f"training {task.name}", "step")) \
-        if accelerator.is_main_process else (lambda n: None)
+    tick = (
+        bars.enter_context(counter(cfg.steps - start_step, f"training {task.name}", "step"))
+        if accelerator.is_main_process
+        else (lambda n: None)
+    )
     batches = iter(loader)
     try:
         while step < cfg.steps:
@@ -270,10 +322,15 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
                 with accelerator.autocast():
                     loss = task.loss(model, batch, generator)
                 if not torch.isfinite(loss.detach()):
-                    where = f"; the last good checkpoint ({last_good}) is kept in {checkpoint_dir}" if last_good \
+                    where = (
+                        f"; the last good checkpoint ({last_good}) is kept in {checkpoint_dir}"
+                        if last_good
                         else "; no checkpoint had been written yet"
-                    raise VimiError(f"Training {task.name} diverged: the loss is {loss.item()} at step {step + 1}"
-                                    f"{where}. Lower the learning rate (params.yaml) and resume with --resume.")
+                    )
+                    raise VimiError(
+                        f"Training {task.name} diverged: the loss is {loss.item()} at step {step + 1}"
+                        f"{where}. Lower the learning rate (params.yaml) and resume with --resume."
+                    )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -288,16 +345,19 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
                 continue
             step += 1
             ema.step(params)
-            last_loss = float(np.mean(losses[-cfg.grad_accum:]))
+            last_loss = float(np.mean(losses[-cfg.grad_accum :]))
             window_steps += 1
             tick(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
-                metrics = {"loss": float(np.mean(losses[-cfg.log_every * cfg.grad_accum:])),
-                           "lr": float(scheduler.get_last_lr()[0]), "grad_norm": float(grad_norm),
-                           "clips_per_s": window_steps * clips_per_step / max(elapsed, 1e-9),
-                           "loader_share": load_seconds / max(load_seconds + compute_seconds, 1e-9),
-                           "ema_decay": float(ema.cur_decay_value or 0.0)}
+                metrics = {
+                    "loss": float(np.mean(losses[-cfg.log_every * cfg.grad_accum :])),
+                    "lr": float(scheduler.get_last_lr()[0]),
+                    "grad_norm": float(grad_norm),
+                    "clips_per_s": window_steps * clips_per_step / max(elapsed, 1e-9),
+                    "loader_share": load_seconds / max(load_seconds + compute_seconds, 1e-9),
+                    "ema_decay": float(ema.cur_decay_value or 0.0),
+                }
                 if accelerator.is_main_process:
                     with history.open("a") as f:
                         f.write(f"{step},{metrics['loss']:.6g},{metrics['lr']:.6g},{metrics['grad_norm']:.6g}\n")
@@ -305,11 +365,23 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
                     tracker.metrics(metrics, step)
                 window_start, window_steps, load_seconds, compute_seconds = time.perf_counter(), 0, 0.0, 0.0
             if step % cfg.checkpoint_every == 0 and step < cfg.steps and accelerator.is_main_process:
-                last_good = _save_checkpoint(checkpoint_dir, step, accelerator.unwrap_model(model), ema, optimizer,
-                                             scheduler, {"loss": last_loss, "run_id": run_id},
-                                             cfg.keep_checkpoints).name
-            if cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps and tracker \
-                    and accelerator.is_main_process:
+                last_good = _save_checkpoint(
+                    checkpoint_dir,
+                    step,
+                    accelerator.unwrap_model(model),
+                    ema,
+                    optimizer,
+                    scheduler,
+                    {"loss": last_loss, "run_id": run_id},
+                    cfg.keep_checkpoints,
+                ).name
+            if (
+                cfg.sample_every
+                and step % cfg.sample_every == 0
+                and step < cfg.steps
+                and tracker
+                and accelerator.is_main_process
+            ):
                 frames = _ema_samples(task, accelerator.unwrap_model(model), ema, params)
                 if frames is not None:
                     tracker.sample(frames, step)
@@ -321,15 +393,22 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
     finally:
         bars.close()
 
-    summary: dict[str, Any] = {"steps": cfg.steps, "final_loss": round(last_loss, 6), "resumed_from": resumed_from,
-                               "mixed_precision": precision, "device": str(device), "run_id": run_id,
-                               "processes": accelerator.num_processes, "clips_per_step": clips_per_step,
-                               "checkpoint_dir": str(checkpoint_dir),
-                               "clips_per_s": round((cfg.steps - start_step) * clips_per_step / max(busy_seconds, 1e-9), 2)}
+    summary: dict[str, Any] = {
+        "steps": cfg.steps,
+        "final_loss": round(last_loss, 6),
+        "resumed_from": resumed_from,
+        "mixed_precision": precision,
+        "device": str(device),
+        "run_id": run_id,
+        "processes": accelerator.num_processes,
+        "clips_per_step": clips_per_step,
+        "checkpoint_dir": str(checkpoint_dir),
+        "clips_per_s": round((cfg.steps - start_step) * clips_per_step / max(busy_seconds, 1e-9), 2),
+    }
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         ema.store(params)
-        ema.copy_to(params)     # the pipeline ships the EMA weights
+        ema.copy_to(params)  # the pipeline ships the EMA weights
         out_dir = Path(out_dir)
         tmp = out_dir.with_name(f".{out_dir.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -342,7 +421,7 @@ def train(task: Task, cfg: LoopConfig, checkpoint_dir: Path, out_dir: Path, trac
             save_videos(frames, tmp / "samples" / "final", formats=("gif", "mp4"))
             if tracker:
                 tracker.sample(frames, cfg.steps)
-        shutil.copyfile(history, tmp / "loss.csv")      # the loss curve (DVC plots, the run report)
+        shutil.copyfile(history, tmp / "loss.csv")  # the loss curve (DVC plots, the run report)
         (tmp / "training.json").write_text(json.dumps(summary, indent=1))
         shutil.rmtree(out_dir, ignore_errors=True)
         tmp.rename(out_dir)

@@ -29,12 +29,18 @@ def noise_schedulers(diffusion: dict[str, Any]):
 
     prediction = diffusion.get("prediction_type", "epsilon")
     if prediction not in ("epsilon", "v_prediction", "sample"):
-        raise VimiError(f"params.yaml diffusion.prediction_type must be epsilon, v_prediction or sample, got {prediction!r}.")
+        raise VimiError(
+            f"params.yaml diffusion.prediction_type must be epsilon, v_prediction or sample, got {prediction!r}."
+        )
     steps = int(diffusion.get("train_timesteps", 1000))
     if steps < 2:
         raise VimiError(f"params.yaml diffusion.train_timesteps must be >= 2, got {steps}.")
-    ddpm = DDPMScheduler(num_train_timesteps=steps, beta_schedule=diffusion.get("beta_schedule", "squaredcos_cap_v2"),
-                         prediction_type=prediction, clip_sample=False)
+    ddpm = DDPMScheduler(
+        num_train_timesteps=steps,
+        beta_schedule=diffusion.get("beta_schedule", "squaredcos_cap_v2"),
+        prediction_type=prediction,
+        clip_sample=False,
+    )
     ddim = DDIMScheduler.from_config(ddpm.config, set_alpha_to_one=True, timestep_spacing="trailing")
     return ddpm, ddim
 
@@ -46,7 +52,9 @@ def loss_weighting(diffusion: dict[str, Any]) -> tuple[str, float | None]:
     """params.yaml's diffusion.loss_weighting and snr_gamma, checked."""
     kind = str(diffusion.get("loss_weighting") or "none")
     if kind not in LOSS_WEIGHTINGS:
-        raise VimiError(f"params.yaml diffusion.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {kind!r}.")
+        raise VimiError(
+            f"params.yaml diffusion.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}, got {kind!r}."
+        )
     if kind == "none":
         return kind, None
     value = diffusion.get("snr_gamma", 5.0)
@@ -66,9 +74,15 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
-def diffusion_loss(model, scheduler, clean: torch.Tensor, context: torch.Tensor, generator: torch.Generator,
-                   condition: torch.Tensor | None = None, weighting: tuple[str, float | None] = ("none", None)
-                   ) -> torch.Tensor:
+def diffusion_loss(
+    model,
+    scheduler,
+    clean: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+    condition: torch.Tensor | None = None,
+    weighting: tuple[str, float | None] = ("none", None),
+) -> torch.Tensor:
     """DDPM training loss of clean B×3×T×H×W clips: noise at random timesteps, predict ε, v or the clean
     clip (`sample`), mean squared error. `weighting` reweights timesteps by their SNR, as a weight on
     the clean-clip error whatever is predicted: `min_snr` min(SNR, γ) (Hang et al. 2023); `truncated_v`
@@ -109,8 +123,9 @@ def load_vision(encoder_dir: Path) -> ImageTokenizer:
 
 
 class Stage1Task:
-    def __init__(self, params: dict[str, Any], augmented_uri: Path, videos_uri: Path, encoder_dir: Path,
-                 text_only: bool = False):
+    def __init__(
+        self, params: dict[str, Any], augmented_uri: Path, videos_uri: Path, encoder_dir: Path, text_only: bool = False
+    ):
         self.name = "stage1-text-only" if text_only else "stage1"
         self.text_only = text_only
         model_params, stage, world = params.get("model", {}), params.get("stage1", {}), params.get("world", {})
@@ -131,17 +146,26 @@ class Stage1Task:
             frozen.requires_grad_(False).eval()
         self.max_tokens = int(model_params.get("max_tokens", 256))
         self.max_segment_tokens = int(model_params.get("max_segment_tokens", 48))
-        self.encoder = MultimodalEncoder(self.tokenizer, self.language_model, self.vision, self.max_tokens,
-                                         self.max_segment_tokens)
-        torch.manual_seed(int(params.get("seed", 0)))   # initial weights follow the seed, whatever ran before
-        self.model = build_denoiser(model_params.get("denoiser", {}), self.num_frames, self.frame_size,
-                                    self.language_model.config.hidden_size)
+        self.encoder = MultimodalEncoder(
+            self.tokenizer, self.language_model, self.vision, self.max_tokens, self.max_segment_tokens
+        )
+        torch.manual_seed(int(params.get("seed", 0)))  # initial weights follow the seed, whatever ran before
+        self.model = build_denoiser(
+            model_params.get("denoiser", {}), self.num_frames, self.frame_size, self.language_model.config.hidden_size
+        )
         self.diffusion = params.get("diffusion", {})
         self.train_scheduler, self.sample_scheduler = noise_schedulers(self.diffusion)
         self.guidance_scale = float(self.diffusion.get("guidance_scale", 3.0))
         self.weighting = loss_weighting(self.diffusion)
-        self.dataset = AugmentedClips(augmented_uri, videos_uri, self.num_frames, self.frame_size,
-                                      self.vision.config.image_size, max_docs=self.max_docs, with_docs=not text_only)
+        self.dataset = AugmentedClips(
+            augmented_uri,
+            videos_uri,
+            self.num_frames,
+            self.frame_size,
+            self.vision.config.image_size,
+            max_docs=self.max_docs,
+            with_docs=not text_only,
+        )
         self._model_params = model_params
 
     def to(self, device: torch.device) -> None:
@@ -150,11 +174,20 @@ class Stage1Task:
         self.model.to(device)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "model": self._model_params, "diffusion": self.diffusion,
-                "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs],
-                "data": [str(self.dataset.videos_uri), self.dataset.augmented_version, self.dataset.videos_version,
-                         self.dataset.memory_version], "clip": [self.num_frames, self.frame_size],
-                "vision": self.vision_digest}
+        return {
+            "name": self.name,
+            "model": self._model_params,
+            "diffusion": self.diffusion,
+            "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs],
+            "data": [
+                str(self.dataset.videos_uri),
+                self.dataset.augmented_version,
+                self.dataset.videos_version,
+                self.dataset.memory_version,
+            ],
+            "clip": [self.num_frames, self.frame_size],
+            "vision": self.vision_digest,
+        }
 
     def prompts(self, batch: ClipBatch, generator: torch.Generator | None = None) -> list[Prompt]:
         """The conditioning of each clip; with a generator, training's random dropping applied."""
@@ -178,14 +211,24 @@ class Stage1Task:
         prompts = self.prompts(batch, generator)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
-        return diffusion_loss(model, self.train_scheduler, to_model_frames(batch.frames), context, generator,
-                              weighting=self.weighting)
+        return diffusion_loss(
+            model, self.train_scheduler, to_model_frames(batch.frames), context, generator, weighting=self.weighting
+        )
 
     def pipeline(self, model) -> ViMiPipeline:
-        pipe = ViMiPipeline(self.tokenizer, self.language_model, self.vision, model, self.sample_scheduler,
-                            num_frames=self.num_frames, frame_size=self.frame_size, max_tokens=self.max_tokens,
-                            max_segment_tokens=self.max_segment_tokens, guidance_scale=self.guidance_scale,
-                            fps=self.fps)
+        pipe = ViMiPipeline(
+            self.tokenizer,
+            self.language_model,
+            self.vision,
+            model,
+            self.sample_scheduler,
+            num_frames=self.num_frames,
+            frame_size=self.frame_size,
+            max_tokens=self.max_tokens,
+            max_segment_tokens=self.max_segment_tokens,
+            guidance_scale=self.guidance_scale,
+            fps=self.fps,
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -196,8 +239,9 @@ class Stage1Task:
         n = min(self.sample_prompts, len(self.dataset))
         batch = self.dataset.__getitems__(list(range(n)))
         generator = torch.Generator().manual_seed(0)
-        generated = self.pipeline(model)(self.prompts(batch), num_inference_steps=self.sample_steps,
-                                         generator=generator).frames
+        generated = self.pipeline(model)(
+            self.prompts(batch), num_inference_steps=self.sample_steps, generator=generator
+        ).frames
         return real_over_generated(batch.frames, generated)
 
     def save(self, model, out_dir: Path) -> None:

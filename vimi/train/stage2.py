@@ -50,15 +50,25 @@ class Stage2Task:
         for frozen in (self.language_model, self.vision):
             frozen.requires_grad_(False).eval()
         self.config = dict(init.config)
-        self.encoder = MultimodalEncoder(self.tokenizer, self.language_model, self.vision,
-                                         self.config["max_tokens"], self.config["max_segment_tokens"])
+        self.encoder = MultimodalEncoder(
+            self.tokenizer,
+            self.language_model,
+            self.vision,
+            self.config["max_tokens"],
+            self.config["max_segment_tokens"],
+        )
         self.model = init.transformer
         self.model.requires_grad_(True)
         self.widened = add_frame_conditioning(self.model)
         self.sample_scheduler = init.scheduler
         self.train_scheduler = training_scheduler(init.scheduler.config)
-        self.dataset = InstructionClips(instructions_uri, "train", self.config["num_frames"],
-                                        self.config["frame_size"], self.vision.config.image_size)
+        self.dataset = InstructionClips(
+            instructions_uri,
+            "train",
+            self.config["num_frames"],
+            self.config["frame_size"],
+            self.vision.config.image_size,
+        )
 
     def to(self, device: torch.device) -> None:
         self.language_model.to(device)
@@ -66,9 +76,16 @@ class Stage2Task:
         self.model.to(device)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "init": self.init_digest, "cfg_dropout": self.cfg_dropout, "weighting": list(self.weighting),
-                "data": self.dataset.versions(), "pipeline": {k: v for k, v in self.config.items()
-                                                             if not k.startswith("_") and isinstance(v, (int, float, str))}}
+        return {
+            "name": self.name,
+            "init": self.init_digest,
+            "cfg_dropout": self.cfg_dropout,
+            "weighting": list(self.weighting),
+            "data": self.dataset.versions(),
+            "pipeline": {
+                k: v for k, v in self.config.items() if not k.startswith("_") and isinstance(v, (int, float, str))
+            },
+        }
 
     def loss(self, model, batch: InstructionBatch, generator: torch.Generator) -> torch.Tensor:
         drop = (torch.rand(len(batch), generator=generator) < self.cfg_dropout).tolist()
@@ -76,13 +93,26 @@ class Stage2Task:
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
         clean = to_model_frames(batch.frames)
-        return diffusion_loss(model, self.train_scheduler, clean, context, generator,
-                              frame_conditioning(clean, batch.context_frames), weighting=self.weighting)
+        return diffusion_loss(
+            model,
+            self.train_scheduler,
+            clean,
+            context,
+            generator,
+            frame_conditioning(clean, batch.context_frames),
+            weighting=self.weighting,
+        )
 
     def pipeline(self, model) -> ViMiPipeline:
         keys = ("num_frames", "frame_size", "max_tokens", "max_segment_tokens", "guidance_scale", "fps")
-        pipe = ViMiPipeline(self.tokenizer, self.language_model, self.vision, model, self.sample_scheduler,
-                            **{k: self.config[k] for k in keys if k in self.config})
+        pipe = ViMiPipeline(
+            self.tokenizer,
+            self.language_model,
+            self.vision,
+            model,
+            self.sample_scheduler,
+            **{k: self.config[k] for k in keys if k in self.config},
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -98,9 +128,12 @@ class Stage2Task:
         """One clip per task (subject, prediction, text-to-video, side by side): real above generated."""
         batch = self.dataset.__getitems__(self.sample_rows())
         given = [batch.frames[i, :m] if m else None for i, m in enumerate(batch.context_frames)]
-        generated = self.pipeline(model)(batch.prompts, context_frames=given if any(m for m in batch.context_frames)
-                                         else None, num_inference_steps=self.sample_steps,
-                                         generator=torch.Generator().manual_seed(0)).frames
+        generated = self.pipeline(model)(
+            batch.prompts,
+            context_frames=given if any(m for m in batch.context_frames) else None,
+            num_inference_steps=self.sample_steps,
+            generator=torch.Generator().manual_seed(0),
+        ).frames
         return real_over_generated(batch.frames, generated)
 
     def save(self, model, out_dir: Path) -> None:

@@ -2,8 +2,11 @@
 
 from vimi.exports import lazy_exports
 
-__getattr__, __dir__, __all__ = lazy_exports(__name__, {
-    "validate": "vimi.validation.suites",
-    "ValidationReport": "vimi.validation.suites",
-    "validate_retrieval": "vimi.validation.suites",
-})
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "validate": "vimi.validation.suites",
+        "ValidationReport": "vimi.validation.suites",
+        "validate_retrieval": "vimi.validation.suites",
+    },
+)

@@ -67,9 +67,11 @@ class ValidationReport:
 
     def to_text(self) -> str:
         status = "PASSED" if self.success else "FAILED"
-        lines = [f"{self.suite} suite {status}: {self.dataset} (version {self.version}, {self.rows} rows, "
-                 f"{self.decoded_rows} decoded), {len(self.checks) - len(self.failed)}/{len(self.checks)} "
-                 f"expectations met in {self.seconds:.1f} s"]
+        lines = [
+            f"{self.suite} suite {status}: {self.dataset} (version {self.version}, {self.rows} rows, "
+            f"{self.decoded_rows} decoded), {len(self.checks) - len(self.failed)}/{len(self.checks)} "
+            f"expectations met in {self.seconds:.1f} s"
+        ]
         for check in self.checks:
             mark = "ok  " if check.success else "FAIL"
             target = f" [{check.column}]" if check.column else ""
@@ -95,8 +97,7 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list, batch: str) -
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
-    definition = (ctx.data_sources.add_pandas(name).add_dataframe_asset(name)
-                  .add_batch_definition_whole_dataframe(name))
+    definition = ctx.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
     suite = ctx.suites.add(gx.ExpectationSuite(name=name))
     for expectation in expectations:
         suite.add_expectation(expectation)
@@ -105,13 +106,20 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list, batch: str) -
     for r in result.results:
         kwargs = r.expectation_config.kwargs
         column = kwargs.get("column") or (
-            f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else None)
+            f"{kwargs['column_A']}={kwargs['column_B']}" if "column_A" in kwargs else None
+        )
         details = r.result or {}
-        checks.append(CheckResult(
-            expectation=r.expectation_config.type, column=column, success=bool(r.success),
-            unexpected_count=details.get("unexpected_count"),
-            examples=[_plain(v) for v in (details.get("partial_unexpected_list") or [])[:10]],
-            observed=_plain(details.get("observed_value")), batch=batch))
+        checks.append(
+            CheckResult(
+                expectation=r.expectation_config.type,
+                column=column,
+                success=bool(r.success),
+                unexpected_count=details.get("unexpected_count"),
+                examples=[_plain(v) for v in (details.get("partial_unexpected_list") or [])[:10]],
+                observed=_plain(details.get("observed_value")),
+                batch=batch,
+            )
+        )
     return checks
 
 
@@ -144,10 +152,17 @@ def _sample_indices(n: int, sample: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n, size=sample, replace=False).tolist())
 
 
-def _validate(suite: str, uri: Path, expected: pa.Schema, table_columns: list[str],
-              table_expectations: Callable[[], list], media_columns: list[str],
-              decode: Callable[[dict], dict], media_expectations: Callable[[], list],
-              params: dict[str, Any]) -> ValidationReport:
+def _validate(
+    suite: str,
+    uri: Path,
+    expected: pa.Schema,
+    table_columns: list[str],
+    table_expectations: Callable[[], list],
+    media_columns: list[str],
+    decode: Callable[[dict], dict],
+    media_expectations: Callable[[], list],
+    params: dict[str, Any],
+) -> ValidationReport:
     start = time.perf_counter()
     ds = lance_io.open_dataset(uri, f"{suite} dataset", "Build it first (vimi world generate, or an ingest).")
     schema_check = _schema_check(ds.schema, expected)
@@ -161,13 +176,20 @@ def _validate(suite: str, uri: Path, expected: pa.Schema, table_columns: list[st
     if indices and schema_check.success:
         records = []
         for start_at in range(0, len(indices), 256):
-            chunk = ds.take(indices[start_at:start_at + 256], columns=media_columns).to_pylist()
+            chunk = ds.take(indices[start_at : start_at + 256], columns=media_columns).to_pylist()
             records += [decode(r) for r in chunk]
         decoded = len(records)
         checks += _run_suite(f"{suite}_media", pd.DataFrame.from_records(records), media_expectations(), "media")
-    return ValidationReport(suite=suite, dataset=str(uri), version=ds.version, rows=n, decoded_rows=decoded,
-                            success=all(c.success for c in checks), checks=checks,
-                            seconds=time.perf_counter() - start)
+    return ValidationReport(
+        suite=suite,
+        dataset=str(uri),
+        version=ds.version,
+        rows=n,
+        decoded_rows=decoded,
+        success=all(c.success for c in checks),
+        checks=checks,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _common_table_expectations(params: dict[str, Any]) -> list:
@@ -200,8 +222,14 @@ def validate_memory(uri: Path, params: dict[str, Any]) -> ValidationReport:
         except (ValueError, TypeError):
             width = height = -1
             ok = False
-        return {"id": row["id"], "image_decodable": ok, "width": row["width"], "height": row["height"],
-                "decoded_width": width, "decoded_height": height}
+        return {
+            "id": row["id"],
+            "image_decodable": ok,
+            "width": row["width"],
+            "height": row["height"],
+            "decoded_width": width,
+            "decoded_height": height,
+        }
 
     def media() -> list:
         return [
@@ -210,8 +238,17 @@ def validate_memory(uri: Path, params: dict[str, Any]) -> ValidationReport:
             gxe.ExpectColumnPairValuesToBeEqual(column_A="height", column_B="decoded_height"),
         ]
 
-    return _validate("memory", dataset_location(uri), MEMORY_SCHEMA, ["id", "caption", "source", "width", "height"],
-                     table, ["id", "image", "width", "height"], decode, media, params)
+    return _validate(
+        "memory",
+        dataset_location(uri),
+        MEMORY_SCHEMA,
+        ["id", "caption", "source", "width", "height"],
+        table,
+        ["id", "image", "width", "height"],
+        decode,
+        media,
+        params,
+    )
 
 
 def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") -> ValidationReport:
@@ -238,9 +275,16 @@ def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") ->
             ok = True
         except (VideoDecodeError, ValueError, TypeError):
             shape, ok = (-1, -1, -1), False
-        return {"id": row["id"], "video_decodable": ok, "num_frames": row["num_frames"], "height": row["height"],
-                "width": row["width"], "decoded_frames": shape[0], "decoded_height": shape[1],
-                "decoded_width": shape[2]}
+        return {
+            "id": row["id"],
+            "video_decodable": ok,
+            "num_frames": row["num_frames"],
+            "height": row["height"],
+            "width": row["width"],
+            "decoded_frames": shape[0],
+            "decoded_height": shape[1],
+            "decoded_width": shape[2],
+        }
 
     def media() -> list:
         return [
@@ -250,9 +294,17 @@ def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") ->
             gxe.ExpectColumnPairValuesToBeEqual(column_A="width", column_B="decoded_width"),
         ]
 
-    return _validate(suite, dataset_location(uri), VIDEO_SCHEMA,
-                     ["id", "caption", "video_format", "num_frames", "fps", "width", "height"], table,
-                     ["id", "video", "video_format", "num_frames", "height", "width"], decode, media, params)
+    return _validate(
+        suite,
+        dataset_location(uri),
+        VIDEO_SCHEMA,
+        ["id", "caption", "video_format", "num_frames", "fps", "width", "height"],
+        table,
+        ["id", "video", "video_format", "num_frames", "height", "width"],
+        decode,
+        media,
+        params,
+    )
 
 
 def validate(which: str, uri: Path, params: dict[str, Any]) -> ValidationReport:
@@ -270,8 +322,9 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
 
     aug = lance_io.open_dataset(augmented_uri, "augmented dataset", "Build it with `vimi augment`.")
     videos = lance_io.open_dataset(videos_uri, "video corpus")
-    table = aug.to_table(columns=["clip_id", "memory_ids", "memory_rows", "scores", "ranks", "num_hits", "flag",
-                                  "k", "memory_version"])
+    table = aug.to_table(
+        columns=["clip_id", "memory_ids", "memory_rows", "scores", "ranks", "num_hits", "flag", "k", "memory_version"]
+    )
     frame = table.to_pandas()
     versions = sorted(set(frame["memory_version"].tolist()))
     memory = lance.dataset(str(memory_uri), version=int(versions[0])) if versions else lance_io.open_dataset(memory_uri)
@@ -285,12 +338,17 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
         n = len(r.memory_ids)
         shape_ok = n == len(r.scores) == len(r.ranks) == len(r.memory_rows) == r.num_hits
         ranks_ok = list(r.ranks) == list(range(1, n + 1))
-        flag_ok = {"ok": n == r.k, "fewer_than_k": 0 < n < r.k, "no_hit": n == 0, "empty_caption": n == 0}.get(r.flag, False)
+        flag_ok = {"ok": n == r.k, "fewer_than_k": 0 < n < r.k, "no_hit": n == 0, "empty_caption": n == 0}.get(
+            r.flag, False
+        )
         return bool(shape_ok and ranks_ok and flag_ok)
 
     def dangling(r) -> int:  # an id absent from the memory, or not at the row it claims
-        return sum(1 for doc_id, row in zip(r.memory_ids, r.memory_rows)
-                   if not (0 <= row < len(memory_ids)) or memory_ids[row] != doc_id)
+        return sum(
+            1
+            for doc_id, row in zip(r.memory_ids, r.memory_rows)
+            if not (0 <= row < len(memory_ids)) or memory_ids[row] != doc_id
+        )
 
     def own(r) -> tuple[float, float, float]:
         subject = clip_subject.get(r.clip_id)
@@ -329,8 +387,9 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
     return frame, videos.count_rows(), figures
 
 
-def validate_retrieval(augmented_uri: Path, videos_uri: Path, memory_uri: Path,
-                       params: dict[str, Any]) -> ValidationReport:
+def validate_retrieval(
+    augmented_uri: Path, videos_uri: Path, memory_uri: Path, params: dict[str, Any]
+) -> ValidationReport:
     """The retrieval-quality gate over the augmented dataset (docs/retrieval.md)."""
     import great_expectations.expectations as gxe
 
@@ -357,12 +416,23 @@ def validate_retrieval(augmented_uri: Path, videos_uri: Path, memory_uri: Path,
             gxe.ExpectColumnMeanToBeBetween(column="has_hit", min_value=float(retrieval.get("min_coverage", 0.99))),
         ]
         if "recall_at_k" in figures:
-            expectations.append(gxe.ExpectColumnMeanToBeBetween(
-                column="own_recall", min_value=float(retrieval.get("min_recall_at_k", 0.5))))
+            expectations.append(
+                gxe.ExpectColumnMeanToBeBetween(
+                    column="own_recall", min_value=float(retrieval.get("min_recall_at_k", 0.5))
+                )
+            )
         checks += _run_suite("retrieval_table", frame, expectations, "table")
-    return ValidationReport(suite="retrieval", dataset=str(augmented_uri), version=ds.version, rows=ds.count_rows(),
-                            decoded_rows=0, success=all(c.success for c in checks), checks=checks,
-                            seconds=time.perf_counter() - start, figures=figures)
+    return ValidationReport(
+        suite="retrieval",
+        dataset=str(augmented_uri),
+        version=ds.version,
+        rows=ds.count_rows(),
+        decoded_rows=0,
+        success=all(c.success for c in checks),
+        checks=checks,
+        seconds=time.perf_counter() - start,
+        figures=figures,
+    )
 
 
 def _versioned_ids(path: str, version: int, columns: list[str]) -> pa.Table | None:
@@ -386,9 +456,26 @@ def instructions_frame(uri: Path, num_frames: int) -> tuple[pd.DataFrame, dict[s
     from vimi.data.instructions import IMAGE_TOKEN
 
     ds = lance_io.open_dataset(uri, "instruction dataset", "Build it with `vimi instructions build`.")
-    table = ds.to_table(columns=["id", "split", "task", "instruction", "template", "clip_id", "clip_row",
-                                 "videos_path", "videos_version", "image_sources", "context_frames",
-                                 "reference_source", "memory_path", "memory_version", "subject_id", "subject_split"])
+    table = ds.to_table(
+        columns=[
+            "id",
+            "split",
+            "task",
+            "instruction",
+            "template",
+            "clip_id",
+            "clip_row",
+            "videos_path",
+            "videos_version",
+            "image_sources",
+            "context_frames",
+            "reference_source",
+            "memory_path",
+            "memory_version",
+            "subject_id",
+            "subject_split",
+        ]
+    )
     n = table.num_rows
     sources = table["image_sources"].combine_chunks()
     flat = pc.list_flatten(sources)
@@ -422,8 +509,9 @@ def instructions_frame(uri: Path, num_frames: int) -> tuple[pd.DataFrame, dict[s
     # Memory sources: the id at its row of the memory version; ground-truth references of the clip's subject.
     memory_ok = np.zeros(len(parent), bool)
     own_subject = np.ones(len(parent), bool)
-    row_memory = pc.binary_join_element_wise(table["memory_path"], pc.cast(table["memory_version"], pa.string()),
-                                             "@").to_numpy(zero_copy_only=False)
+    row_memory = pc.binary_join_element_wise(
+        table["memory_path"], pc.cast(table["memory_version"], pa.string()), "@"
+    ).to_numpy(zero_copy_only=False)
     subject_ids = table["subject_id"].combine_chunks()
     for key in np.unique(row_memory[parent[is_memory]]) if is_memory.any() else []:
         path, version = key.rsplit("@", 1)
@@ -437,15 +525,17 @@ def instructions_frame(uri: Path, num_frames: int) -> tuple[pd.DataFrame, dict[s
         same_id = pc.fill_null(pc.equal(memory["id"].take(safe), src_id.filter(pa.array(here))), False)
         memory_ok[here] = inside & same_id.to_numpy(zero_copy_only=False) & (src_frame[here] == -1)
         truth = pc.equal(memory["subject_id"].take(safe), subject_ids.take(pa.array(parent[here])))
-        own_subject[here] = pc.fill_null(truth, False).to_numpy(zero_copy_only=False) | \
-            (reference[parent[here]] != "ground_truth")
+        own_subject[here] = pc.fill_null(truth, False).to_numpy(zero_copy_only=False) | (
+            reference[parent[here]] != "ground_truth"
+        )
     dangling = per_row(is_memory & ~memory_ok)
     not_own = per_row(is_memory & ~own_subject)
 
     # The clip of every row is at its clip_row in the corpus version the row records.
     clip_ok = np.zeros(n, bool)
-    row_videos = pc.binary_join_element_wise(table["videos_path"], pc.cast(table["videos_version"], pa.string()),
-                                             "@").to_numpy(zero_copy_only=False)
+    row_videos = pc.binary_join_element_wise(
+        table["videos_path"], pc.cast(table["videos_version"], pa.string()), "@"
+    ).to_numpy(zero_copy_only=False)
     for key in np.unique(row_videos) if n else []:
         path, version = key.rsplit("@", 1)
         here = row_videos == key
@@ -454,36 +544,47 @@ def instructions_frame(uri: Path, num_frames: int) -> tuple[pd.DataFrame, dict[s
             continue
         rows = clip_rows[here]
         inside = (rows >= 0) & (rows < videos.num_rows)
-        same = pc.fill_null(pc.equal(videos["id"].take(pa.array(np.where(inside, rows, 0))),
-                                     clip_ids.filter(pa.array(here))), False)
+        same = pc.fill_null(
+            pc.equal(videos["id"].take(pa.array(np.where(inside, rows, 0))), clip_ids.filter(pa.array(here))), False
+        )
         clip_ok[here] = inside & same.to_numpy(zero_copy_only=False)
 
     is_subject, is_prediction, is_text = task == "subject", task == "prediction", task == "text_to_video"
-    frame = pd.DataFrame({
-        "id": table["id"].to_pandas(), "split": split, "task": task, "template": table["template"].to_numpy(),
-        "instruction": table["instruction"].to_pandas(), "reference_source": reference,
-        "memory_version": table["memory_version"].to_numpy(), "context_frames": context,
-        "placeholders": pc.fill_null(pc.count_substring(table["instruction"], IMAGE_TOKEN), 0).to_numpy(),
-        "sources": n_sources, "frame_sources": n_frames,
-        "context_fits_task": (context > 0) == is_prediction,
-        "subject_sources_ok": ~is_subject | ((n_memory >= 1) & (n_memory == n_sources)),
-        "text_to_video_sources_ok": ~is_text | (n_sources == 0),
-        "frame_sources_ok": bad_frames == 0,
-        "reference_source_fits_task": np.where(is_subject, np.isin(reference, ["ground_truth", "retrieval"]),
-                                               reference == ""),
-        "dangling_memory_sources": dangling,
-        "references_of_own_subject": not_own == 0,
-        "max_frame_index": max_frame,
-        "clip_row_ok": clip_ok,
-        "unseen_in_train": (split == "train") & (table["subject_split"].to_numpy(zero_copy_only=False) == "unseen"),
-    })
+    frame = pd.DataFrame(
+        {
+            "id": table["id"].to_pandas(),
+            "split": split,
+            "task": task,
+            "template": table["template"].to_numpy(),
+            "instruction": table["instruction"].to_pandas(),
+            "reference_source": reference,
+            "memory_version": table["memory_version"].to_numpy(),
+            "context_frames": context,
+            "placeholders": pc.fill_null(pc.count_substring(table["instruction"], IMAGE_TOKEN), 0).to_numpy(),
+            "sources": n_sources,
+            "frame_sources": n_frames,
+            "context_fits_task": (context > 0) == is_prediction,
+            "subject_sources_ok": ~is_subject | ((n_memory >= 1) & (n_memory == n_sources)),
+            "text_to_video_sources_ok": ~is_text | (n_sources == 0),
+            "frame_sources_ok": bad_frames == 0,
+            "reference_source_fits_task": np.where(
+                is_subject, np.isin(reference, ["ground_truth", "retrieval"]), reference == ""
+            ),
+            "dangling_memory_sources": dangling,
+            "references_of_own_subject": not_own == 0,
+            "max_frame_index": max_frame,
+            "clip_row_ok": clip_ok,
+            "unseen_in_train": (split == "train") & (table["subject_split"].to_numpy(zero_copy_only=False) == "unseen"),
+        }
+    )
     counts = frame.groupby(["split", "task"]).size()
     figures: dict[str, Any] = {
         "rows": int(n),
         **{f"{t}_rows": int(v) for t, v in frame["task"].value_counts().sort_index().items()},
         "tasks": {s: {t: int(v) for t, v in counts[s].items()} for s in counts.index.get_level_values(0).unique()},
-        "reference_source": {str(k): int(v) for k, v in frame.loc[is_subject, "reference_source"].value_counts()
-                             .sort_index().items()},
+        "reference_source": {
+            str(k): int(v) for k, v in frame.loc[is_subject, "reference_source"].value_counts().sort_index().items()
+        },
         "mean_reference_images": float(n_sources[is_subject].mean()) if is_subject.any() else 0.0,
     }
     return frame, figures
@@ -529,6 +630,14 @@ def validate_instructions(uri: Path, params: dict[str, Any]) -> ValidationReport
             gxe.ExpectColumnUniqueValueCountToBeBetween(column="memory_version", min_value=1, max_value=1),
         ]
         checks += _run_suite("instructions_table", frame, expectations, "table")
-    return ValidationReport(suite="instructions", dataset=str(uri), version=ds.version, rows=ds.count_rows(),
-                            decoded_rows=0, success=all(c.success for c in checks), checks=checks,
-                            seconds=time.perf_counter() - start, figures=figures)
+    return ValidationReport(
+        suite="instructions",
+        dataset=str(uri),
+        version=ds.version,
+        rows=ds.count_rows(),
+        decoded_rows=0,
+        success=all(c.success for c in checks),
+        checks=checks,
+        seconds=time.perf_counter() - start,
+        figures=figures,
+    )

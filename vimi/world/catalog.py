@@ -66,8 +66,34 @@ ACTIONS: dict[str, str] = {
     "pulse": "pulses",
 }
 
-_ONSETS = ("b", "br", "d", "dr", "f", "g", "gr", "k", "kr", "l", "m", "n", "p", "pr", "qu", "r",
-           "s", "sk", "t", "tr", "v", "vr", "z", "zh", "th", "x")
+_ONSETS = (
+    "b",
+    "br",
+    "d",
+    "dr",
+    "f",
+    "g",
+    "gr",
+    "k",
+    "kr",
+    "l",
+    "m",
+    "n",
+    "p",
+    "pr",
+    "qu",
+    "r",
+    "s",
+    "sk",
+    "t",
+    "tr",
+    "v",
+    "vr",
+    "z",
+    "zh",
+    "th",
+    "x",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "y", "ae", "ou")
 _CODAS = ("", "k", "x", "n", "r", "l", "th", "v", "z", "sh", "m", "q")
 
@@ -143,8 +169,14 @@ class Catalog:
 def _caption_words() -> set[str]:
     """Every word SpriteWorld captions use, so no subject name collides with one."""
     words: set[str] = set()
-    for text in (*SHAPES, *COLORS, *SCENES.values(), *ACTIONS.values(),
-                 *(a for a, _ in PATTERNS.values()), *(d for _, d in PATTERNS.values())):
+    for text in (
+        *SHAPES,
+        *COLORS,
+        *SCENES.values(),
+        *ACTIONS.values(),
+        *(a for a, _ in PATTERNS.values()),
+        *(d for _, d in PATTERNS.values()),
+    ):
         words.update(text.replace("{c2}", "").split())
     return words
 
@@ -157,8 +189,7 @@ def make_name(rng: np.random.Generator) -> str:
     return "".join(parts) + _CODAS[rng.integers(len(_CODAS))]
 
 
-def build_catalog(seed: int, n_subjects: int, n_scenes: int, n_actions: int,
-                  unseen_fraction: float) -> Catalog:
+def build_catalog(seed: int, n_subjects: int, n_scenes: int, n_actions: int, unseen_fraction: float) -> Catalog:
     if not 1 <= n_scenes <= len(SCENES):
         raise ValueError(f"world.scenes must be between 1 and {len(SCENES)}, got {n_scenes}")
     if not 1 <= n_actions <= len(ACTIONS):
@@ -192,8 +223,15 @@ def build_catalog(seed: int, n_subjects: int, n_scenes: int, n_actions: int,
     return Catalog(
         seed=seed,
         subjects=tuple(
-            Subject(id=f"s{i:04d}", name=n, shape=sh, color1=a, color2=b, pattern=p,
-                    split="unseen" if i in unseen else "seen")
+            Subject(
+                id=f"s{i:04d}",
+                name=n,
+                shape=sh,
+                color1=a,
+                color2=b,
+                pattern=p,
+                split="unseen" if i in unseen else "seen",
+            )
             for i, (n, sh, a, b, p) in enumerate(subjects)
         ),
         scenes=tuple(list(SCENES)[:n_scenes]),

@@ -25,8 +25,17 @@ from vimi.memory.schema import MEMORY_SCHEMA
 from vimi.parallel import ordered_map, resolve_workers
 from vimi.progress import progress
 from vimi.world.catalog import (
-    ACTIONS, COLORS, PATTERNS, SCENES, SHAPES, STREAM_EVAL, STREAM_MEMORY, STREAM_TRAIN,
-    Catalog, Subject, build_catalog,
+    ACTIONS,
+    COLORS,
+    PATTERNS,
+    SCENES,
+    SHAPES,
+    STREAM_EVAL,
+    STREAM_MEMORY,
+    STREAM_TRAIN,
+    Catalog,
+    Subject,
+    build_catalog,
 )
 from vimi.world.motion import trajectory
 from vimi.world.render import draw_sprite, render_scene
@@ -74,7 +83,7 @@ class WorldConfig:
     fps: int
     supersample: int
     appearance_in_video_caption: float
-    pose_jitter: float = 1.0   # share of the trajectories' random range the clips use (vimi.world.motion)
+    pose_jitter: float = 1.0  # share of the trajectories' random range the clips use (vimi.world.motion)
     scene_variants: int = SCENE_VARIANTS  # backgrounds a clip's scene is drawn from
     # Clip sprites' size, times the rasterizer's base radius (memory images keep theirs); above 1 the
     # largest sprites of spin, grow and shrink reach the frame's edges.
@@ -96,7 +105,9 @@ class WorldConfig:
                 raise VimiError(f"params.yaml world: {message}")
 
         need(self.memory_docs >= 1, f"memory_docs must be >= 1, got {self.memory_docs}")
-        need(0 <= self.distractor_fraction < 1, f"distractor_fraction must be in [0, 1), got {self.distractor_fraction}")
+        need(
+            0 <= self.distractor_fraction < 1, f"distractor_fraction must be in [0, 1), got {self.distractor_fraction}"
+        )
         need(self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}")
         need(self.frame_size >= 8, f"frame_size must be >= 8, got {self.frame_size}")
         need(self.num_frames >= 2, f"num_frames must be >= 2, got {self.num_frames}")
@@ -106,8 +117,10 @@ class WorldConfig:
         need(self.fps > 0, f"fps must be > 0, got {self.fps}")
         need(0 <= self.pose_jitter <= 1, f"pose_jitter must be in [0, 1], got {self.pose_jitter}")
         need(0.5 <= self.sprite_scale <= 2, f"sprite_scale must be in [0.5, 2], got {self.sprite_scale}")
-        need(1 <= self.scene_variants <= SCENE_VARIANTS,
-             f"scene_variants must be in 1..{SCENE_VARIANTS}, got {self.scene_variants}")
+        need(
+            1 <= self.scene_variants <= SCENE_VARIANTS,
+            f"scene_variants must be in 1..{SCENE_VARIANTS}, got {self.scene_variants}",
+        )
         n_seen = self.subjects - int(round(self.subjects * self.unseen_fraction))
         need(n_seen >= 1 or self.train_clips == 0, "at least one seen subject is needed for training clips")
 
@@ -124,9 +137,15 @@ def _words(subject: Subject, scene: str) -> dict[str, str]:
     adjective, second = PATTERNS[subject.pattern]
     where = SCENES[scene]
     return {
-        "name": subject.name, "shape": subject.shape, "c1": subject.color1, "c2": subject.color2,
-        "adjective": adjective, "second": second.format(c2=subject.color2),
-        "description": subject.description(), "where": where, "Where": where[0].upper() + where[1:],
+        "name": subject.name,
+        "shape": subject.shape,
+        "c1": subject.color1,
+        "c2": subject.color2,
+        "adjective": adjective,
+        "second": second.format(c2=subject.color2),
+        "description": subject.description(),
+        "where": where,
+        "Where": where[0].upper() + where[1:],
     }
 
 
@@ -144,19 +163,41 @@ def _png(image: np.ndarray) -> bytes:
 
 def _truth(subject: Subject | None, scene: str | None) -> dict[str, Any]:
     if subject is None:
-        return {"subject_id": None, "subject_name": None, "shape": None, "color1": None,
-                "color2": None, "pattern": None, "subject_split": None, "scene": scene}
-    return {"subject_id": subject.id, "subject_name": subject.name, "shape": subject.shape,
-            "color1": subject.color1, "color2": subject.color2, "pattern": subject.pattern,
-            "subject_split": subject.split, "scene": scene}
+        return {
+            "subject_id": None,
+            "subject_name": None,
+            "shape": None,
+            "color1": None,
+            "color2": None,
+            "pattern": None,
+            "subject_split": None,
+            "scene": scene,
+        }
+    return {
+        "subject_id": subject.id,
+        "subject_name": subject.name,
+        "shape": subject.shape,
+        "color1": subject.color1,
+        "color2": subject.color2,
+        "pattern": subject.pattern,
+        "subject_split": subject.split,
+        "scene": scene,
+    }
 
 
 def _random_look(rng: np.random.Generator, index: int) -> Subject:
     """An anonymous sprite for distractor documents: same vocabulary, no name."""
     colors = list(COLORS)
     c1, c2 = (colors[i] for i in rng.choice(len(colors), size=2, replace=False))
-    return Subject(id=f"anon{index}", name="", shape=SHAPES[rng.integers(len(SHAPES))], color1=c1,
-                   color2=c2, pattern=list(PATTERNS)[rng.integers(len(PATTERNS))], split="")
+    return Subject(
+        id=f"anon{index}",
+        name="",
+        shape=SHAPES[rng.integers(len(SHAPES))],
+        color1=c1,
+        color2=c2,
+        pattern=list(PATTERNS)[rng.integers(len(PATTERNS))],
+        split="",
+    )
 
 
 def memory_rows(cfg: WorldConfig, catalog: Catalog, start: int = 0, stop: int | None = None) -> Iterator[dict]:
@@ -168,8 +209,10 @@ def memory_rows(cfg: WorldConfig, catalog: Catalog, start: int = 0, stop: int | 
         rng = np.random.default_rng([cfg.seed, STREAM_MEMORY, i])
         scene = catalog.scenes[rng.integers(len(catalog.scenes))]
         background = render_scene(scene, cfg.image_size, int(rng.integers(SCENE_VARIANTS)))
-        pose = np.array([rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(1.2, 2.0),
-                         rng.uniform(0.0, 360.0)], dtype=np.float32)
+        pose = np.array(
+            [rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(1.2, 2.0), rng.uniform(0.0, 360.0)],
+            dtype=np.float32,
+        )
         if i < n_subject_docs:
             subject = catalog.subjects[i % len(catalog.subjects)]
             doc_type = "subject"
@@ -183,18 +226,28 @@ def memory_rows(cfg: WorldConfig, catalog: Catalog, start: int = 0, stop: int | 
             template = ANONYMOUS_TEMPLATES[rng.integers(len(ANONYMOUS_TEMPLATES))]
             caption = _articles(template.format(**_words(look, scene)))
             image = draw_sprite(background, look, pose, cfg.supersample)
-            truth = _truth(None, scene) | {"shape": look.shape, "color1": look.color1,
-                                           "color2": look.color2, "pattern": look.pattern}
+            truth = _truth(None, scene) | {
+                "shape": look.shape,
+                "color1": look.color1,
+                "color2": look.color2,
+                "pattern": look.pattern,
+            }
         else:
             doc_type = "scene"
             caption = SCENE_TEMPLATES[rng.integers(len(SCENE_TEMPLATES))].format(where=SCENES[scene])
             image, pose = background, None
             truth = _truth(None, scene)
         yield {
-            "id": f"mem-{i:07d}", "image": _png(image), "caption": caption, "source": SOURCE,
-            "width": cfg.image_size, "height": cfg.image_size,
+            "id": f"mem-{i:07d}",
+            "image": _png(image),
+            "caption": caption,
+            "source": SOURCE,
+            "width": cfg.image_size,
+            "height": cfg.image_size,
             "meta": json.dumps({"seed": cfg.seed, "index": i}),
-            "doc_type": doc_type, "pose": None if pose is None else pose.tolist(), **truth,
+            "doc_type": doc_type,
+            "pose": None if pose is None else pose.tolist(),
+            **truth,
         }
 
 
@@ -236,7 +289,11 @@ def plan_clips(cfg: WorldConfig, catalog: Catalog, split: str) -> list[ClipPlan]
         while True:  # redraw (new attempt number) until the combination is new
             plan = draw(STREAM_EVAL, attempt, pool)
             attempt += 1
-            if pool is unseen or (plan.subject.id, plan.action, plan.scene) not in used or attempt > 100 * cfg.eval_clips:
+            if (
+                pool is unseen
+                or (plan.subject.id, plan.action, plan.scene) not in used
+                or attempt > 100 * cfg.eval_clips
+            ):
                 break
         plans.append(ClipPlan(i, plan.subject, plan.action, plan.scene, plan.with_appearance))
     return plans
@@ -255,12 +312,19 @@ def clip_rows(cfg: WorldConfig, plans: list[ClipPlan], split: str) -> Iterator[d
         templates = VIDEO_APPEARANCE_TEMPLATES if plan.with_appearance else VIDEO_TEMPLATES
         caption = _articles(templates[rng.integers(len(templates))].format(**words))
         yield {
-            "id": f"{prefix}-{plan.index:07d}", "video": encode_raw(frames), "video_format": RAW_FORMAT,
-            "caption": caption, "num_frames": cfg.num_frames, "fps": float(cfg.fps),
-            "height": cfg.frame_size, "width": cfg.frame_size, "source": SOURCE,
-            "meta": json.dumps({"seed": cfg.seed, "index": plan.index,
-                                "caption_has_appearance": plan.with_appearance}),
-            "split": split, "action": plan.action, "trajectory": poses.tolist(),
+            "id": f"{prefix}-{plan.index:07d}",
+            "video": encode_raw(frames),
+            "video_format": RAW_FORMAT,
+            "caption": caption,
+            "num_frames": cfg.num_frames,
+            "fps": float(cfg.fps),
+            "height": cfg.frame_size,
+            "width": cfg.frame_size,
+            "source": SOURCE,
+            "meta": json.dumps({"seed": cfg.seed, "index": plan.index, "caption_has_appearance": plan.with_appearance}),
+            "split": split,
+            "action": plan.action,
+            "trajectory": poses.tolist(),
             **_truth(plan.subject, plan.scene),
         }
 
@@ -288,8 +352,10 @@ def load_or_build_catalog(cfg: WorldConfig, folder: Path | None) -> Catalog:
         if saved != catalog:
             from vimi.errors import VimiError
 
-            raise VimiError(f"{folder / 'catalog.json'} does not match params.yaml world settings; "
-                            "regenerate it with `vimi world generate --part catalog`.")
+            raise VimiError(
+                f"{folder / 'catalog.json'} does not match params.yaml world settings; "
+                "regenerate it with `vimi world generate --part catalog`."
+            )
     return catalog
 
 
@@ -314,17 +380,27 @@ def generate_memory(cfg: WorldConfig, catalog: Catalog, uri: Path, batch_rows: i
     bounds = [(i, min(i + CHUNK_ROWS, cfg.memory_docs)) for i in range(0, cfg.memory_docs, CHUNK_ROWS)]
     chunks = ordered_map(partial(_memory_chunk, cfg, catalog), bounds, resolve_workers(cfg.workers), processes=True)
     rows = progress(_flatten(chunks), total=cfg.memory_docs, desc="memory documents")
-    result = lance_io.write_batches(uri, lance_io.batches_of(rows, MEMORY_SCHEMA, batch_rows), MEMORY_SCHEMA,
-                                    mode="overwrite", commit_message=f"spriteworld memory seed={cfg.seed}")
+    result = lance_io.write_batches(
+        uri,
+        lance_io.batches_of(rows, MEMORY_SCHEMA, batch_rows),
+        MEMORY_SCHEMA,
+        mode="overwrite",
+        commit_message=f"spriteworld memory seed={cfg.seed}",
+    )
     return GenerateResult("memory", str(uri), result.total_rows, result.version, time.perf_counter() - start)
 
 
 def generate_videos(cfg: WorldConfig, catalog: Catalog, uri: Path, split: str, batch_rows: int = 256) -> GenerateResult:
     start = time.perf_counter()
     plans = plan_clips(cfg, catalog, split)
-    pieces = [plans[i:i + CHUNK_ROWS] for i in range(0, len(plans), CHUNK_ROWS)]
+    pieces = [plans[i : i + CHUNK_ROWS] for i in range(0, len(plans), CHUNK_ROWS)]
     chunks = ordered_map(partial(_clip_chunk, cfg, split), pieces, resolve_workers(cfg.workers), processes=True)
     rows = progress(_flatten(chunks), total=len(plans), desc=f"{split} clips")
-    result = lance_io.write_batches(uri, lance_io.batches_of(rows, VIDEO_SCHEMA, batch_rows), VIDEO_SCHEMA,
-                                    mode="overwrite", commit_message=f"spriteworld {split} clips seed={cfg.seed}")
+    result = lance_io.write_batches(
+        uri,
+        lance_io.batches_of(rows, VIDEO_SCHEMA, batch_rows),
+        VIDEO_SCHEMA,
+        mode="overwrite",
+        commit_message=f"spriteworld {split} clips seed={cfg.seed}",
+    )
     return GenerateResult(f"{split}_videos", str(uri), result.total_rows, result.version, time.perf_counter() - start)

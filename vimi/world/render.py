@@ -13,7 +13,7 @@ import numpy as np
 from vimi.world.catalog import COLORS, Subject
 
 BASE_RADIUS = 0.16  # sprite radius at scale 1, as a fraction of the frame side
-_BORDER = 0.72       # the inner body of a "solid" sprite; the rest is the outline colour
+_BORDER = 0.72  # the inner body of a "solid" sprite; the rest is the outline colour
 
 
 def _regular_polygon(u, v, sides: int, rotation: float, apothem: float):
@@ -43,10 +43,10 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         r = np.sqrt(u * u + v * v)
         phi = np.arctan2(u, v)  # 0 at the top point
         frac = np.abs(((phi * 5 / (2 * np.pi)) % 1.0) - 0.5) * 2  # 1 at a point, 0 between
-        return r <= 0.42 + 0.58 * frac ** 1.5
+        return r <= 0.42 + 0.58 * frac**1.5
     if shape == "heart":
         x, y = u * 1.15, v * 1.15 + 0.1
-        return (x * x + y * y - 1) ** 3 - x * x * y ** 3 <= 0
+        return (x * x + y * y - 1) ** 3 - x * x * y**3 <= 0
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -89,8 +89,9 @@ def draw_sprite(image: np.ndarray, subject: Subject, pose, supersample: int = 4)
     inside = shape_mask(subject.shape, u, v)
     body = shape_mask(subject.shape, u / _BORDER, v / _BORDER)
     second = pattern_second_colour(subject.pattern, u, v, body)
-    colour = np.where(second[..., None], np.array(COLORS[subject.color2], np.float32),
-                      np.array(COLORS[subject.color1], np.float32))
+    colour = np.where(
+        second[..., None], np.array(COLORS[subject.color2], np.float32), np.array(COLORS[subject.color1], np.float32)
+    )
     crop = out[y0:y1, x0:x1].astype(np.float32)
     up = np.repeat(np.repeat(crop, ss, axis=0), ss, axis=1)
     up = np.where(inside[..., None], colour, up)
