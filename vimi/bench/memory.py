@@ -1,10 +1,8 @@
-"""Benchmarks (`vimi bench ...`): figures plus a baseline measured in the same run."""
+"""`vimi bench memory`: SpriteWorld generation, Lance writes and random reads, and webdataset ingest against reading the shards plainly."""
 
 from __future__ import annotations
 
 import io
-import os
-import platform
 import tarfile
 import tempfile
 import time
@@ -14,22 +12,8 @@ from typing import Any
 import lance
 import numpy as np
 
+from vimi.bench.common import machine, timed
 from vimi.config import Settings, deep_merge
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "lance": lance.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
 
 
 def _write_shards(uri: Path, folder: Path, per_shard: int) -> list[Path]:
@@ -92,13 +76,13 @@ def bench_memory(settings: Settings, rows: int | None = None, clips: int | None 
     with tempfile.TemporaryDirectory(prefix="vimi-bench-") as tmp:
         tmp_path = Path(tmp)
         # Generation: render + PNG + one Lance commit; baseline: rendering + PNG alone.
-        _, render_s = _timed(lambda: sum(1 for _ in memory_rows(cfg, catalog, 0, min(rows, 500))))
-        mem_result, mem_s = _timed(lambda: generate_memory(cfg, catalog, tmp_path / "memory.lance"))
-        vid_result, vid_s = _timed(lambda: generate_videos(cfg, catalog, tmp_path / "videos.lance", "train"))
+        _, render_s = timed(lambda: sum(1 for _ in memory_rows(cfg, catalog, 0, min(rows, 500))))
+        mem_result, mem_s = timed(lambda: generate_memory(cfg, catalog, tmp_path / "memory.lance"))
+        vid_result, vid_s = timed(lambda: generate_videos(cfg, catalog, tmp_path / "videos.lance", "train"))
         # Ingest: webdataset shards of the generated memory back into a new memory.
         shards = _write_shards(tmp_path / "memory.lance", tmp_path / "shards", per_shard=500)
-        _, baseline_s = _timed(lambda: _read_shards_baseline(shards))
-        report, ingest_s = _timed(
+        _, baseline_s = timed(lambda: _read_shards_baseline(shards))
+        report, ingest_s = timed(
             lambda: ingest_memory(
                 [str(tmp_path / "shards")],
                 "webdataset",
@@ -122,7 +106,7 @@ def bench_memory(settings: Settings, rows: int | None = None, clips: int | None 
     return {
         "benchmark": "memory",
         "profile": settings.profile,
-        "machine": _machine(),
+        "machine": machine(),
         "generation": {
             "memory_docs": rows,
             "memory_rows_per_s": mem_result.rows / mem_s,

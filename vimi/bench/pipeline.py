@@ -67,7 +67,7 @@ def _process_start_s() -> float:
 def bench_pipeline(
     settings: Settings, workdir: Path | None = None, log: Callable[[str], None] = lambda line: None
 ) -> dict[str, Any]:
-    from vimi.bench import _machine
+    from vimi.bench.common import machine
 
     scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="vimi-bench-pipeline-"))
     s = Settings(
@@ -100,7 +100,7 @@ def bench_pipeline(
     return {
         "benchmark": "pipeline",
         "profile": settings.profile,
-        "machine": _machine(),
+        "machine": machine(),
         "stages": stages,
         "seconds_by_group": by_group,
         "total_s": round(total, 1),

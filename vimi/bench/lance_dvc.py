@@ -133,13 +133,13 @@ def bench_lance_dvc(
             }
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    from vimi.bench import _machine
+    from vimi.bench.common import machine
 
     return {
         "benchmark": "lance-dvc",
         "rows_per_append": rows,
         "max_fragments": lance_io.MAX_FRAGMENTS,
         "dvc": subprocess.run([dvc_binary(), "--version"], capture_output=True, text=True).stdout.strip(),
-        "machine": _machine(),
+        "machine": machine(),
         "sizes": sizes,
     }

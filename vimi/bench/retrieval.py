@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from vimi.bench.common import machine
 
 # Lucene's English stop set (what Anserini's DefaultEnglishAnalyzer removes), for the Python peers.
 LUCENE_STOPWORDS = [
@@ -280,7 +281,7 @@ def bench_retrieval(
         "k": k,
         "queries": n_queries,
         "bm25": {"k1": 0.9, "b": 0.4},
-        "machine": {"cpus": threads, "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine(cpus=threads),
         "engines": {
             "vimi": f"pyserini/Anserini Lucene, {shards} index shards, Lucene top-k search on {threads} threads",
             "bm25s": f"bm25s method=lucene, backend=numba, n_threads={threads}, JIT included",
