@@ -117,7 +117,7 @@ def _dataset_result(meta: dict, **extra) -> dg.MaterializeResult:
 
 
 def _lance_version(path: str) -> dg.DataVersion:
-    from vimi import lance_io
+    from vimi.io import lance_io
 
     return dg.DataVersion(str(lance_io.fingerprint(path))[:16])
 

@@ -15,8 +15,8 @@ import lance
 import pytest
 
 from tests.conftest import REPO, write_params
-from vimi import lance_io
 from vimi.bench.lance_dvc import dvc_binary
+from vimi.io import lance_io
 
 pytestmark = pytest.mark.slow
 

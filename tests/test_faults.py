@@ -14,9 +14,9 @@ import time
 import pytest
 
 from tests.conftest import micro_project, train_micro_pipeline
-from vimi import lance_io
 from vimi.config import Settings
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.locks import step_lock
 
 VIMI = [sys.executable, "-m", "vimi"]

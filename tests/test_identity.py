@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from vimi import lance_io
 from vimi.config import deep_merge, load_params
 from vimi.data.schema import VIDEO_SCHEMA
 from vimi.errors import VimiError
 from vimi.evaluation import identity as I
+from vimi.io import lance_io
 from vimi.world.catalog import COLORS, PATTERNS, SCENES, SHAPES, Subject
 from vimi.world.generate import WorldConfig, clip_rows, generate_videos, plan_clips
 from vimi.world.render import draw_sprite, render_scene

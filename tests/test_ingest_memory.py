@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import encode_image, real_image_files
 from vimi.errors import VimiError
-from vimi.ingest import expand_sources, unsafe_member_reason
-from vimi.memory.ingest import ingest_memory
+from vimi.io.ingest import expand_sources, unsafe_member_reason
+from vimi.memory.img2dataset import ingest_memory
 
 
 def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

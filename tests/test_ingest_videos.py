@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import real_clip_frames
-from vimi.data.ingest import ingest_videos
+from vimi.data.webvid import ingest_videos
 from vimi.errors import VimiError
 from vimi.io.video import decode_video, probe, write_video
 

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from vimi import lance_io
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.pipeline import compact_datasets
 
 SCHEMA = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("caption", pa.string())])

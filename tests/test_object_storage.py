@@ -14,9 +14,9 @@ import lance
 
 from tests.conftest import train_micro_pipeline, write_params
 from tests.test_ingest_memory import EXPECTED, photos, shards  # noqa: F401 (fixtures)
-from vimi import lance_io
 from vimi.bench.lance_dvc import dvc_binary
 from vimi.config import Settings
+from vimi.io import lance_io
 
 LANCE_DATASETS = ("memory", "videos", "eval_videos", "augmented", "instructions")
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from vimi import lance_io
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 from vimi.pipeline import augment_videos, build_bm25_index, generate_world, search_memory, validate_dataset
 from vimi.retrieval.bm25 import BM25Searcher, IndexInfo, build_index

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from vimi import lance_io
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
+from vimi.io import lance_io
 from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 from vimi.pipeline import generate_world, validate_dataset
 

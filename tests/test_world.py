@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import MICRO_WORLD, REPO
-from vimi import lance_io
 from vimi.config import Settings, deep_merge, load_params
+from vimi.io import lance_io
 from vimi.io.video import decode_video
 from vimi.pipeline import generate_world
 from vimi.world.catalog import ACTIONS, COLORS, SCENES, Subject
@@ -260,7 +260,7 @@ def test_fingerprint_ignores_the_order_of_schema_metadata(tmp_path):
     """Lance hands schema metadata back with its keys in no fixed order; the fingerprint is of rows."""
     import pyarrow as pa
 
-    from vimi import lance_io
+    from vimi.io import lance_io
 
     table = pa.table({"x": list(range(10))}).replace_schema_metadata({f"key{i}": str(i) for i in range(8)})
     lance.write_dataset(table, str(tmp_path / "meta.lance"))

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from vimi import lance_io
 from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
 from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons
+from vimi.io import lance_io
 
 EXPERIMENT = "vimi-ablation"
 

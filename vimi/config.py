@@ -192,7 +192,7 @@ class Settings:
     def path(self, name: str) -> Path:
         """Location of a named dataset (see DATASET_FILES): under the data directory, or the Lance
         datasets under lance_uri when that is set (a `upath.UPath` for an object store: it joins and
-        names like a Path; read and write it through Lance and `vimi.lance_io`, not `open`)."""
+        names like a Path; read and write it through Lance and `vimi.io.lance_io`, not `open`)."""
         file = DATASET_FILES[name]
         if self.lance_uri and file.endswith(".lance"):
             return dataset_location(self.lance_uri) / file

@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vimi import lance_io
 from vimi.config import Settings, dataset_location
-from vimi.data.ingest import video_candidates
 from vimi.data.schema import VIDEO_SCHEMA
+from vimi.data.webvid import video_candidates
 from vimi.errors import VimiError
-from vimi.ingest import run_ingest
+from vimi.io import lance_io
+from vimi.io.ingest import run_ingest
 from vimi.locks import locked
-from vimi.memory.ingest import memory_candidates
+from vimi.memory.img2dataset import memory_candidates
 from vimi.memory.schema import MEMORY_SCHEMA
 from vimi.parallel import resolve_workers
 from vimi.validation.suites import ValidationReport, validate

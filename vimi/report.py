@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vimi import lance_io
 from vimi.config import Settings
+from vimi.io import lance_io
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.6em 0}

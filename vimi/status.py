@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vimi import lance_io
 from vimi.config import Settings
+from vimi.io import lance_io
 from vimi.registry import describe
 
 

@@ -171,7 +171,7 @@ def log_lance_input(uri: Path, name: str, version: int, context: str = "training
     from mlflow.data.sources import LocalArtifactDatasetSource
 
     import mlflow
-    from vimi import lance_io
+    from vimi.io import lance_io
 
     where = f"{lance_io.location(uri)}?version={version}"
     # s3://, gs://, ... get MLflow's source for that store; a local path its local-artifact source

@@ -15,8 +15,8 @@ from typing import Any, Callable
 import lance
 import pyarrow as pa
 
-from vimi import lance_io
 from vimi.errors import VimiError
+from vimi.io import lance_io
 
 # Caption-sized rows, like an ingest of a few hundred image-text pairs without the pixels.
 SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("caption", pa.string())])

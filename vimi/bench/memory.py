@@ -64,7 +64,7 @@ def _random_take(uri: Path, batch: int, rows: int, total: int, seed: int = 0) ->
 
 
 def bench_memory(settings: Settings, rows: int | None = None, clips: int | None = None) -> dict[str, Any]:
-    from vimi.memory.ingest import ingest_memory
+    from vimi.memory.img2dataset import ingest_memory
     from vimi.parallel import resolve_workers
     from vimi.world.generate import WorldConfig, generate_memory, generate_videos, memory_rows
 

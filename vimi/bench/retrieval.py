@@ -250,7 +250,7 @@ def tie_aware_agreement(
 def _write_inputs(folder: Path, captions: list[str], queries: list[str]) -> None:
     import pyarrow as pa
 
-    from vimi import lance_io
+    from vimi.io import lance_io
     from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 
     nulls = {c: None for c in GROUND_TRUTH_COLUMNS}

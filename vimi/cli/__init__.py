@@ -1,5 +1,5 @@
 """The `vimi` command line: every pipeline step is a subcommand. The commands live by area (data,
-train, models, bench, project); importing this package registers them all on `app`."""
+train, models, bench, project) over the shared app of `common`; importing this package registers them all."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from vimi.cli import bench, data, models, project, train  # noqa: F401  (they register their commands)
-from vimi.cli.app import app, err_console
+from vimi.cli.common import app, err_console
 from vimi.errors import VimiError
 
 __all__ = ["app", "main"]

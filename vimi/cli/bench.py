@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vimi.cli.app import (
+from vimi.cli.common import (
     JsonOption,
     ProfileOption,
     _emit,

@@ -11,8 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from vimi import lance_io
-from vimi.cli.app import (
+from vimi.cli.common import (
     JsonOption,
     ProfileOption,
     _dataset_line,
@@ -26,6 +25,7 @@ from vimi.cli.app import (
     videos_app,
     world_app,
 )
+from vimi.io import lance_io
 
 
 class MemoryFormat(str, Enum):
@@ -127,7 +127,7 @@ def memory_ingest(
 ) -> None:
     """Append image-text pairs (webdataset tar shards or parquet) to the memory as one new Lance version.
     Bad samples go to the quarantine table with their reason."""
-    from vimi.memory.ingest import ingest_memory
+    from vimi.memory.img2dataset import ingest_memory
 
     settings = _settings(profile)
     uri = out.resolve() if out else settings.path("memory")
@@ -165,7 +165,7 @@ def videos_ingest(
     as_json: bool = JsonOption,
 ) -> None:
     """Append video-caption pairs (WebVid CSV + clip folder) to the video corpus as one new Lance version."""
-    from vimi.data.ingest import ingest_videos
+    from vimi.data.webvid import ingest_videos
 
     settings = _settings(profile)
     uri = out.resolve() if out else settings.path("videos")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from vimi.cli.app import (
+from vimi.cli.common import (
     JsonOption,
     ProfileOption,
     _emit,

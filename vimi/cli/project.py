@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from vimi.cli.app import (
+from vimi.cli.common import (
     app,
 )
 

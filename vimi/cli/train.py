@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from vimi.cli.app import (
+from vimi.cli.common import (
     JsonOption,
     ProfileOption,
     _emit,

@@ -18,7 +18,7 @@ from typing import Any
 import lance
 import numpy as np
 
-from vimi import lance_io
+from vimi.io import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
 from vimi.io.video import VideoDecodeError, decode_video

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vimi import lance_io
+from vimi.io import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
 from vimi.progress import progress

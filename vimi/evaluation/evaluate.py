@@ -336,11 +336,11 @@ def evaluate_spriteworld(
     (`per_clip`), for paired comparisons of models on the same clips."""
     import torch
 
-    from vimi import lance_io
     from vimi.data.clips import InstructionClips
     from vimi.evaluation.featurenet import IDENTITY_HEADS, classify, load_feature_network
     from vimi.evaluation.fvd import feature_stats, frechet_distance
     from vimi.evaluation.inception import inception_score
+    from vimi.io import lance_io
     from vimi.models.pipeline import load_pipeline
     from vimi.progress import progress
     from vimi.registry import resolve_model

@@ -17,9 +17,9 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from vimi import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
+from vimi.io import lance_io
 
 HEADS = ("action", "shape", "color1", "color2", "pattern", "scene")
 IDENTITY_HEADS = ("shape", "color1", "color2", "pattern")

@@ -156,8 +156,8 @@ class VideoSet:
     dataset (the video corpus schema). Undecodable files are skipped and counted."""
 
     def __init__(self, source: Path, max_frames: int = FVD_FRAMES):
-        from vimi import lance_io
         from vimi.config import dataset_location, is_remote
+        from vimi.io import lance_io
 
         self.source, self.max_frames = dataset_location(source), int(max_frames)
         self.skipped: dict[str, int] = {}

@@ -780,7 +780,7 @@ def ceiling(
     """The measure on every real clip of a SpriteWorld video dataset (Lance; `limit`: the first clips
     only; `sprite_scale`: the world's) — per-attribute accuracies overall and per subject split, the
     ceiling that generated clips are read against (docs/evaluation.md)."""
-    from vimi import lance_io
+    from vimi.io import lance_io
     from vimi.io.video import VideoDecodeError, decode_video
 
     start = time.perf_counter()

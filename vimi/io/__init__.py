@@ -1,4 +1,5 @@
-"""Reading and writing media, below every other layer: video containers and the raw frame format."""
+"""Reading and writing, below every other layer: Lance datasets (`lance_io`), video containers and the raw
+frame format (`video`), image checks (`images`), the ingest driver and its quarantine (`ingest`)."""
 
 from vimi.exports import lazy_exports
 

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from vimi import lance_io
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.parallel import resolve_workers
 from vimi.progress import progress
 from vimi.retrieval.bm25 import BM25Searcher, open_searcher

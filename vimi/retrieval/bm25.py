@@ -30,9 +30,9 @@ from typing import Any, NamedTuple, Sequence
 import lance
 import numpy as np
 
-from vimi import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.parallel import ordered_map
 from vimi.progress import counter
 from vimi.retrieval.java import start_jvm

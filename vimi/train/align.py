@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vimi import lance_io
 from vimi.config import dataset_location
 from vimi.data.clips import decode_image
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.models.encoder import MultimodalEncoder, load_language_model
 from vimi.models.vision import ImageTokenizer
 

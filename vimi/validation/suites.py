@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from vimi import lance_io
 from vimi.config import dataset_location
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
 from vimi.errors import VimiError
+from vimi.io import lance_io
+from vimi.io.images import image_size
 from vimi.io.video import VideoDecodeError, decode_video, probe
-from vimi.memory.ingest import image_size
 from vimi.memory.schema import MEMORY_SCHEMA
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from validation

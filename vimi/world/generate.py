@@ -18,8 +18,8 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from vimi import lance_io
 from vimi.data.schema import RAW_FORMAT, VIDEO_SCHEMA
+from vimi.io import lance_io
 from vimi.io.video import encode_raw
 from vimi.memory.schema import MEMORY_SCHEMA
 from vimi.parallel import ordered_map, resolve_workers

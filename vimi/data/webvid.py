@@ -14,9 +14,9 @@ from typing import Any, Iterator
 
 from vimi.data.schema import GROUND_TRUTH_COLUMNS, VIDEO_SCHEMA
 from vimi.errors import VimiError
-from vimi.ingest import run_ingest
+from vimi.io.ingest import run_ingest
 from vimi.io.video import VideoDecodeError, probe
-from vimi.lance_io import IngestReport, QuarantineRow
+from vimi.io.lance_io import IngestReport, QuarantineRow
 from vimi.parallel import ordered_map
 from vimi.progress import progress
 

@@ -8,56 +8,23 @@ absolute or climbs out with ``..`` is quarantined without being read.
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
-import warnings
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
 
 from vimi.errors import VimiError
-from vimi.ingest import expand_sources, run_ingest, unsafe_member_reason
-from vimi.lance_io import IngestReport, QuarantineRow
+from vimi.io.images import ImageLimits, image_size
+from vimi.io.ingest import expand_sources, run_ingest, unsafe_member_reason
+from vimi.io.lance_io import IngestReport, QuarantineRow
 from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 from vimi.progress import progress
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 FORMATS = ("webdataset", "parquet")
-
-
-@dataclass
-class ImageLimits:
-    min_size: int = 8
-    max_size: int = 16384
-
-    @classmethod
-    def from_params(cls, ingest: dict[str, Any]) -> "ImageLimits":
-        return cls(ingest["min_image_size"], ingest["max_image_size"])
-
-
-def image_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of fully decodable image bytes; raises ValueError naming the problem."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return img.size
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
-        raise ValueError(f"{type(exc).__name__}: {exc}") from None
 
 
 def memory_row(

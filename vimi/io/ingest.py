@@ -16,9 +16,9 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 from braceexpand import braceexpand
 
-from vimi import lance_io
 from vimi.errors import VimiError
-from vimi.lance_io import IngestReport, QuarantineRow
+from vimi.io import lance_io
+from vimi.io.lance_io import IngestReport, QuarantineRow
 
 
 def expand_sources(sources: Iterable[str], suffixes: tuple[str, ...]) -> list[Path]:
