@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from vimi.validation.suites import ValidationReport
+from vimi.validation.common import ValidationReport
 
 
 def dataset_metadata(meta: dict[str, Any]) -> dict[str, Any]:

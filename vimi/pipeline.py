@@ -212,7 +212,7 @@ def augment_videos(settings: Settings) -> dict[str, Any]:
         threads=r["search_threads"],
     )
     meta["examples"] = examples(settings.path("augmented"), settings.path("memory"))
-    from vimi.validation.suites import retrieval_frame
+    from vimi.retrieval.quality import retrieval_frame
 
     meta["figures"] = retrieval_frame(settings.path("augmented"), settings.path("videos"), settings.path("memory"))[2]
     return meta
@@ -256,13 +256,13 @@ def memory_change(settings: Settings) -> dict[str, Any] | None:
 def validate_dataset(settings: Settings, which: str, uri: Path | None = None) -> ValidationReport:
     """Run the Great Expectations suite of a dataset (memory, videos, eval_videos, retrieval, instructions)."""
     if which == "retrieval":
-        from vimi.validation.suites import validate_retrieval
+        from vimi.validation.retrieval import validate_retrieval
 
         return validate_retrieval(
             uri or settings.path("augmented"), settings.path("videos"), settings.path("memory"), settings.params
         )
     if which == "instructions":
-        from vimi.validation.suites import validate_instructions
+        from vimi.validation.instructions import validate_instructions
 
         return validate_instructions(uri or settings.path("instructions"), settings.params)
     if which not in ("memory", "videos", "eval_videos"):
