@@ -384,7 +384,7 @@ def align_image_encoder(settings: Settings, resume: str = "auto") -> dict[str, A
     )
     out = settings.model_path("encoder")
     summary = train(task, cfg, settings.model_path(".checkpoints") / "encoder", out, tracker, resume)
-    from vimi.train.stage1 import load_vision
+    from vimi.models.vision import load_vision
 
     quality = task.evaluate(load_vision(out).to(task.language_model.device))  # what was saved: the EMA weights
     (out / "alignment.json").write_text(json.dumps(quality, indent=1))

@@ -4,11 +4,15 @@ trained on the memory (vimi.train.align) before stage 1 reads it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from vimi.errors import VimiError
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -50,3 +54,11 @@ def to_model_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """N×H×W×3 uint8 → N×3×H×W float in [-1, 1]."""
     x = torch.as_tensor(images)
     return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def load_vision(encoder_dir: str | Path) -> ImageTokenizer:
+    """The aligned image encoder that `vimi train align` saved under ENCODER_DIR/vision."""
+    path = Path(encoder_dir) / "vision"
+    if not (path / "config.json").is_file():
+        raise VimiError(f"No aligned image encoder at {path}. Train it first: vimi train align.")
+    return ImageTokenizer.from_pretrained(str(path))

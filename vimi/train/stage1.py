@@ -20,7 +20,7 @@ from vimi.errors import VimiError
 from vimi.models.denoiser import build_denoiser, denoise
 from vimi.models.encoder import MultimodalEncoder, Prompt, load_language_model, stage1_prompt
 from vimi.models.pipeline import ViMiPipeline, to_model_frames
-from vimi.models.vision import ImageTokenizer
+from vimi.models.vision import load_vision
 
 
 def noise_schedulers(diffusion: dict[str, Any]):
@@ -113,13 +113,6 @@ def real_over_generated(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
     """B clips, real and generated (B×T×H×W×3) → one T×2H×BW×3 grid: real above generated, clips side by side."""
     stacked = np.concatenate([real, generated], axis=2)
     return np.concatenate(list(stacked), axis=2)
-
-
-def load_vision(encoder_dir: Path) -> ImageTokenizer:
-    path = Path(encoder_dir) / "vision"
-    if not (path / "config.json").is_file():
-        raise VimiError(f"No aligned image encoder at {path}. Train it first: vimi train align.")
-    return ImageTokenizer.from_pretrained(str(path))
 
 
 class Stage1Task:
