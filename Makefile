@@ -1,6 +1,6 @@
 # vimi: `make run` and `make test` work on a fresh machine with nothing but the repo and Python 3.11.
 #
-# Two environments (README, "Two environments"):
+# Two environments (docs/operations.md, "Two environments"):
 #   .venv      the project: vimi, dagster, mlflow, torch, ...   (antlr4-python3-runtime 4.13, for dagster)
 #   .venv-dvc  the DVC tool                                     (antlr4-python3-runtime 4.9, for dvc's hydra)
 # `.venv/bin/dvc` links to the tool, so with .venv on PATH both `vimi` and `dvc` work.

@@ -18,7 +18,7 @@ def suite_check(step: Step) -> dg.AssetChecksDefinition:
     def check(vimi: VimiSettings) -> dg.AssetCheckResult:
         report = pipeline.validate_dataset(vimi.load(), suite.name)
         return dg.AssetCheckResult(
-            passed=report.success, metadata=check_metadata(report), description=report.to_text().splitlines()[0]
+            passed=report.success, metadata=check_metadata(report), description=report.headline()
         )
 
     return check

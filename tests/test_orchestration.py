@@ -158,6 +158,7 @@ def test_failing_check_is_reported(project, tmp_path):
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["memory_suite"].passed
     assert evaluations["memory_suite"].metadata["failed_expectations"].value == 1
+    assert "needs >= 10000 (params.yaml validate.min_rows)" in evaluations["memory_suite"].description
     assert not result.success
 
 
@@ -198,6 +199,7 @@ def test_failing_retrieval_gate_blocks_stage1(project):
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert not evaluations["retrieval_quality"].passed
     assert evaluations["retrieval_quality"].metadata["recall_at_k"].value < 1.01
+    assert "needs >= 1.01 (params.yaml retrieval.min_recall_at_k)" in evaluations["retrieval_quality"].description
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"augmented_video_dataset", "image_encoder"} <= done and "stage1_model" not in done
     assert not (project / "models" / "stage1").exists()

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -290,6 +291,14 @@ def test_gate_thresholds_come_from_params(augmented):
     report = validate_dataset(augmented, "retrieval")
     assert [(c.expectation, c.column) for c in report.failed] == [("expect_column_mean_to_be_between", "own_recall")]
     assert "recall_at_k" in report.to_text()
+    # a failing gate names the figure, the threshold and the params.yaml key that sets it, in one line
+    assert re.search(
+        r"own_recall observed 0\.\d+, needs >= 1\.01 \(params\.yaml retrieval\.min_recall_at_k\)", report.headline()
+    )
+    augmented.params["retrieval"] |= {"min_recall_at_k": 0.0, "min_coverage": 1.5}
+    report = validate_dataset(augmented, "retrieval")
+    assert [c.column for c in report.failed] == ["has_hit"]
+    assert "has_hit observed 1.0000, needs >= 1.5 (params.yaml retrieval.min_coverage)" in report.headline()
 
 
 def test_cli_search_json_and_images(project, settings, tmp_path):

@@ -19,7 +19,7 @@ from vimi.errors import VimiError
 
 PARAMS_FILE = "params.yaml"
 
-# Dataset file names under the data directory (DESIGN.md §3).
+# Dataset file names under the data directory (docs/data.md, "Where data lives").
 DATASET_FILES = {
     "world": "world",
     "memory": "memory.lance",

@@ -34,6 +34,18 @@ class CheckResult:
     examples: list[Any] = field(default_factory=list)
     observed: Any = None
     batch: str = "table"
+    setting: str | None = None  # the params.yaml key(s) that set this expectation's bounds
+    bounds: list[Any] | None = None  # [min, max] it was held to
+
+    def needs(self) -> str:
+        """What a failed check needed and which params.yaml key says so ("" for fixed expectations)."""
+        if not self.setting:
+            return ""
+        lo, hi = self.bounds or (None, None)
+        need = " and ".join(
+            part for part in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else "") if part
+        )
+        return f"needs {need} (params.yaml {self.setting})" if need else f"(params.yaml {self.setting})"
 
 
 @dataclass
@@ -57,13 +69,25 @@ class ValidationReport:
         data["failed"] = len(self.failed)
         return data
 
-    def to_text(self) -> str:
+    def headline(self) -> str:
+        """One line: the outcome, and for each failed threshold the figure, the bound and its params.yaml key."""
         status = "PASSED" if self.success else "FAILED"
-        lines = [
+        line = (
             f"{self.suite} suite {status}: {self.dataset} (version {self.version}, {self.rows} rows, "
             f"{self.decoded_rows} decoded), {len(self.checks) - len(self.failed)}/{len(self.checks)} "
             f"expectations met in {self.seconds:.1f} s"
-        ]
+        )
+        for check in self.failed:
+            if check.setting:
+                if check.observed is not None:
+                    seen = f" observed {_fmt(check.observed)}"
+                else:
+                    seen = f" {check.unexpected_count} rows outside" if check.unexpected_count else ""
+                line += f"; {check.column or check.expectation}{seen}, {check.needs()}"
+        return line
+
+    def to_text(self) -> str:
+        lines = [self.headline()]
         for check in self.checks:
             mark = "ok  " if check.success else "FAIL"
             target = f" [{check.column}]" if check.column else ""
@@ -72,7 +96,9 @@ class ValidationReport:
                 if check.unexpected_count is not None:
                     extra = f": {check.unexpected_count} unexpected, e.g. {check.examples[:5]}"
                 elif check.observed is not None:
-                    extra = f": observed {check.observed}"
+                    extra = f": observed {_fmt(check.observed)}"
+                if check.setting:
+                    extra += f", {check.needs()}"
             lines.append(f"  {mark} {check.expectation}{target}{extra}")
         if self.figures:
             lines.append("  figures: " + ", ".join(f"{k} {_fmt(v)}" for k, v in self.figures.items()))
@@ -110,6 +136,8 @@ def _run_suite(name: str, frame: pd.DataFrame, expectations: list, batch: str) -
                 examples=[_plain(v) for v in (details.get("partial_unexpected_list") or [])[:10]],
                 observed=_plain(details.get("observed_value")),
                 batch=batch,
+                setting=(r.expectation_config.meta or {}).get("setting"),
+                bounds=[_plain(kwargs.get("min_value")), _plain(kwargs.get("max_value"))],
             )
         )
     return checks
@@ -184,17 +212,27 @@ def _validate(
     )
 
 
+IMAGE_SIZE = ("ingest.min_image_size", "ingest.max_image_size")
+
+
+def _setting(*keys: str) -> dict[str, str]:
+    """An expectation's meta naming the params.yaml key(s) its bounds come from: a failure names them."""
+    return {"setting": " / ".join(keys)}
+
+
 def _common_table_expectations(params: dict[str, Any]) -> list:
     """Every dataset of captioned media: rows, unique ids, non-empty captions, sizes in range."""
     import great_expectations.expectations as gxe
 
     lo, hi = params["ingest"]["min_image_size"], params["ingest"]["max_image_size"]
     return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=params["validate"]["min_rows"]),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=params["validate"]["min_rows"], meta=_setting("validate.min_rows")
+        ),
         gxe.ExpectColumnValuesToNotBeNull(column="id"),
         gxe.ExpectColumnValuesToBeUnique(column="id"),
         gxe.ExpectColumnValuesToNotBeNull(column="caption"),
         gxe.ExpectColumnValuesToNotMatchRegex(column="caption", regex=r"^\s*$"),
-        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi),
-        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi),
+        gxe.ExpectColumnValuesToBeBetween(column="width", min_value=lo, max_value=hi, meta=_setting(*IMAGE_SIZE)),
+        gxe.ExpectColumnValuesToBeBetween(column="height", min_value=lo, max_value=hi, meta=_setting(*IMAGE_SIZE)),
     ]

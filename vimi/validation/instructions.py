@@ -17,6 +17,7 @@ from vimi.validation.common import (
     ValidationReport,
     _run_suite,
     _schema_check,
+    _setting,
 )
 
 
@@ -192,7 +193,9 @@ def validate_instructions(uri: Path, params: dict[str, Any]) -> ValidationReport
         frame, figures = instructions_frame(dataset_location(uri), num_frames)
         true = [True]
         expectations = [
-            gxe.ExpectTableRowCountToBeBetween(min_value=params["validate"]["min_rows"]),
+            gxe.ExpectTableRowCountToBeBetween(
+                min_value=params["validate"]["min_rows"], meta=_setting("validate.min_rows")
+            ),
             gxe.ExpectColumnValuesToNotBeNull(column="id"),
             gxe.ExpectColumnValuesToBeUnique(column="id"),
             gxe.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)),

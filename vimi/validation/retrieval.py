@@ -13,6 +13,7 @@ from vimi.validation.common import (
     ValidationReport,
     _run_suite,
     _schema_check,
+    _setting,
 )
 
 
@@ -42,11 +43,17 @@ def validate_retrieval(
             gxe.ExpectColumnValuesToBeInSet(column="scores_sorted", value_set=[True]),
             gxe.ExpectColumnValuesToBeBetween(column="dangling_ids", min_value=0, max_value=0),
             gxe.ExpectColumnUniqueValueCountToBeBetween(column="memory_version", min_value=1, max_value=1),
-            gxe.ExpectColumnMeanToBeBetween(column="has_hit", min_value=retrieval["min_coverage"]),
+            gxe.ExpectColumnMeanToBeBetween(
+                column="has_hit", min_value=retrieval["min_coverage"], meta=_setting("retrieval.min_coverage")
+            ),
         ]
         if "recall_at_k" in figures:
             expectations.append(
-                gxe.ExpectColumnMeanToBeBetween(column="own_recall", min_value=retrieval["min_recall_at_k"])
+                gxe.ExpectColumnMeanToBeBetween(
+                    column="own_recall",
+                    min_value=retrieval["min_recall_at_k"],
+                    meta=_setting("retrieval.min_recall_at_k"),
+                )
             )
         checks += _run_suite("retrieval_table", frame, expectations, "table")
     return ValidationReport(

@@ -12,6 +12,7 @@ from vimi.io.video import VideoDecodeError, decode_video, probe
 from vimi.validation.common import (
     ValidationReport,
     _common_table_expectations,
+    _setting,
     _validate,
 )
 
@@ -27,7 +28,12 @@ def validate_videos(uri: Path, params: dict[str, Any], suite: str = "videos") ->
         return [
             *_common_table_expectations(params),
             gxe.ExpectColumnValuesToBeInSet(column="video_format", value_set=VIDEO_FORMATS),
-            gxe.ExpectColumnValuesToBeBetween(column="num_frames", min_value=f_lo, max_value=f_hi),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="num_frames",
+                min_value=f_lo,
+                max_value=f_hi,
+                meta=_setting("ingest.min_video_frames", "ingest.max_video_frames"),
+            ),
             gxe.ExpectColumnValuesToBeBetween(column="fps", min_value=0, strict_min=True, max_value=1000),
         ]
 
