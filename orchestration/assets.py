@@ -31,9 +31,21 @@ def run_step(name: str, vimi: VimiSettings) -> dict:
     return STEP[name].run(vimi.load())
 
 
+def not_applicable(meta: dict) -> dg.MaterializeResult | None:
+    """A SpriteWorld-only step beside the user's own data: its metadata says it does not apply, and why."""
+    if meta.get("applies", True):
+        return None
+    return dg.MaterializeResult(
+        metadata={"applies": dg.MetadataValue.bool(False), "reason": dg.MetadataValue.text(meta["reason"])},
+        data_version=dg.DataVersion("not-applicable"),
+    )
+
+
 @step_asset
 def spriteworld(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = run_step("spriteworld", vimi)
+    if skipped := not_applicable(meta):
+        return skipped
     return dg.MaterializeResult(
         data_version=dg.DataVersion(versions.digest_files(Path(meta["path"]).parent, "catalog.json")),
         metadata={
@@ -212,6 +224,8 @@ def stage2_model(vimi: VimiSettings) -> dg.MaterializeResult:
 @step_asset
 def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
     meta = run_step("feature_network", vimi)
+    if skipped := not_applicable(meta):
+        return skipped
     metadata = _training_metadata(meta)
     for key, value in (meta.get("eval_accuracy") or {}).items():
         if isinstance(value, float):
@@ -222,6 +236,8 @@ def feature_network(vimi: VimiSettings) -> dg.MaterializeResult:
 @step_asset
 def spriteworld_metrics(vimi: VimiSettings) -> dg.MaterializeResult:
     result = run_step("spriteworld_metrics", vimi)
+    if skipped := not_applicable(result):
+        return skipped
     metadata = {k: dg.MetadataValue.float(float(v)) for k, v in result.items() if isinstance(v, float)}
     metadata.update(
         {
@@ -268,6 +284,7 @@ def champion_model(vimi: VimiSettings) -> dg.MaterializeResult:
             "candidate_version": dg.MetadataValue.text(decision["candidate"]),
             "champion_version": dg.MetadataValue.text(str(decision["champion"])),
             "champion_uri": dg.MetadataValue.text(f"models:/{decision['name']}@champion"),
+            "decided_on": dg.MetadataValue.text(decision.get("metric") or "the checks alone"),
         },
     )
 

@@ -21,6 +21,9 @@ def dataset_metadata(meta: dict[str, Any]) -> dict[str, Any]:
         "quarantined": dg.MetadataValue.json(meta.get("quarantined") or {}),
         "quarantined_total": dg.MetadataValue.int(sum((meta.get("quarantined") or {}).values())),
     }
+    if "applies" in meta:  # a SpriteWorld-only dataset beside the user's own data: empty, and why
+        out["applies"] = dg.MetadataValue.bool(bool(meta["applies"]))
+        out["reason"] = dg.MetadataValue.text(str(meta["reason"]))
     captions = meta.get("sample_captions") or []
     if captions:
         out["sample_captions"] = dg.MetadataValue.md("\n".join(f"- {c}" for c in captions))

@@ -37,12 +37,54 @@ def _dataset_metadata(uri: Path, seconds: float, **extra: Any) -> dict[str, Any]
 
 
 @locked("world")
+def spriteworld_not_applicable(settings: Settings) -> str | None:
+    """Why SpriteWorld's own steps (its evaluation split, the feature network, its metrics) do not apply,
+    or None when they do: they score clips against SpriteWorld's ground truth, which the user's clips
+    (data.video_sources) do not have."""
+    if settings.params["data"]["video_sources"]:
+        return (
+            "data.video_sources is set: the clips are your own and carry none of SpriteWorld's ground truth, so "
+            "SpriteWorld's evaluation split, feature network and metrics do not apply; UCF101 "
+            "(evaluate.ucf101.root) scores the model on real video"
+        )
+    return None
+
+
+def world_not_applicable(settings: Settings) -> str | None:
+    """Why the SpriteWorld catalog is not made, or None: nothing reads it when both the memory and the
+    clips come from the user's sources."""
+    data = settings.params["data"]
+    if data["memory_sources"] and data["video_sources"]:
+        return "data.memory_sources and data.video_sources are set: no step generates SpriteWorld data"
+    return None
+
+
+def _not_applicable(folder: Path, reason: str) -> dict[str, Any]:
+    """A step that does not apply writes why (its output folder exists, as DVC expects) and nothing else."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():  # what an earlier SpriteWorld run left must not pass for the user's
+        if stale.is_file():
+            stale.unlink()
+        else:
+            import shutil
+
+            shutil.rmtree(stale)
+    (folder / "not_applicable.json").write_text(json.dumps({"applies": False, "reason": reason}, indent=1) + "\n")
+    return {"applies": False, "reason": reason, "path": str(folder)}
+
+
 def world_catalog(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """SpriteWorld's subjects, scenes and actions (data/world/catalog.json)."""
-    cfg = WorldConfig.from_params(settings.params)
     folder = out_dir or settings.path("world")
+    reason = world_not_applicable(settings)
+    if reason:
+        return _not_applicable(folder, reason)
+    cfg = WorldConfig.from_params(settings.params)
     catalog = write_catalog(cfg, folder)
+    stale = folder / "not_applicable.json"
+    stale.unlink(missing_ok=True)
     return {
+        "applies": True,
         "path": str(folder / "catalog.json"),
         "seed": cfg.seed,
         "subjects": len(catalog.subjects),
@@ -117,6 +159,14 @@ def build_videos(
                 video_candidates(spec.get("format", "webvid"), Path(spec["csv"]), Path(spec["videos"]), ingest)
             )
         return _ingest_configured(settings, uri, VIDEO_SCHEMA, streams, start)
+    reason = spriteworld_not_applicable(settings) if split == "eval" else None
+    if reason:  # an empty evaluation split: nothing SpriteWorld-made beside the user's clips
+        import pyarrow as pa
+
+        lance_io.write_batches(uri, [pa.RecordBatch.from_pylist([], schema=VIDEO_SCHEMA)], VIDEO_SCHEMA, "overwrite")
+        return _dataset_metadata(
+            uri, time.perf_counter() - start, source="none", quarantined={}, applies=False, reason=reason
+        )
     cfg = WorldConfig.from_params(settings.params)
     catalog = load_or_build_catalog(cfg, world_dir or settings.path("world"))
     generate_videos(cfg, catalog, uri, split, settings.section("ingest")["batch_rows"])
@@ -267,6 +317,19 @@ def validate_dataset(settings: Settings, which: str, uri: Path | None = None) ->
         return validate_instructions(uri or settings.path("instructions"), settings.params)
     if which not in ("memory", "videos", "eval_videos"):
         raise VimiError(f"Unknown dataset {which!r}; validate memory, videos, eval_videos, retrieval or instructions.")
+    reason = spriteworld_not_applicable(settings) if which == "eval_videos" and uri is None else None
+    if reason:
+        return ValidationReport(
+            suite=which,
+            dataset=str(settings.path(which)),
+            version=0,
+            rows=0,
+            decoded_rows=0,
+            success=True,
+            checks=[],
+            seconds=0.0,
+            figures={"applies": False, "reason": reason},
+        )
     return validate(which, uri or settings.path(which), settings.params)
 
 
@@ -551,6 +614,10 @@ def promote_model(settings: Settings, version: str | None = None) -> dict[str, A
     """Apply the promotion policy to the registry's candidate (or a version): champion moves or not, and why."""
     from vimi.registry import promote
 
+    if spriteworld_not_applicable(settings):
+        # The user's clips have no SpriteWorld metrics: UCF101's FVD when it is configured, else the checks.
+        ucf101 = bool(settings.params["evaluate"]["ucf101"]["root"])
+        return promote(settings, version, metric="fvd_ucf101" if ucf101 else None)
     return promote(settings, version)
 
 
@@ -562,6 +629,9 @@ def train_feature_network(settings: Settings, resume: str = "auto") -> dict[str,
     from vimi.tracking import mlflow_tracker, ui_link
     from vimi.train.loop import LoopConfig, train
 
+    reason = spriteworld_not_applicable(settings)
+    if reason:
+        return _not_applicable(settings.model_path("featurenet"), reason)
     section = settings.params.get("featurenet", {})
     cfg = LoopConfig.from_params(section, settings.seed, "featurenet")
     world = settings.params.get("world", {})
@@ -631,6 +701,16 @@ def evaluate_model(
         )
     if benchmark != "spriteworld":
         raise VimiError(f"Unknown benchmark {benchmark!r}; the pipeline evaluates spriteworld and ucf101.")
+    reason = spriteworld_not_applicable(settings)
+    if reason:
+        from vimi.evaluation.evaluate import update_metrics_file
+
+        update_metrics_file(
+            metrics_file or settings.root / "reports" / "metrics.json",
+            "spriteworld",
+            {"applies": False, "reason": reason},
+        )
+        return {"benchmark": "spriteworld", "applies": False, "reason": reason}
     unknown = set(options) - {"videos_per_task", "steps"}
     if unknown:
         raise VimiError(

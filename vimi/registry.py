@@ -283,13 +283,22 @@ def lower_is_better(metric: str) -> bool:
 
 
 def decide(
-    candidate_tags: dict[str, str], champion_tags: dict[str, str] | None, metric: str = "fvd_syn", margin: float = 0.0
+    candidate_tags: dict[str, str],
+    champion_tags: dict[str, str] | None,
+    metric: str | None = "fvd_syn",
+    margin: float = 0.0,
 ) -> tuple[bool, str]:
     """The promotion policy. A candidate becomes champion only when its checks passed; with a
     champion in place that was evaluated on `metric`, the candidate must be evaluated on it too and
-    beat it by the relative `margin` (fvd*, *loss: lower is better; everything else higher)."""
+    beat it by the relative `margin` (fvd*, *loss: lower is better; everything else higher). With no
+    metric (none applies: the user's clips and no UCF101) the checks alone decide."""
     if candidate_tags.get(CHECKS_TAG) != "passed":
         return False, f"its checks did not pass ({candidate_tags.get(CHECKS_DETAIL_TAG, 'no checks recorded')})"
+    if metric is None:
+        return (
+            True,
+            "its checks passed; no metric applies (your own clips, UCF101 not configured), so the checks decide",
+        )
     if champion_tags is None:
         return True, "its checks passed and there is no champion yet"
     theirs, ours = metrics_of(champion_tags).get(metric), metrics_of(candidate_tags).get(metric)
@@ -310,8 +319,9 @@ def decide(
     )
 
 
-def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
-    """Apply the policy to the candidate (or the given version): move `champion` or say why not."""
+def promote(settings: Settings, version: str | None = None, metric: str | None = "") -> dict[str, Any]:
+    """Apply the policy to the candidate (or the given version): move `champion` or say why not. METRIC
+    overrides registry.promotion_metric (None: the checks alone decide)."""
     name = model_name(settings)
     c = client(settings)
     candidate = (
@@ -337,8 +347,8 @@ def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
     ok, reason = decide(
         dict(candidate.tags),
         None if champion is None else dict(champion.tags),
-        str(policy.get("promotion_metric", "fvd_syn")),
-        float(policy.get("promotion_margin", 0.0)),
+        str(policy["promotion_metric"]) if metric == "" else metric,
+        float(policy["promotion_margin"]),
     )
     c.set_model_version_tag(
         name, candidate.version, PROMOTION_TAG, ("promoted: " if ok else "kept as candidate: ") + reason
@@ -347,6 +357,7 @@ def promote(settings: Settings, version: str | None = None) -> dict[str, Any]:
         c.set_registered_model_alias(name, CHAMPION, candidate.version)
     return result | {
         "promoted": ok,
+        "metric": str(policy["promotion_metric"]) if metric == "" else metric,
         "reason": reason,
         "champion": str(candidate.version) if ok else result["previous_champion"],
     }

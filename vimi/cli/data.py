@@ -57,6 +57,9 @@ def world_catalog_cmd(profile: Optional[str] = ProfileOption, as_json: bool = Js
 
     settings = _settings(profile)
     c = world_catalog(settings)
+    if not c["applies"]:
+        _emit(c, as_json, f"SpriteWorld's catalog does not apply: {c['reason']}.", markup=False)
+        return
     _emit(
         c,
         as_json,
@@ -184,7 +187,8 @@ def videos_build(
     from vimi.pipeline import build_videos
 
     meta = build_videos(_settings(profile), split.value)
-    _emit(meta, as_json, _dataset_line(f"{split.value} videos", meta))
+    note = "" if meta.get("applies", True) else f"\n  empty: {escape(meta['reason'])}"
+    _emit(meta, as_json, _dataset_line(f"{split.value} videos", meta) + note)
 
 
 @app.command("validate")

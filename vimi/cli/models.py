@@ -180,6 +180,9 @@ def evaluate_cmd(
         result = evaluate_model(
             settings, "spriteworld", model, metrics, videos_per_task=videos_per_task, steps=steps, seed=seed
         )
+        if not result.get("applies", True):
+            _emit(result, as_json, f"SpriteWorld not evaluated: {result['reason']}.", markup=False)
+            return
         shown = {k: round(v, 3) for k, v in result.items() if isinstance(v, float)}
         _emit(
             result,

@@ -91,6 +91,9 @@ def train_featurenet_cmd(
     from vimi.pipeline import train_feature_network
 
     meta = train_feature_network(_settings(profile), _resume_mode(resume))
+    if not meta.get("applies", True):
+        _emit(meta, as_json, f"The feature network does not apply: {meta['reason']}.", markup=False)
+        return
     human = _training_summary(meta, "Feature network")
     if meta.get("eval_accuracy"):
         acc = meta["eval_accuracy"]
