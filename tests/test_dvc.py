@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +143,55 @@ def test_repro_twice_push_pull_and_experiment(repo_copy):
     header = shown[0].split(",")
     seeds = [row.split(",")[header.index("seed")] for row in shown[1:]]
     assert seeds == ["1", "0", "1", "1", "1"]  # the workspace, the baseline commit, the three experiments
+
+
+def _interrupt_repro(root: Path, env: dict, stage: str, sig: signal.Signals, timeout: float = 600) -> None:
+    """`dvc repro`, stopped by SIG the moment it starts STAGE (its outputs already removed by DVC)."""
+    proc = subprocess.Popen(
+        [dvc_binary(), "repro"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    seen, deadline = b"", time.time() + timeout
+    try:
+        while f"Running stage '{stage}'".encode() not in seen:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"dvc repro ended before {stage}:\n{seen.decode()[-2000:]}"
+            seen += chunk
+            assert time.time() < deadline, f"no stage {stage} in {timeout} s"
+        time.sleep(2)  # mid-stage: the command is running
+        os.killpg(proc.pid, sig)
+        assert proc.wait(timeout=120) != 0
+    finally:
+        proc.stdout.close()
+
+
+def test_interrupted_repro_leaves_data_the_next_run_repairs(repo_copy, monkeypatch):
+    """`dvc repro` stopped mid-stage by SIGINT (while it writes the video corpus) and by SIGKILL (while stage 1
+    trains, its model directory removed): the next `make run` (every asset, Dagster) succeeds, and DVC still
+    works on the repository afterwards."""
+    import dagster as dg
+
+    from orchestration import assets, checks
+    from orchestration.resources import VimiSettings
+
+    root, env = repo_copy
+    _interrupt_repro(root, env, "video_corpus", signal.SIGINT)
+    _interrupt_repro(root, env, "stage1_model", signal.SIGKILL)
+    assert not (root / "models" / "stage1" / "model_index.json").exists()
+    for key in ("VIMI_PARAMS", "VIMI_DATA_DIR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    result = dg.materialize(
+        [*dg.load_assets_from_modules([assets]), *dg.load_asset_checks_from_modules([checks])],
+        resources={"vimi": VimiSettings(params_path=str(root / "params.yaml"), data_dir=str(root / "data"))},
+        raise_on_error=False,
+    )
+    assert result.success
+    assert (root / "models" / "stage1" / "model_index.json").is_file()
+    assert lance.dataset(str(root / "data" / "videos.lance")).count_rows() == 24
+    assert (root / "reports" / "index.html").is_file()
+    dvc(root, env, "status")  # it answers: no lock is left behind by the killed run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,6 @@ def _dataset_metadata(uri: Path, seconds: float, **extra: Any) -> dict[str, Any]
     return meta
 
 
-@locked("world")
 def spriteworld_not_applicable(settings: Settings) -> str | None:
     """Why SpriteWorld's own steps (its evaluation split, the feature network, its metrics) do not apply,
     or None when they do: they score clips against SpriteWorld's ground truth, which the user's clips
@@ -66,13 +66,12 @@ def _not_applicable(folder: Path, reason: str) -> dict[str, Any]:
         if stale.is_file():
             stale.unlink()
         else:
-            import shutil
-
             shutil.rmtree(stale)
     (folder / "not_applicable.json").write_text(json.dumps({"applies": False, "reason": reason}, indent=1) + "\n")
     return {"applies": False, "reason": reason, "path": str(folder)}
 
 
+@locked("world")
 def world_catalog(settings: Settings, out_dir: Path | None = None) -> dict[str, Any]:
     """SpriteWorld's subjects, scenes and actions (data/world/catalog.json)."""
     folder = out_dir or settings.path("world")
