@@ -26,8 +26,8 @@ DVC_ENV = "VIMI_DATA_DIR=data"
 
 @dataclass(frozen=True)
 class Out:
-    """A file or folder a step writes. `cache=False`: small JSON kept in git, not in DVC's cache;
-    `metrics=True`: a DVC metrics file (`dvc metrics show`)."""
+    """A file or folder a step writes. `cache=False`: a small file whose hash DVC records but which it does
+    not keep in its cache; `metrics=True`: a DVC metrics file (`dvc metrics show`)."""
 
     path: str
     cache: bool = True
