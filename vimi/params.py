@@ -16,10 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vimi.errors import VimiError
 
-Count = Field(ge=1)
-NonNegative = Field(ge=0)
-Fraction = Field(ge=0, le=1)
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
