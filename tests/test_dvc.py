@@ -164,6 +164,8 @@ def _interrupt_repro(root: Path, env: dict, stage: str, sig: signal.Signals, tim
             assert time.time() < deadline, f"no stage {stage} in {timeout} s"
         time.sleep(2)  # mid-stage: the command is running
         os.killpg(proc.pid, sig)
+        while os.read(proc.stdout.fileno(), 65536):  # drain what it still says, or a full pipe holds it up
+            assert time.time() < deadline + 120, "dvc repro did not stop"
         assert proc.wait(timeout=120) != 0
     finally:
         proc.stdout.close()

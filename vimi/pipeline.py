@@ -2,6 +2,9 @@
 
 Each step reads its knobs from Settings, writes its output atomically, and returns a plain dict
 of what a person wants to know about the result (it becomes CLI output and asset metadata).
+
+The Dagster definitions import this module, so torch, MLflow and Great Expectations are imported by the
+steps that use them, not here (measured: docs/operations.md, "Imports inside functions").
 """
 
 from __future__ import annotations

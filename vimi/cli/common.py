@@ -1,4 +1,7 @@
-"""The `vimi` application, its command groups and the helpers every area of the command line shares."""
+"""The `vimi` application, its command groups and the helpers every area of the command line shares.
+
+Commands import their step's modules inside the function: `vimi --help` then loads no torch, MLflow or
+Great Expectations (measured: docs/operations.md, "Imports inside functions")."""
 
 from __future__ import annotations
 
