@@ -44,7 +44,7 @@ def spriteworld_not_applicable(settings: Settings) -> str | None:
     """Why SpriteWorld's own steps (its evaluation split, the feature network, its metrics) do not apply,
     or None when they do: they score clips against SpriteWorld's ground truth, which the user's clips
     (data.video_sources) do not have."""
-    if settings.params["data"]["video_sources"]:
+    if (settings.params.get("data") or {}).get("video_sources"):
         return (
             "data.video_sources is set: the clips are your own and carry none of SpriteWorld's ground truth, so "
             "SpriteWorld's evaluation split, feature network and metrics do not apply; UCF101 "
@@ -56,8 +56,8 @@ def spriteworld_not_applicable(settings: Settings) -> str | None:
 def world_not_applicable(settings: Settings) -> str | None:
     """Why the SpriteWorld catalog is not made, or None: nothing reads it when both the memory and the
     clips come from the user's sources."""
-    data = settings.params["data"]
-    if data["memory_sources"] and data["video_sources"]:
+    data = settings.params.get("data") or {}
+    if data.get("memory_sources") and data.get("video_sources"):
         return "data.memory_sources and data.video_sources are set: no step generates SpriteWorld data"
     return None
 
@@ -185,16 +185,16 @@ def generate_world(
     base = out_dir or settings.data_dir
     world_dir = base / "world"
     results: dict[str, dict[str, Any]] = {}
-    if "catalog" in parts:
-        results["catalog"] = world_catalog(settings, world_dir)
     # Generation ignores data.*_sources: this command always writes SpriteWorld.
     world_only = Settings(
-        params={**settings.params, "data": {}},
+        params={**settings.params, "data": {"memory_sources": [], "video_sources": []}},
         root=settings.root,
         data_dir=base,
         params_path=settings.params_path,
         lance_uri=None if out_dir else settings.lance_uri,
     )
+    if "catalog" in parts:
+        results["catalog"] = world_catalog(world_only, world_dir)
     if "memory" in parts:
         results["memory"] = build_memory(world_only, world_only.path("memory"), world_dir)
     if "videos" in parts:
