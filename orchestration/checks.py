@@ -16,7 +16,7 @@ def suite_check(step: Step) -> dg.AssetChecksDefinition:
 
     @dg.asset_check(asset=dg.AssetKey(step.name), name=suite.check, blocking=True, description=suite.description)
     def check(vimi: VimiSettings) -> dg.AssetCheckResult:
-        report = pipeline.validate_dataset(vimi.load(), suite.name)
+        report = pipeline.validate_dataset(step.scope(vimi.load()), suite.name)
         return dg.AssetCheckResult(
             passed=report.success, metadata=check_metadata(report), description=report.headline()
         )

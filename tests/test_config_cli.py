@@ -87,6 +87,47 @@ def test_params_sections_are_typed(project):
     assert "ingest.batch_rows: input should be a valid integer" in str(bad.value) and "'many'" in str(bad.value)
 
 
+def test_a_step_sees_only_the_params_it_declares(project):
+    import copy
+
+    from vimi.steps import STEP
+
+    full = Settings.load()
+    step = STEP["augmented_video_dataset"]  # declares retrieval.k, .search_threads, .min_coverage, .min_recall_at_k
+    scoped = step.scope(full)
+    retrieval = scoped.section("retrieval")
+    assert retrieval["k"] == full.params["retrieval"]["k"] == 4
+    assert retrieval.get("min_coverage") == 0.99 and dict(retrieval).keys() == {
+        "k",
+        "search_threads",
+        "min_coverage",
+        "min_recall_at_k",
+    }
+    with pytest.raises(VimiError) as undeclared:
+        retrieval.get("k1", 0.9)  # a default does not hide an undeclared read
+    assert str(undeclared.value) == (
+        "Step augmented_video_dataset read params key retrieval.k1, which the step map (vimi/steps.py) does not "
+        "declare for it; it declares: retrieval.k, retrieval.search_threads, retrieval.min_coverage, "
+        "retrieval.min_recall_at_k."
+    )
+    with pytest.raises(VimiError, match="read params key stage1, "):
+        scoped.params.get("stage1", {})
+    with pytest.raises(VimiError, match="read params key seed, "):
+        scoped.seed
+    # a whole section reads as the plain section; the run's record keeps everything
+    stage1 = STEP["stage1_model"].scope(full)
+    assert stage1.section("stage1") == full.params["stage1"] and stage1.seed == full.seed
+    assert stage1.recorded_params == full.params and stage1.profile == "tiny"
+    assert copy.deepcopy(scoped).section("retrieval") == dict(retrieval)
+    # every step's declarations name keys params.yaml has (a misspelt declaration would read as absent)
+    for each in STEP.values():
+        for key in each.all_params:
+            node = full.params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, (each.name, key)
+                node = node[part]
+
+
 def test_bad_params_value_is_named(project):
     write_params(project, world={"frame_size": 2})
     out = run("world", "generate", "--part", "catalog", "--part", "videos")

@@ -8,6 +8,7 @@ Data lives under ``<root>/data`` unless ``VIMI_DATA_DIR`` points elsewhere.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,71 @@ def load_params(path: Path | None = None, profile: str | None = None) -> dict[st
     return check_params({**deep_merge(base, profiles[chosen] or {}), "profile": chosen}, str(path))
 
 
+class ScopedParams(dict):
+    """A step's view of params.yaml: the keys the step map declares for it and nothing else.
+
+    A key declared whole (`stage1`) reads as the plain section; a dotted one (`retrieval.k`) leaves its
+    section holding just that key. Reading a key that is not declared is an error naming the step, so a
+    step cannot depend on a parameter its code version and its DVC stage do not know of. Missing keys
+    that are declared read as absent (`get` returns its default), as in the full params."""
+
+    def __init__(self, content: dict[str, Any], declared: dict[str, Any], step: str, prefix: str = "") -> None:
+        super().__init__(content)
+        self._declared = declared  # key -> True (whole) or the nested declarations
+        self._step = step
+        self._prefix = prefix
+
+    def _check(self, key: Any) -> None:
+        if key not in self._declared:
+            known = ", ".join(self._prefix + k for k in self._declared) or "nothing"
+            raise VimiError(
+                f"Step {self._step} read params key {self._prefix}{key}, which the step map (vimi/steps.py) "
+                f"does not declare for it; it declares: {known}."
+            )
+
+    def __getitem__(self, key: Any) -> Any:
+        self._check(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._check(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._check(key)
+        return super().__contains__(key)
+
+    def __deepcopy__(self, memo: dict) -> ScopedParams:
+        return ScopedParams(copy.deepcopy(dict(self), memo), self._declared, self._step, self._prefix)
+
+    @classmethod
+    def of(cls, params: dict[str, Any], keys: tuple[str, ...], step: str) -> ScopedParams:
+        declared: dict[str, Any] = {}
+        for key in keys:
+            node = declared
+            *parents, last = key.split(".")
+            for part in parents:
+                if node.get(part) is True:
+                    break
+                node = node.setdefault(part, {})
+            else:
+                node[last] = True
+        return cls._build(params, declared, step, "")
+
+    @classmethod
+    def _build(cls, params: dict[str, Any], declared: dict[str, Any], step: str, prefix: str) -> ScopedParams:
+        content: dict[str, Any] = {}
+        for key, whole in declared.items():
+            if key not in params:
+                continue
+            value = params[key]
+            if whole is True or not isinstance(value, dict):
+                content[key] = copy.deepcopy(value)
+            else:
+                content[key] = cls._build(value, whole, step, f"{prefix}{key}.")
+        return cls(content, declared, step, prefix)
+
+
 @dataclass
 class Settings:
     """Resolved parameters and locations for one pipeline."""
@@ -141,6 +207,18 @@ class Settings:
     # (s3://bucket/prefix, gs://, az://; Lance's own storage). The world catalog, the BM25 index and
     # the step locks stay in data_dir: they need a local file system.
     lance_uri: str | None = None
+    # The whole params.yaml when `params` is a step's scoped view: what a tracked run records.
+    full_params: dict[str, Any] | None = None
+
+    def scoped(self, step: str, keys: tuple[str, ...]) -> Settings:
+        """These settings with `params` narrowed to the keys a step declares (ScopedParams)."""
+        full = self.recorded_params
+        return dataclasses.replace(self, params=ScopedParams.of(full, keys, step), full_params=full)
+
+    @property
+    def recorded_params(self) -> dict[str, Any]:
+        """The whole params.yaml (profile applied), whatever the step's view: MLflow runs record it all."""
+        return self.full_params if self.full_params is not None else self.params
 
     @classmethod
     def load(
@@ -183,7 +261,8 @@ class Settings:
 
     @property
     def profile(self) -> str:
-        return str(self.params["profile"])
+        """The profile's name: a label of the run (its values are merged into every section)."""
+        return str(self.recorded_params["profile"])
 
     def model_path(self, name: str) -> Path:
         """A pipeline or model directory under <root>/models (DVC outs); checkpoints in models/.checkpoints."""

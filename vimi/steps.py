@@ -72,8 +72,13 @@ class Step:
     reads: tuple[str, ...] = ()  # files read beyond the upstream steps' outputs (DVC deps)
     suite: Suite | None = None
 
+    def scope(self, settings: Settings) -> Settings:
+        """The settings this step sees: params narrowed to the keys it (and its suite) declares, so what
+        it reads is what its code version and its DVC stage follow."""
+        return settings.scoped(self.name, self.all_params)
+
     def run(self, settings: Settings) -> dict[str, Any]:
-        return self.function(settings, **self.kwargs)
+        return self.function(self.scope(settings), **self.kwargs)
 
     @property
     def all_params(self) -> tuple[str, ...]:
@@ -220,7 +225,7 @@ STEPS: tuple[Step, ...] = (
         pipeline.train_stage1,
         "train stage1 --metrics reports/stage1.json",
         ("augmented_video_dataset", "image_encoder"),
-        ("seed", "model", "diffusion", "stage1", "world.num_frames", "world.frame_size"),
+        ("seed", "model", "diffusion", "stage1", "world.num_frames", "world.frame_size", "world.fps"),
         (Out("models/stage1"), Out("reports/stage1.json", cache=False, metrics=True)),
         "models",
         ("pytorch", "mlflow"),
@@ -247,6 +252,7 @@ STEPS: tuple[Step, ...] = (
             "GE: one <image> per image source, given frames only for "
             "video prediction, subject references from the memory (never the target clip), no dangling "
             "ids, no unseen subject in training rows.",
+            ("validate.min_rows",),
         ),
     ),
     Step(
@@ -285,7 +291,7 @@ STEPS: tuple[Step, ...] = (
         pipeline.evaluate_model,
         "evaluate --benchmark spriteworld --model @candidate --metrics reports/metrics.json",
         ("stage2_model", "feature_network", "instruction_dataset"),
-        ("seed", "evaluate", "world.sprite_scale", "data.video_sources"),
+        ("seed", "evaluate", "world.sprite_scale", "data.video_sources", "registry.model_name"),
         (Out("reports/metrics.json", cache=False, metrics=True),),
         "evaluation",
         ("mlflow",),
@@ -299,7 +305,7 @@ STEPS: tuple[Step, ...] = (
         pipeline.evaluate_model,
         "evaluate --benchmark ucf101 --model @candidate --metrics reports/ucf101.json",
         ("stage2_model",),
-        ("seed", "evaluate.ucf101", "diffusion.inference_steps"),
+        ("seed", "evaluate.ucf101", "diffusion.inference_steps", "registry.model_name"),
         (Out("reports/ucf101.json", cache=False, metrics=True),),
         "evaluation",
         ("mlflow",),
@@ -314,7 +320,13 @@ STEPS: tuple[Step, ...] = (
         "promote --report reports/promotion.json",
         ("spriteworld_metrics", "ucf101_metrics"),
         # the user's clips: fvd_ucf101 when UCF101 is configured, else the checks
-        ("registry.promotion_metric", "registry.promotion_margin", "data.video_sources", "evaluate.ucf101.root"),
+        (
+            "registry.model_name",
+            "registry.promotion_metric",
+            "registry.promotion_margin",
+            "data.video_sources",
+            "evaluate.ucf101.root",
+        ),
         (Out("reports/promotion.json", cache=False),),
         "models",
         ("mlflow",),
@@ -338,6 +350,12 @@ STEPS: tuple[Step, ...] = (
 )
 
 STEP = {step.name: step for step in STEPS}
+
+
+def suite_step(suite: str) -> Step:
+    """The step whose output the named suite gates."""
+    return next(step for step in STEPS if step.suite and step.suite.name == suite)
+
 
 # Loss curves for `dvc plots show`: the loss.csv each training ships in its model directory.
 LOSS_PLOTS = (

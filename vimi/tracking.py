@@ -229,7 +229,7 @@ def mlflow_tracker(
         )
         state["run"] = active
         if resume_run_id is None:
-            log_params(settings.params)
+            log_params(settings.recorded_params)
             for uri, name, version in inputs:
                 log_lance_input(uri, name, version)
         else:

@@ -54,6 +54,19 @@ def _settings(profile: str | None):
     return Settings.load(profile=profile)
 
 
+def _step_settings(step: str, profile: str | None):
+    """The settings a pipeline step sees (vimi.steps.Step.scope): the same view in both drivers."""
+    from vimi.steps import STEP
+
+    return STEP[step].scope(_settings(profile))
+
+
+def _suite_settings(suite: str, profile: str | None):
+    from vimi.steps import suite_step
+
+    return suite_step(suite).scope(_settings(profile))
+
+
 def _emit(data: Any, as_json: bool, human: str, markup: bool = True) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

@@ -17,6 +17,8 @@ from vimi.cli.common import (
     _dataset_line,
     _emit,
     _settings,
+    _step_settings,
+    _suite_settings,
     app,
     index_app,
     instructions_app,
@@ -55,7 +57,7 @@ def world_catalog_cmd(profile: Optional[str] = ProfileOption, as_json: bool = Js
     """SpriteWorld's catalog alone (data/world/catalog.json): subjects, scenes, actions; the pipeline's first step."""
     from vimi.pipeline import world_catalog
 
-    settings = _settings(profile)
+    settings = _step_settings("spriteworld", profile)
     c = world_catalog(settings)
     if not c["applies"]:
         _emit(c, as_json, f"SpriteWorld's catalog does not apply: {c['reason']}.", markup=False)
@@ -154,7 +156,7 @@ def memory_build(profile: Optional[str] = ProfileOption, as_json: bool = JsonOpt
     """Pipeline step: (re)build the memory from params.yaml — data.memory_sources when set, else SpriteWorld."""
     from vimi.pipeline import build_memory
 
-    meta = build_memory(_settings(profile))
+    meta = build_memory(_step_settings("image_text_memory", profile))
     _emit(meta, as_json, _dataset_line("memory", meta))
 
 
@@ -186,7 +188,8 @@ def videos_build(
     """Pipeline step: (re)build a video split from params.yaml — data.video_sources when set, else SpriteWorld."""
     from vimi.pipeline import build_videos
 
-    meta = build_videos(_settings(profile), split.value)
+    step = "video_corpus" if split == Split.train else "eval_video_corpus"
+    meta = build_videos(_step_settings(step, profile), split.value)
     note = "" if meta.get("applies", True) else f"\n  empty: {escape(meta['reason'])}"
     _emit(meta, as_json, _dataset_line(f"{split.value} videos", meta) + note)
 
@@ -212,7 +215,7 @@ def validate_cmd(
     """Run a Great Expectations suite; exit 1 when any expectation fails."""
     from vimi.pipeline import validate_dataset
 
-    result = validate_dataset(_settings(profile), suite.value, path.resolve() if path else None)
+    result = validate_dataset(_suite_settings(suite.value, profile), suite.value, path.resolve() if path else None)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.to_json(), indent=2, default=str))
@@ -230,7 +233,7 @@ def index_build(profile: Optional[str] = ProfileOption, as_json: bool = JsonOpti
     """Build the BM25 index over the memory's captions; built aside and moved into place when complete."""
     from vimi.pipeline import build_bm25_index
 
-    meta = build_bm25_index(_settings(profile))
+    meta = build_bm25_index(_step_settings("bm25_index", profile))
     _emit(
         meta,
         as_json,
@@ -289,7 +292,7 @@ def augment_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOpti
     """Retrieve the top-k memory documents for every training clip's caption → data/augmented.lance."""
     from vimi.pipeline import augment_videos
 
-    meta = augment_videos(_settings(profile))
+    meta = augment_videos(_step_settings("augmented_video_dataset", profile))
     lines = [
         f"Augmented {meta['rows']} clips with the top {meta['k']} memory documents in {meta['seconds']:.1f} s "
         f"({meta['clips_per_s']:,.0f} clips/s) → {meta['path']} (Lance version {meta['version']})",
@@ -308,7 +311,7 @@ def instructions_build(profile: Optional[str] = ProfileOption, as_json: bool = J
     versions the augmented dataset recorded; subject references come from the memory, never the clip."""
     from vimi.pipeline import build_instruction_dataset
 
-    meta = build_instruction_dataset(_settings(profile))
+    meta = build_instruction_dataset(_step_settings("instruction_dataset", profile))
     lines = [
         f"Instructions: {meta['rows']} rows in {meta['seconds']:.1f} s → {meta['path']} "
         f"(Lance version {meta['version']}; memory version {meta['memory_version']}, videos version "

@@ -14,6 +14,7 @@ from vimi.cli.common import (
     ProfileOption,
     _emit,
     _settings,
+    _step_settings,
     app,
     err_console,
 )
@@ -31,7 +32,7 @@ def promote_cmd(
     """Move the registry's @champion alias to the candidate if the promotion policy says so; tag the reason."""
     from vimi.pipeline import promote_model
 
-    decision = promote_model(_settings(profile), version)
+    decision = promote_model(_step_settings("champion_model", profile), version)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(decision, indent=1) + "\n")
@@ -174,7 +175,7 @@ def evaluate_cmd(
     from vimi.pipeline import evaluate_model
     from vimi.registry import CHAMPION
 
-    settings = _settings(profile)
+    settings = _step_settings(f"{benchmark.value}_metrics", profile)
     model = model or f"@{CHAMPION}"
     if benchmark == Benchmark.spriteworld:
         result = evaluate_model(
@@ -226,7 +227,7 @@ def report_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOptio
     loss curves, metrics, registry, ablation; logged to the stage-2 model's MLflow run."""
     from vimi.pipeline import build_run_report
 
-    meta = build_run_report(_settings(profile))
+    meta = build_run_report(_step_settings("report", profile))
     _emit(
         meta,
         as_json,

@@ -12,7 +12,7 @@ from vimi.cli.common import (
     JsonOption,
     ProfileOption,
     _emit,
-    _settings,
+    _step_settings,
     train_app,
 )
 
@@ -59,7 +59,7 @@ def train_align(
     """Align the image encoder to the language model on the memory (contrastive) → models/encoder/."""
     from vimi.pipeline import align_image_encoder
 
-    meta = align_image_encoder(_settings(profile), _resume_mode(resume))
+    meta = align_image_encoder(_step_settings("image_encoder", profile), _resume_mode(resume))
     _emit(meta, as_json, _training_summary(meta, "Image encoder aligned"), markup=False)
 
 
@@ -78,7 +78,7 @@ def train_stage1_cmd(
     """Stage 1: retrieval-augmented pretraining → models/stage1/ (MLflow experiment vimi-stage1)."""
     from vimi.pipeline import train_stage1
 
-    meta = train_stage1(_settings(profile), text_only=text_only, resume=_resume_mode(resume))
+    meta = train_stage1(_step_settings("stage1_model", profile), text_only=text_only, resume=_resume_mode(resume))
     _write_metrics(metrics, meta, ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision"))
     _emit(meta, as_json, _training_summary(meta, "Stage 1" + (" (text only)" if text_only else "")), markup=False)
 
@@ -90,7 +90,7 @@ def train_featurenet_cmd(
     """SpriteWorld's feature network (action and subject attributes) → models/featurenet/ (MLflow vimi-eval)."""
     from vimi.pipeline import train_feature_network
 
-    meta = train_feature_network(_settings(profile), _resume_mode(resume))
+    meta = train_feature_network(_step_settings("feature_network", profile), _resume_mode(resume))
     if not meta.get("applies", True):
         _emit(meta, as_json, f"The feature network does not apply: {meta['reason']}.", markup=False)
         return
@@ -130,7 +130,9 @@ def train_stage2_cmd(
     (MLflow experiment vimi-stage2), registered as a `candidate` version."""
     from vimi.pipeline import train_stage2
 
-    meta = train_stage2(_settings(profile), init=init, resume=_resume_mode(resume), register=register)
+    meta = train_stage2(
+        _step_settings("stage2_model", profile), init=init, resume=_resume_mode(resume), register=register
+    )
     if meta.get("registered"):
         meta["registered_version"] = meta["registered"]["version"]
         meta["checks"] = meta["registered"]["checks"]

@@ -199,7 +199,7 @@ def record_evaluation(
             },
         ),
     ) as run:
-        log_params(settings.params)
+        log_params(settings.recorded_params)
         mlflow.log_params({"eval.model": resolved.uri, **params})
         mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as tmp:
@@ -350,9 +350,7 @@ def evaluate_spriteworld(
     start = time.perf_counter()
     section = settings.params.get("evaluate", {})
     videos_per_task = int(videos_per_task or section.get("videos_per_task", 64))
-    steps = int(
-        steps or section.get("inference_steps", settings.params.get("diffusion", {}).get("inference_steps", 25))
-    )
+    steps = int(steps or section.get("inference_steps") or 25)
     resolved = resolve_model(settings, model)
     net = load_feature_network(settings.model_path("featurenet"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
