@@ -40,7 +40,7 @@ help:
 	@echo "make ui         Dagster UI on http://127.0.0.1:$(DAGSTER_PORT)"
 	@echo "make mlflow-ui  MLflow UI on http://127.0.0.1:$(MLFLOW_PORT) (sqlite store in mlflow/)"
 	@echo "make serve      the registry's @champion behind mlflow models serve on http://127.0.0.1:$(SERVE_PORT)"
-	@echo "make repro      dvc repro: the same pipeline, driven by DVC"
+	@echo "make repro      dvc repro: the same pipeline, driven by DVC (and recorded in Dagster)"
 	@echo "make bench      vimi bench memory --json → benchmarks/memory.json"
 	@echo "make dvc.yaml   write dvc.yaml (and make docs/lineage.svg the graph's picture) from the step map"
 
@@ -94,8 +94,10 @@ mlflow-ui: setup
 serve: setup
 	mlflow models serve -m models:/vimi-video-generator@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
+# dvc repro, then the stages it ran recorded in Dagster (orchestration/dvc_record.py): one record for both.
 repro: setup
 	dvc repro
+	python -m orchestration.dvc_record sync
 
 # dvc.yaml and the lineage picture follow from the step map; a test checks the committed files are current.
 dvc.yaml: setup

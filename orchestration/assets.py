@@ -4,19 +4,33 @@ turn what it returns into the metadata a person reads in the UI."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import dagster as dg
 
-from orchestration import versions
+from orchestration import dvc_record, versions
 from orchestration.metadata import dataset_metadata
 from orchestration.resources import VimiSettings
 from vimi.steps import STEP
 
 
 def step_asset(fn):
-    """The asset of the step named like FN, as the step map declares it."""
+    """The asset of the step named like FN, as the step map declares it. A step without a suite is recorded
+    in dvc.lock as soon as it is done (one with a suite, when its check passes: checks.py)."""
     step = STEP[fn.__name__]
+
+    @functools.wraps(fn)
+    def materialize(vimi: VimiSettings) -> dg.MaterializeResult:
+        result = fn(vimi)
+        if step.suite:
+            return result
+        note = dvc_record.commit(step, vimi.load())
+        return dg.MaterializeResult(
+            metadata={**(result.metadata or {}), "dvc": dg.MetadataValue.text(note)},
+            data_version=result.data_version,
+        )
+
     return dg.asset(
         name=step.name,
         deps=[dg.AssetKey(name) for name in step.upstream],
@@ -24,7 +38,7 @@ def step_asset(fn):
         group_name=step.group,
         kinds=set(step.kinds),
         description=step.description,
-    )(fn)
+    )(materialize)
 
 
 def run_step(name: str, vimi: VimiSettings) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from orchestration import dvc_record
 from orchestration.metadata import check_metadata
 from orchestration.resources import VimiSettings
 from vimi import pipeline
@@ -16,10 +17,13 @@ def suite_check(step: Step) -> dg.AssetChecksDefinition:
 
     @dg.asset_check(asset=dg.AssetKey(step.name), name=suite.check, blocking=True, description=suite.description)
     def check(vimi: VimiSettings) -> dg.AssetCheckResult:
-        report = pipeline.validate_dataset(step.scope(vimi.load()), suite.name)
-        return dg.AssetCheckResult(
-            passed=report.success, metadata=check_metadata(report), description=report.headline()
-        )
+        settings = vimi.load()
+        report = pipeline.validate_dataset(step.scope(settings), suite.name)
+        suite.record(report, settings.root)  # the stage's report files, as `vimi validate` writes them
+        metadata = check_metadata(report)
+        if report.success:  # the step and its suite are one DVC stage: recorded once both are done
+            metadata["dvc"] = dg.MetadataValue.text(dvc_record.commit(step, settings))
+        return dg.AssetCheckResult(passed=report.success, metadata=metadata, description=report.headline())
 
     return check
 

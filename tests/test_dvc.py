@@ -15,9 +15,11 @@ from pathlib import Path
 import lance
 import pytest
 
+from orchestration.dvc_record import lock_entries
 from tests.conftest import REPO, write_params
 from vimi.bench.lance_dvc import dvc_binary
 from vimi.io import lance_io
+from vimi.steps import STEP
 
 pytestmark = pytest.mark.slow
 
@@ -197,3 +199,78 @@ def test_interrupted_repro_leaves_data_the_next_run_repairs(repo_copy, monkeypat
     assert lance.dataset(str(root / "data" / "videos.lance")).count_rows() == 24
     assert (root / "reports" / "index.html").is_file()
     dvc(root, env, "status")  # it answers: no lock is left behind by the killed run
+
+
+def _record(root: Path, env: dict, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestration.dvc_record", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip()
+
+
+def _dagster_not_fresh(root: Path, env: dict) -> set[str]:
+    """What the Dagster UI of ROOT shows as stale or missing, read in a fresh process (the definitions as
+    params.yaml makes them now)."""
+    status = json.loads(_record(root, env, "stale", "--json").splitlines()[-1])
+    assert set(status) == set(STEP)
+    return {name for name, value in status.items() if value != "FRESH"}
+
+
+def test_dagster_and_dvc_keep_one_record(repo_copy):
+    """`make run` (every asset, Dagster) leaves DVC nothing to do; after `make repro` Dagster shows nothing
+    stale; a changed parameter is stale to both, in the same stages."""
+    root, env = repo_copy
+    env = dict(env, DAGSTER_HOME=str(root / ".dagster"), DAGSTER_DISABLE_TELEMETRY="1")
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    run = subprocess.run(
+        [dagster, "asset", "materialize", "-m", "orchestration.definitions", "--select", "*"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0 and "RUN_SUCCESS" in run.stderr, run.stderr[-3000:]
+    # Every output each DVC stage declares is there, where the stage writes it.
+    for step in STEP.values():
+        for out in step.all_outs:
+            assert (root / out.path).exists(), f"{step.name}: no {out.path}"
+    stage2 = json.loads((root / "reports" / "stage2.json").read_text())
+    assert stage2["registered_version"] == "1" and stage2["checks"] == "passed"
+    assert json.loads((root / "reports" / "validation" / "retrieval.json").read_text())["success"] is True
+    assert json.loads((root / "reports" / "promotion.json").read_text())["champion"] == "1"
+    assert set(lock_entries(root)) == set(STEP)
+
+    assert "Data and pipelines are up to date." in dvc(root, env, "status").stdout
+    repro = dvc(root, env, "repro")
+    assert "Running stage" not in repro.stdout, repro.stdout
+    assert _dagster_not_fresh(root, env) == set()
+    assert _record(root, env, "sync") == "Nothing to record."
+
+    # One changed parameter: DVC finds the stage that reads it changed, Dagster that asset and everything
+    # below it stale, and `dvc repro` runs exactly those.
+    write_params(root, stage1={"lr": 0.002})
+    assert set(json.loads(dvc(root, env, "status", "--json").stdout)) == {"stage1_model"}
+    stale = _dagster_not_fresh(root, env)
+    assert stale == {
+        "stage1_model",
+        "stage2_model",
+        "spriteworld_metrics",
+        "ucf101_metrics",
+        "champion_model",
+        "report",
+    }
+    repro = dvc(root, env, "repro")
+    ran = [name for name in STEP if f"Running stage '{name}'" in repro.stdout]
+    assert set(ran) == stale, repro.stdout
+    # `make repro` records in Dagster what DVC made; then nothing is stale to either.
+    assert _record(root, env, "sync") == f"Recorded in Dagster what dvc repro made: {', '.join(ran)}."
+    assert _dagster_not_fresh(root, env) == set()
+    assert "Data and pipelines are up to date." in dvc(root, env, "status").stdout
+    assert _record(root, env, "sync") == "Nothing to record."

@@ -14,7 +14,10 @@ the stages downstream depend on the suite having passed.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from vimi import pipeline
@@ -24,14 +27,30 @@ from vimi.config import Settings
 DVC_ENV = "VIMI_DATA_DIR=data"
 
 
+def write_json(path: Path, value: Any) -> None:
+    """A small JSON file, whole or not at all (a temporary file moved into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def figures(*keys: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A report of the named entries of a step's result (those it has)."""
+    return lambda result: {key: result[key] for key in keys if key in result}
+
+
 @dataclass(frozen=True)
 class Out:
     """A file or folder a step writes. `cache=False`: a small file whose hash DVC records but which it does
-    not keep in its cache; `metrics=True`: a DVC metrics file (`dvc metrics show`)."""
+    not keep in its cache; `metrics=True`: a DVC metrics file (`dvc metrics show`). `report`: the file is a
+    JSON summary of the step's result, which this function gives; both drivers write it, so a Dagster run
+    leaves every output a DVC stage declares."""
 
     path: str
     cache: bool = True
     metrics: bool = False
+    report: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,18 @@ class Suite:
             (Out(self.metrics, cache=False, metrics=True),) if self.metrics else ()
         )
 
+    def write_reports(self, result: Any, report: Path | None, metrics: Path | None) -> None:
+        """The suite's JSON report (a `ValidationReport`) and its headline figures, where asked."""
+        if report:
+            write_json(report, result.to_json())
+        if metrics:
+            shown = {k: v for k, v in result.figures.items() if not isinstance(v, dict)}
+            write_json(metrics, {"success": result.success, "rows": result.rows, **shown})
+
+    def record(self, result: Any, root: Path) -> None:
+        """Write the report files the step's DVC stage declares, under the project root."""
+        self.write_reports(result, root / self.report, root / self.metrics if self.metrics else None)
+
 
 @dataclass(frozen=True)
 class Step:
@@ -78,7 +109,20 @@ class Step:
         return settings.scoped(self.name, self.all_params)
 
     def run(self, settings: Settings) -> dict[str, Any]:
-        return self.function(self.scope(settings), **self.kwargs)
+        """Do the step, then write its report files under the project root (the CLI writes them where its
+        options say)."""
+        result = self.function(self.scope(settings), **self.kwargs)
+        for out in self.outs:
+            if out.report:
+                write_json(settings.root / out.path, out.report(result))
+        return result
+
+    def report(self, result: dict[str, Any], path: str | None = None) -> Any:
+        """The content of the step's report file (the one at PATH, or its only one)."""
+        reports = [out for out in self.outs if out.report and (path is None or out.path == path)]
+        if len(reports) != 1:
+            raise ValueError(f"step {self.name} has {len(reports)} report files" + (f" at {path}" if path else ""))
+        return reports[0].report(result)
 
     @property
     def all_params(self) -> tuple[str, ...]:
@@ -111,6 +155,17 @@ class Step:
 
 
 OUTPUT_OPTIONS = ("--metrics", "--report", "--model")
+TRAINING_FIGURES = ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision")
+
+
+def stage2_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """Stage 2's figures, with the registered version and its checks."""
+    shown = figures(*TRAINING_FIGURES)(result)
+    if result.get("registered"):
+        shown.update(registered_version=result["registered"]["version"], checks=result["registered"]["checks"])
+    return shown
+
+
 _WORLD = ("seed", "profile", "world")
 _DATASET_SUITE = ("validate", "ingest")
 
@@ -226,7 +281,10 @@ STEPS: tuple[Step, ...] = (
         "train stage1 --metrics reports/stage1.json",
         ("augmented_video_dataset", "image_encoder"),
         ("seed", "model", "diffusion", "stage1", "world.num_frames", "world.frame_size", "world.fps"),
-        (Out("models/stage1"), Out("reports/stage1.json", cache=False, metrics=True)),
+        (
+            Out("models/stage1"),
+            Out("reports/stage1.json", cache=False, metrics=True, report=figures(*TRAINING_FIGURES)),
+        ),
         "models",
         ("pytorch", "mlflow"),
         "Stage 1: the video denoiser pretrained on the retrieval-augmented dataset, conditioned by the multimodal "
@@ -268,7 +326,7 @@ STEPS: tuple[Step, ...] = (
             "registry.model_name",
             "registry.smoke_frames",
         ),
-        (Out("models/stage2"), Out("reports/stage2.json", cache=False, metrics=True)),
+        (Out("models/stage2"), Out("reports/stage2.json", cache=False, metrics=True, report=stage2_figures)),
         "models",
         ("pytorch", "mlflow"),
         "Stage 2: the stage-1 pipeline instruction-tuned on the three tasks (models/stage2/); MLflow experiment "
@@ -327,7 +385,7 @@ STEPS: tuple[Step, ...] = (
             "data.video_sources",
             "evaluate.ucf101.root",
         ),
-        (Out("reports/promotion.json", cache=False),),
+        (Out("reports/promotion.json", cache=False, report=dict),),
         "models",
         ("mlflow",),
         "The registry's @champion: the promotion policy applied to the newest @candidate (`vimi promote`); the "

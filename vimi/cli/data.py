@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -214,15 +213,10 @@ def validate_cmd(
 ) -> None:
     """Run a Great Expectations suite; exit 1 when any expectation fails."""
     from vimi.pipeline import validate_dataset
+    from vimi.steps import suite_step
 
     result = validate_dataset(_suite_settings(suite.value, profile), suite.value, path.resolve() if path else None)
-    if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(result.to_json(), indent=2, default=str))
-    if metrics:
-        metrics.parent.mkdir(parents=True, exist_ok=True)
-        figures = {k: v for k, v in result.figures.items() if not isinstance(v, dict)}
-        metrics.write_text(json.dumps({"success": result.success, "rows": result.rows, **figures}, indent=2) + "\n")
+    suite_step(suite.value).suite.write_reports(result, report, metrics)
     _emit(result.to_json(), as_json, result.to_text(), markup=False)
     if not result.success:
         raise typer.Exit(1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -34,8 +33,9 @@ def promote_cmd(
 
     decision = promote_model(_step_settings("champion_model", profile), version)
     if report:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(decision, indent=1) + "\n")
+        from vimi.steps import STEP, write_json
+
+        write_json(report, STEP["champion_model"].report(decision))
     verdict = "promoted to @champion" if decision["promoted"] else "not promoted"
     _emit(
         decision,

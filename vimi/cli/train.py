@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -46,10 +45,12 @@ def _training_summary(meta: dict[str, Any], what: str) -> str:
     return "\n".join(lines)
 
 
-def _write_metrics(path: Optional[Path], meta: dict[str, Any], keys: tuple[str, ...]) -> None:
+def _write_metrics(path: Optional[Path], meta: dict[str, Any], step: str) -> None:
+    """The step's figures file (the step map's report of its result), where --metrics asks."""
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({k: meta[k] for k in keys if k in meta}, indent=1) + "\n")
+        from vimi.steps import STEP, write_json
+
+        write_json(path, STEP[step].report(meta))
 
 
 @train_app.command("align")
@@ -79,7 +80,7 @@ def train_stage1_cmd(
     from vimi.pipeline import train_stage1
 
     meta = train_stage1(_step_settings("stage1_model", profile), text_only=text_only, resume=_resume_mode(resume))
-    _write_metrics(metrics, meta, ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision"))
+    _write_metrics(metrics, meta, "stage1_model")
     _emit(meta, as_json, _training_summary(meta, "Stage 1" + (" (text only)" if text_only else "")), markup=False)
 
 
@@ -133,14 +134,7 @@ def train_stage2_cmd(
     meta = train_stage2(
         _step_settings("stage2_model", profile), init=init, resume=_resume_mode(resume), register=register
     )
-    if meta.get("registered"):
-        meta["registered_version"] = meta["registered"]["version"]
-        meta["checks"] = meta["registered"]["checks"]
-    _write_metrics(
-        metrics,
-        meta,
-        ("final_loss", "clips_per_s", "steps", "run_id", "mixed_precision", "registered_version", "checks"),
-    )
+    _write_metrics(metrics, meta, "stage2_model")
     human = _training_summary(meta, "Stage 2") + f"\n  started from {meta['init_model']}"
     if meta.get("registered"):
         r = meta["registered"]
