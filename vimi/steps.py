@@ -444,11 +444,9 @@ def dvc_stages() -> dict[str, Any]:
         for parent in step.upstream:
             deps += [o.path for o in STEP[parent].all_outs if o.path not in deps]
         deps += [path for path in step.reads if path not in deps]
-        params: list[str] = []
-        for key in step.all_params:
-            params.append(key)
-            if key == "profile":
-                params.append("profiles")  # the profile's values are merged from params.yaml profiles
+        params = list(step.all_params)
+        if params:  # the values a step reads are the base's merged with the chosen profile's
+            params += [key for key in ("profile", "profiles") if key not in params]
         stage: dict[str, Any] = {"cmd": step.dvc_command}
         if deps:
             stage["deps"] = deps
