@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import dagster as dg
 import pytest
@@ -203,72 +200,6 @@ def test_failing_retrieval_gate_blocks_stage1(project):
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"augmented_video_dataset", "image_encoder"} <= done and "stage1_model" not in done
     assert not (project / "models" / "stage1").exists()
-
-
-@pytest.mark.slow
-def test_dagster_cli_materializes_everything(project, tmp_path):
-    """`dagster asset materialize --select '*'` — the command that antlr 4.9 breaks."""
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / "dagster_home"), DAGSTER_DISABLE_TELEMETRY="1")
-    (tmp_path / "dagster_home").mkdir()
-    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
-    out = subprocess.run(
-        [dagster, "asset", "materialize", "-m", "orchestration.definitions", "--select", "*"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "RUN_SUCCESS" in out.stderr
-    for check in CHECKS:
-        assert f"Asset check '{check}'" in out.stderr and "passed" in out.stderr
-    assert (project / "data" / "eval_videos.lance").is_dir()
-
-    # After the full run the UI shows nothing stale; one changed parameter marks exactly the asset that
-    # reads it and everything downstream of it.
-    assert stale_assets(env) == set()
-    write_params(project, stage1={"lr": 0.002})
-    assert stale_assets(env) == {
-        "stage1_model",
-        "stage2_model",
-        "spriteworld_metrics",
-        "ucf101_metrics",
-        "champion_model",
-        "report",
-    }
-    write_params(project, retrieval={"k": 3})
-    assert stale_assets(env) == {
-        "augmented_video_dataset",
-        "stage1_model",
-        "instruction_dataset",
-        "stage2_model",
-        "spriteworld_metrics",
-        "ucf101_metrics",
-        "champion_model",
-        "report",
-    }
-
-
-STALE_SCRIPT = """
-import json, dagster as dg
-from dagster._utils.test.data_versions import get_stale_status_resolver
-from orchestration import assets
-resolver = get_stale_status_resolver(dg.DagsterInstance.get(), dg.load_assets_from_modules([assets]))
-keys = [a for d in dg.load_assets_from_modules([assets]) for a in d.keys]
-print(json.dumps({k.to_user_string(): resolver.get_status(k).value for k in keys}))
-"""
-
-
-def stale_assets(env: dict) -> set[str]:
-    """What the Dagster UI shows as stale, read in a fresh process (the definitions as loaded now)."""
-    out = subprocess.run(
-        [sys.executable, "-c", STALE_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    status = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(status) == ASSETS and "MISSING" not in status.values(), status
-    return {k for k, v in status.items() if v == "STALE"}
 
 
 def test_code_versions_follow_the_params_dvc_stages_read():
