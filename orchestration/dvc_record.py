@@ -147,7 +147,7 @@ def sync(settings: Settings | None = None, instance: Any = None) -> list[str]:
     if reason:
         raise VimiError(f"nothing to sync: {reason}")
     root = settings.root
-    instance = instance or dg.DagsterInstance.get()
+    instance = instance or _instance()
     params = load_params(settings.params_path)  # as the definitions see it: the code versions they hold
     changed = dvc_changed(root)
     with _locked(root):
@@ -187,6 +187,19 @@ def sync(settings: Settings | None = None, instance: Any = None) -> list[str]:
     return reported
 
 
+def _instance() -> Any:
+    """The Dagster instance of DAGSTER_HOME, the one `make run` and `make ui` use."""
+    import dagster as dg
+
+    home = os.environ.get("DAGSTER_HOME")
+    if not home or not Path(home).is_dir():
+        raise VimiError(
+            f"DAGSTER_HOME is {'not set' if not home else f'{home}, not a directory'}: point it at the Dagster "
+            "instance to record in (the Makefile sets it to .dagster)."
+        )
+    return dg.DagsterInstance.get()
+
+
 def stale(instance: Any = None) -> dict[str, str]:
     """Each asset's status as the Dagster UI shows it (FRESH, STALE or MISSING), for the definitions as
     they load now."""
@@ -196,7 +209,7 @@ def stale(instance: Any = None) -> dict[str, str]:
     from orchestration import assets
 
     loaded = dg.load_assets_from_modules([assets])
-    resolver = get_stale_status_resolver(instance or dg.DagsterInstance.get(), loaded)
+    resolver = get_stale_status_resolver(instance or _instance(), loaded)
     return {key.to_user_string(): resolver.get_status(key).value for d in loaded for key in d.keys}
 
 
@@ -210,11 +223,15 @@ def main(argv: list[str]) -> int:
         print(f"Recorded in Dagster what dvc repro made: {', '.join(reported)}." if reported else "Nothing to record.")
         return 0
     if argv[:1] == ["stale"]:
-        status = stale()
+        try:
+            status = stale()
+        except VimiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if "--json" in argv:
             print(json.dumps(status))
         else:
-            shown = [name for name, value in status.items() if value != "FRESH"]
+            shown = [step.name for step in STEPS if status.get(step.name, "FRESH") != "FRESH"]  # graph order
             print("\n".join(f"{name}: {status[name]}" for name in shown) or "Nothing is stale.")
         return 0
     print("usage: python -m orchestration.dvc_record sync | stale [--json]", file=sys.stderr)
