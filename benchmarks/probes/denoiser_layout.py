@@ -1,0 +1,192 @@
+"""Which denoiser layout learns tiny's clips fastest? A stage-1 probe on the tiny world of params.yaml
+(docs/training.md, "The denoiser's layout"): the clip's true attributes as 6 learned tokens (colour 1,
+colour 2, shape, pattern, scene, action) instead of the encoder, x0 target, DDPM cosine schedule, AdamW
+with warm-up and cosine decay; then 48 training prompts sampled (25 DDIM steps, guidance 3) and measured
+by SpriteWorld's identity measure. Prints one JSON line; writes the samples beside real clips as
+/tmp/probe_<layout>_<steps>_<batch>.png.
+
+    python benchmarks/probes/denoiser_layout.py LAYOUT STEPS BATCH [LR]
+
+LAYOUT: `stack` (tiny's FrameStackUNet layout: frames stacked along the channels), `frames` (a 2-D UNet
+per frame, frames as the batch, the frame index as a class embedding), `frames_small` (the same at half
+the width); a `+xy` suffix adds two coordinate channels to the input.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from PIL import Image
+
+from vimi.config import load_params
+from vimi.evaluation.identity import measure_clips, score, summarize
+from vimi.io.video import decode_video
+from vimi.world.catalog import ACTIONS, COLORS, PATTERNS, SCENES, SHAPES
+from vimi.world.generate import WorldConfig, clip_rows, plan_clips
+
+torch.manual_seed(0)
+torch.set_num_threads(2)
+arch, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+xy = arch.endswith("+xy")  # coordinate channels (CoordConv): where a pixel is, for a network that must place things
+arch = arch.removesuffix("+xy")
+extra = 2 if xy else 0
+lr = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3
+params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+cfg = WorldConfig.from_params(params)
+catalog = cfg.catalog()
+t0 = time.time()
+rows = list(clip_rows(cfg, plan_clips(cfg, catalog, "train"), "train"))
+T, S = cfg.num_frames, cfg.frame_size
+clips = np.stack([decode_video(r["video"], r["video_format"], T, S, S) for r in rows])  # N T H W 3
+print(f"{len(rows)} clips in {time.time() - t0:.1f}s", flush=True)
+vocab = {}
+for group, names in (("c", COLORS), ("s", SHAPES), ("p", PATTERNS), ("sc", SCENES), ("a", ACTIONS)):
+    for n in names:
+        vocab[(group, n)] = len(vocab)
+
+
+def tokens(r):
+    return [
+        vocab[("c", r["color1"])],
+        vocab[("c", r["color2"])],
+        vocab[("s", r["shape"])],
+        vocab[("p", r["pattern"])],
+        vocab[("sc", r["scene"])],
+        vocab[("a", r["action"])],
+    ]
+
+
+tok = torch.tensor([tokens(r) for r in rows])
+x = torch.from_numpy(clips).float().div(127.5).sub(1).permute(0, 4, 1, 2, 3)  # N 3 T H W
+D = 128
+
+
+class Cond(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(len(vocab) + 1, D)
+        self.pos = torch.nn.Parameter(torch.randn(6, D) * 0.02)
+
+    def forward(self, t):
+        return self.emb(t) + self.pos
+
+
+cond = Cond()
+if arch == "stack":
+    unet = UNet2DConditionModel(
+        sample_size=S,
+        in_channels=3 * T + extra,
+        out_channels=3 * T,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(64, 128, 128),
+        layers_per_block=1,
+        cross_attention_dim=D,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+else:
+    width = (32, 64, 64) if arch == "frames_small" else (64, 128, 128)
+    unet = UNet2DConditionModel(
+        sample_size=S,
+        in_channels=3 + extra,
+        out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=width,
+        layers_per_block=1,
+        cross_attention_dim=D,
+        attention_head_dim=4,
+        norm_num_groups=8,
+        num_class_embeds=T,
+    )
+print(arch, sum(p.numel() for p in unet.parameters()) / 1e6, "M", flush=True)
+
+
+coords = torch.stack(torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij"))
+
+
+def predict(xt, t, ctx):
+    b = xt.shape[0]
+    if arch == "stack":
+        inp = xt.reshape(b, 3 * T, S, S)
+        if xy:
+            inp = torch.cat([inp, coords.expand(b, -1, -1, -1)], 1)
+        return unet(inp, t, ctx).sample.reshape(b, 3, T, S, S)
+    flat = xt.permute(0, 2, 1, 3, 4).reshape(b * T, 3, S, S)
+    if xy:
+        flat = torch.cat([flat, coords.expand(b * T, -1, -1, -1)], 1)
+    frame = torch.arange(T).repeat(b)
+    out = unet(flat, t.repeat_interleave(T), ctx.repeat_interleave(T, 0), class_labels=frame).sample
+    return out.reshape(b, T, 3, S, S).permute(0, 2, 1, 3, 4)
+
+
+sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample")
+opt = torch.optim.AdamW([*unet.parameters(), *cond.parameters()], lr=lr, weight_decay=0.01)
+warm = 50
+lr_at = lambda s: lr * min(1, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1, s / steps)))  # noqa: E731
+rng = np.random.default_rng(0)
+t0 = time.time()
+for step in range(steps):
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step)
+    idx = torch.from_numpy(rng.integers(len(x), size=batch))
+    x0, tk = x[idx], tok[idx].clone()
+    drop = torch.rand(batch) < 0.1
+    tk[drop] = len(vocab)
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, 1000, (batch,))
+    xt = sched.add_noise(x0, noise, t)
+    loss = torch.nn.functional.mse_loss(predict(xt, t, cond(tk)), x0)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([*unet.parameters(), *cond.parameters()], 1.0)
+    opt.step()
+    if step % 50 == 0 or step == steps - 1:
+        print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
+train_s = time.time() - t0
+
+# Sample 48 training prompts, 25 DDIM steps, guidance 3.
+unet.eval()
+ddim = DDIMScheduler(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="sample",
+    timestep_spacing="trailing",
+    clip_sample=True,
+)
+ddim.set_timesteps(25)
+pick = np.random.default_rng(1).choice(len(rows), 48, replace=False)
+g = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    ctx = cond(tok[pick])
+    null = cond(torch.full_like(tok[pick], len(vocab)))
+    z = torch.randn((48, 3, T, S, S), generator=g)
+    for t in ddim.timesteps:
+        tt = torch.full((48,), int(t))
+        c, u = predict(z, tt, ctx), predict(z, tt, null)
+        z = ddim.step(u + 3.0 * (c - u), t, z).prev_sample
+samples = ((z.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
+targets = [rows[i] for i in pick]
+measured = measure_clips(samples, [r["scene"] for r in targets], sprite_scale=cfg.sprite_scale)
+result = summarize(score(measured, targets))
+result.update(
+    arch=arch + ("+xy" if xy else ""),
+    steps=steps,
+    batch=batch,
+    lr=lr,
+    train_s=round(train_s),
+    final_loss=round(loss.item(), 4),
+)
+print(json.dumps(result), flush=True)
+tag = f"{arch}{'_xy' if xy else ''}_{steps}_{batch}"
+np.save(f"/tmp/probe_{tag}.npy", samples)
+grid = np.concatenate([np.concatenate(list(samples[i]), axis=1) for i in range(8)], axis=0)
+real = np.concatenate([np.concatenate(list(clips[i]), axis=1) for i in pick[:8]], axis=0)
+Image.fromarray(np.concatenate([real, grid], axis=1)).resize((T * S * 2 * 4, 8 * S * 4), Image.NEAREST).save(
+    f"/tmp/probe_{tag}.png"
+)
