@@ -9,7 +9,8 @@ by SpriteWorld's identity measure. Prints one JSON line; writes the samples besi
 
 LAYOUT: `stack` (tiny's FrameStackUNet layout: frames stacked along the channels), `frames` (a 2-D UNet
 per frame, frames as the batch, the frame index as a class embedding), `frames_small` (the same at half
-the width); a `+xy` suffix adds two coordinate channels to the input.
+the width); a `+clip` suffix gives each frame's UNet the whole noisy clip as input channels too, a `+xy`
+suffix two coordinate channels (`frames_small+clip+xy`).
 """
 
 import json
@@ -33,6 +34,10 @@ torch.set_num_threads(2)
 arch, steps, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 xy = arch.endswith("+xy")  # coordinate channels (CoordConv): where a pixel is, for a network that must place things
 arch = arch.removesuffix("+xy")
+# +clip: each frame's UNet also sees the whole noisy clip (its frames stacked as input channels), the
+# cheapest way for the per-frame layout to look across frames
+whole = arch.endswith("+clip")
+arch = arch.removesuffix("+clip")
 extra = 2 if xy else 0
 lr = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3
 params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
@@ -93,7 +98,7 @@ else:
     width = (32, 64, 64) if arch == "frames_small" else (64, 128, 128)
     unet = UNet2DConditionModel(
         sample_size=S,
-        in_channels=3 + extra,
+        in_channels=3 + extra + (3 * T if whole else 0),
         out_channels=3,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -120,6 +125,9 @@ def predict(xt, t, ctx):
     flat = xt.permute(0, 2, 1, 3, 4).reshape(b * T, 3, S, S)
     if xy:
         flat = torch.cat([flat, coords.expand(b * T, -1, -1, -1)], 1)
+    if whole:
+        clip = xt.reshape(b, 1, 3 * T, S, S).expand(b, T, -1, -1, -1).reshape(b * T, 3 * T, S, S)
+        flat = torch.cat([flat, clip], 1)
     frame = torch.arange(T).repeat(b)
     out = unet(flat, t.repeat_interleave(T), ctx.repeat_interleave(T, 0), class_labels=frame).sample
     return out.reshape(b, T, 3, S, S).permute(0, 2, 1, 3, 4)
@@ -175,7 +183,7 @@ targets = [rows[i] for i in pick]
 measured = measure_clips(samples, [r["scene"] for r in targets], sprite_scale=cfg.sprite_scale)
 result = summarize(score(measured, targets))
 result.update(
-    arch=arch + ("+xy" if xy else ""),
+    arch=arch + ("+clip" if whole else "") + ("+xy" if xy else ""),
     steps=steps,
     batch=batch,
     lr=lr,
@@ -183,7 +191,7 @@ result.update(
     final_loss=round(loss.item(), 4),
 )
 print(json.dumps(result), flush=True)
-tag = f"{arch}{'_xy' if xy else ''}_{steps}_{batch}"
+tag = f"{arch}{'_clip' if whole else ''}{'_xy' if xy else ''}_{steps}_{batch}"
 np.save(f"/tmp/probe_{tag}.npy", samples)
 grid = np.concatenate([np.concatenate(list(samples[i]), axis=1) for i in range(8)], axis=0)
 real = np.concatenate([np.concatenate(list(clips[i]), axis=1) for i in pick[:8]], axis=0)
