@@ -128,7 +128,8 @@ def dvc_changed(root: Path) -> set[str]:
     """The stages `dvc status` reports changed (deps, params, outs or command; no lock entry)."""
     out = _dvc(root, "status", "--json")
     if out.returncode != 0:
-        raise VimiError(f"dvc status failed: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+        said = (out.stderr or out.stdout).strip().splitlines()
+        raise VimiError(f"dvc status failed: {said[-1] if said else f'exit code {out.returncode}'}")
     text = out.stdout.strip()
     return {name.split(":")[-1] for name in (json.loads(text) if text else {})}
 
