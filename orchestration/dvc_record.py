@@ -36,6 +36,7 @@ import yaml
 from orchestration import versions
 from vimi.config import Settings, load_params
 from vimi.errors import VimiError
+from vimi.io.files import write_json
 from vimi.steps import STEPS, Step, upstream_closure
 
 STATE = ".dvc/tmp/dagster-record.json"
@@ -96,8 +97,6 @@ def _read_state(root: Path) -> dict[str, str]:
 
 
 def _write_state(root: Path, state: dict[str, str]) -> None:
-    from vimi.steps import write_json
-
     write_json(root / STATE, state)
 
 
@@ -215,28 +214,26 @@ def stale(instance: Any = None) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["sync"]:
-        try:
+    if argv[:1] not in (["sync"], ["stale"]):
+        print("usage: python -m orchestration.dvc_record sync | stale [--json]", file=sys.stderr)
+        return 2
+    try:
+        if argv[0] == "sync":
             reported = sync()
-        except VimiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(f"Recorded in Dagster what dvc repro made: {', '.join(reported)}." if reported else "Nothing to record.")
-        return 0
-    if argv[:1] == ["stale"]:
-        try:
-            status = stale()
-        except VimiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        if "--json" in argv:
-            print(json.dumps(status))
-        else:
-            shown = [step.name for step in STEPS if status.get(step.name, "FRESH") != "FRESH"]  # graph order
-            print("\n".join(f"{name}: {status[name]}" for name in shown) or "Nothing is stale.")
-        return 0
-    print("usage: python -m orchestration.dvc_record sync | stale [--json]", file=sys.stderr)
-    return 2
+            print(
+                f"Recorded in Dagster what dvc repro made: {', '.join(reported)}." if reported else "Nothing to record."
+            )
+            return 0
+        status = stale()
+    except VimiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if "--json" in argv:
+        print(json.dumps(status))
+    else:
+        shown = [step.name for step in STEPS if status.get(step.name, "FRESH") != "FRESH"]  # graph order
+        print("\n".join(f"{name}: {status[name]}" for name in shown) or "Nothing is stale.")
+    return 0
 
 
 if __name__ == "__main__":

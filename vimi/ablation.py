@@ -26,6 +26,7 @@ from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
 from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons
 from vimi.io import lance_io
+from vimi.io.files import write_json
 
 EXPERIMENT = "vimi-ablation"
 
@@ -116,9 +117,7 @@ def _run(
     settings.parent_run_id = state["parent_run_id"]
 
     def save_state() -> None:
-        tmp = state_file.with_name(".ablation.json.tmp")
-        tmp.write_text(json.dumps(state, indent=1, default=str))
-        tmp.replace(state_file)
+        write_json(state_file, state)
 
     def step(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if name in state["steps"]:
@@ -284,8 +283,5 @@ def write_report(state: dict[str, Any], report: Path) -> str:
     tmp = report.with_name(f".{report.name}.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(report)
-    json_path = report.with_suffix(".json")
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(state, indent=1, default=str) + "\n")
-    tmp.replace(json_path)
+    write_json(report.with_suffix(".json"), state)
     return table

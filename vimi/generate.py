@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 
 from vimi.config import Settings
 from vimi.errors import VimiError
+from vimi.io.files import write_json
 from vimi.models.encoder import IMAGE_PLACEHOLDER
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -85,15 +84,6 @@ def order_images(prompt: str, placed: str, images: Sequence[np.ndarray], frames:
 def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def sidecar_path(out: Path) -> Path:
@@ -199,7 +189,7 @@ def generate_video(
         "created": datetime.now(timezone.utc).isoformat(),
     }
     try:
-        _write_json(sidecar_path(out), sidecar)
+        write_json(sidecar_path(out), sidecar)
     except OSError:
         out.unlink(missing_ok=True)  # a video without its provenance is not left behind
         raise

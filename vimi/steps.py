@@ -14,25 +14,16 @@ the stages downstream depend on the suite having passed.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from vimi import pipeline
 from vimi.config import Settings
+from vimi.io.files import write_json
 
 # Where DVC's stages write, whatever VIMI_DATA_DIR says elsewhere: the paths dvc.yaml tracks.
 DVC_ENV = "VIMI_DATA_DIR=data"
-
-
-def write_json(path: Path, value: Any) -> None:
-    """A small JSON file, whole or not at all (a temporary file moved into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def figures(*keys: str) -> Callable[[dict[str, Any]], dict[str, Any]]:

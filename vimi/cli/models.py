@@ -33,7 +33,8 @@ def promote_cmd(
 
     decision = promote_model(_step_settings("champion_model", profile), version)
     if report:
-        from vimi.steps import STEP, write_json
+        from vimi.io.files import write_json
+        from vimi.steps import STEP
 
         write_json(report, STEP["champion_model"].report(decision))
     verdict = "promoted to @champion" if decision["promoted"] else "not promoted"

@@ -48,7 +48,8 @@ def _training_summary(meta: dict[str, Any], what: str) -> str:
 def _write_metrics(path: Optional[Path], meta: dict[str, Any], step: str) -> None:
     """The step's figures file (the step map's report of its result), where --metrics asks."""
     if path:
-        from vimi.steps import STEP, write_json
+        from vimi.io.files import write_json
+        from vimi.steps import STEP
 
         write_json(path, STEP[step].report(meta))
 
