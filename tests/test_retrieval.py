@@ -146,6 +146,18 @@ def test_empty_and_stopword_queries(five_docs):
     assert searcher.search("the and of a", k=3) == []
 
 
+def test_a_query_beyond_the_clause_limit_is_truncated_and_k_capped(five_docs):
+    memory, index = five_docs
+    searcher = BM25Searcher(index, memory)
+    plain = searcher.search("dravok star", k=3)
+    assert not plain.truncated
+    long = searcher.search("dravok star " + " ".join(f"zq{i}x" for i in range(5000)), k=3)
+    assert long.truncated and long == plain  # the unknown words score nothing; the first terms are kept
+    cut = searcher.search(" ".join(f"zq{i}x" for i in range(1030)) + " dravok", k=3)
+    assert cut.truncated and cut == []  # "dravok" was the 1,031st distinct term
+    assert searcher.search("dravok star", k=10**9) == searcher.search("dravok star", k=5)  # k capped, no OOM
+
+
 def test_ties_are_broken_by_memory_row(tmp_path):
     memory, index = tmp_path / "m.lance", tmp_path / "bm25"
     write_memory(memory, ["same words here"] * 40 + ["other"])
@@ -209,17 +221,22 @@ def test_empty_caption_and_no_hit_clips_are_kept_and_flagged(settings):
     base = lance.dataset(str(generate_world(settings, parts=("videos",))["videos"]["path"])).to_table()
     captions = base.column("caption").to_pylist()
     captions[0], captions[1] = "   ", "the and of !!"
+    # more distinct terms than Lucene's clause limit (1,024): searched by its first terms, flagged
+    captions[2] = captions[2] + " " + " ".join(f"zq{i}x" for i in range(3000))
     table = base.set_column(base.schema.get_field_index("caption"), "caption", pa.array(captions))
     lance.write_dataset(table, str(settings.path("videos")), mode="overwrite")
     build_bm25_index(settings)
     meta = augment_videos(settings)
     assert meta["rows"] == 24
-    assert meta["figures"]["flags"] == {"empty_caption": 1, "no_hit": 1, "ok": 22}
+    assert meta["figures"]["flags"] == {"empty_caption": 1, "no_hit": 1, "ok": 21, "query_truncated": 1}
     flagged = {
         r["clip_id"]: r
         for r in lance.dataset(str(settings.path("augmented"))).to_table().to_pylist()
         if r["flag"] != "ok"
     }
+    truncated = [r for r in flagged.values() if r["flag"] == "query_truncated"]
+    assert len(truncated) == 1 and truncated[0]["num_hits"] == truncated[0]["k"]  # its subject still found
+    del flagged[truncated[0]["clip_id"]]
     assert {r["flag"] for r in flagged.values()} == {"empty_caption", "no_hit"}
     assert all(r["num_hits"] == 0 and r["memory_ids"] == [] for r in flagged.values())
     report = validate_dataset(settings, "retrieval")  # kept rows, but coverage 22/24 < 0.99: the gate says so

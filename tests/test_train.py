@@ -246,11 +246,18 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     proc.wait()
     killed_run = json.loads((ckpt / "run.json").read_text())
     assert not killed_run["finished"]
+    # The newest checkpoint cut short (a zero-length weights file) and a history row cut half-way: the
+    # resume skips to the checkpoint before it, and the weights still come out the same.
+    newest = sorted(ckpt.glob("step-*"))[-1]
+    (newest / "model.safetensors").write_bytes(b"")
+    with (ckpt / "history.csv").open("a") as f:
+        f.write("15,0.1")
 
     out = subprocess.run(VIMI + ["train", "stage1", "--resume", "--json"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     meta = json.loads(out.stdout)
-    assert meta["resumed_from"].endswith(("step-0000008", "step-0000012"))
+    assert f"Checkpoint {newest.name} (" in out.stderr and "unreadable; skipped" in out.stderr
+    assert int(meta["resumed_from"][-7:]) == int(newest.name[-7:]) - 4
     assert meta["run_id"] == killed_run["run_id"] != first_run  # the same MLflow run, continued
     resumed = _weights(settings.model_path("stage1"))
     assert resumed.keys() == uninterrupted.keys()
@@ -276,6 +283,13 @@ def test_kill_and_resume_equals_an_uninterrupted_run(project):
     # Nothing left to resume now: --resume says so in one sentence.
     again = subprocess.run(VIMI + ["train", "stage1", "--resume"], env=env, capture_output=True, text=True)
     assert again.returncode == 2 and "Nothing to resume" in again.stderr and "Traceback" not in again.stderr
+
+    # A run.json cut short by a kill is no run: training starts afresh, no traceback.
+    (ckpt / "run.json").write_text('{"fingerprint": "ab')
+    fresh = subprocess.run(VIMI + ["train", "stage1", "--json"], env=env, capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert json.loads(fresh.stdout)["resumed_from"] is None
+    assert json.loads((ckpt / "run.json").read_text())["finished"] is True
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(project):

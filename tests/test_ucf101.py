@@ -182,6 +182,12 @@ def test_split_errors(layout, tmp_path):
         UCF101(root, split="train")
     with pytest.raises(VimiError, match=r"split list .*testlist02\.txt does not exist"):
         UCF101(root, split="test", fold=2)
+    # lines that would reach out of the videos folder are refused, naming the line
+    (tmp_path / "secret.avi").write_bytes(b"not for us")
+    for rel in ("Typing/../../secret.avi", "Typing/./v.avi", "Typing//v.avi", "C:/Typing/v.avi"):
+        (lists / "trainlist01.txt").write_text(f"Typing/v_Typing_g08_c01.avi 3\n{rel} 3\n")
+        with pytest.raises(VimiError, match=r"line 2: .* is not a path inside the videos folder"):
+            UCF101(root, split="train")
     for fold in (0, 4, "1"):
         with pytest.raises(VimiError, match="fold must be 1, 2 or 3"):
             UCF101(root, fold=fold)

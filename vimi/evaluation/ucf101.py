@@ -235,6 +235,11 @@ class UCF101:
             rel = parts[0].replace("\\", "/").lstrip("/")
             if "/" not in rel:
                 raise VimiError(f"{path} line {n}: {rel!r} has no class folder (expected '<Class>/<video>.avi').")
+            if any(part in ("", ".", "..") for part in rel.split("/")) or ":" in rel or "\0" in rel:
+                # a list must name files inside the videos folder, never reach out of it
+                raise VimiError(
+                    f"{path} line {n}: {rel!r} is not a path inside the videos folder (expected '<Class>/<video>.avi')."
+                )
             class_name = rel.split("/", 1)[0]
             if class_name not in self.class_to_index:
                 raise VimiError(

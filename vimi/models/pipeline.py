@@ -19,6 +19,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from vimi.errors import VimiError
+from vimi.io.files import recover_dir
 from vimi.models.denoiser import condition_channels, denoise, frame_conditioning
 from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
 
@@ -200,6 +201,7 @@ def save_videos(frames: np.ndarray, out: str | Path, fps: float = 8.0, formats: 
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ViMiPipeline:
     path = Path(path)
+    recover_dir(path)  # a swap killed half-way left the previous pipeline aside
     if not (path / "model_index.json").is_file():
         raise VimiError(f"{path} is not a ViMi pipeline directory (no model_index.json). Train one first "
                         "(vimi train stage1).")

@@ -20,7 +20,9 @@ from vimi.progress import progress
 from vimi.retrieval.bm25 import BM25Searcher, open_searcher
 
 FLAG_OK, FLAG_EMPTY, FLAG_NO_HIT, FLAG_FEW = "ok", "empty_caption", "no_hit", "fewer_than_k"
-FLAGS = (FLAG_OK, FLAG_EMPTY, FLAG_NO_HIT, FLAG_FEW)
+# a caption with more distinct terms than Lucene's clause limit: its first terms were searched
+FLAG_TRUNCATED = "query_truncated"
+FLAGS = (FLAG_OK, FLAG_EMPTY, FLAG_NO_HIT, FLAG_FEW, FLAG_TRUNCATED)
 
 AUGMENTED_SCHEMA = pa.schema(
     [
@@ -31,7 +33,7 @@ AUGMENTED_SCHEMA = pa.schema(
         pa.field("scores", pa.list_(pa.float32()), nullable=False),  # BM25, non-increasing
         pa.field("ranks", pa.list_(pa.int32()), nullable=False),  # 1..num_hits
         pa.field("num_hits", pa.int32(), nullable=False),
-        pa.field("flag", pa.string(), nullable=False),  # ok | empty_caption | no_hit | fewer_than_k
+        pa.field("flag", pa.string(), nullable=False),  # one of FLAGS
         pa.field("k", pa.int32(), nullable=False),
         # provenance
         pa.field("memory_path", pa.string(), nullable=False),
@@ -51,6 +53,8 @@ def _rows(
         for clip_id, caption, hits in zip(ids, captions, results):
             if not (caption or "").strip():
                 flag = FLAG_EMPTY
+            elif getattr(hits, "truncated", False):
+                flag = FLAG_TRUNCATED
             elif not hits:
                 flag = FLAG_NO_HIT
             else:
@@ -85,6 +89,7 @@ def augment(
         "index_id": info.index_id,
         "videos_version": videos.version,
     }
+    requested, k = k, min(k, max(searcher.num_docs, 1))  # a memory of 5 documents has no 6th to return
     n = videos.count_rows()
     batches = videos.to_batches(columns=["id", "caption"], batch_size=batch_rows)
     rows = progress(
@@ -104,6 +109,7 @@ def augment(
         "rows": result.total_rows,
         "version": result.version,
         "k": k,
+        **({"k_requested": requested} if requested != k else {}),
         "seconds": round(seconds, 2),
         "clips_per_s": round(result.total_rows / seconds, 1),
         **provenance,

@@ -33,6 +33,7 @@ import numpy as np
 from vimi.config import dataset_location
 from vimi.errors import VimiError
 from vimi.io import lance_io
+from vimi.io.files import recover_dir, replace_dir
 from vimi.parallel import ordered_map
 from vimi.progress import counter
 from vimi.retrieval.java import start_jvm
@@ -62,11 +63,17 @@ class IndexInfo:
 
     @classmethod
     def load(cls, index_dir: Path) -> "IndexInfo":
-        _recover(Path(index_dir))
+        recover_dir(Path(index_dir))
         path = Path(index_dir) / INFO_FILE
         if not path.is_file():
             raise VimiError(f"No BM25 index at {index_dir}. Build it with `vimi index build`.")
-        return cls(**json.loads(path.read_text()))
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:  # cut short, or written by another version
+            raise VimiError(
+                f"The BM25 index at {index_dir} is unreadable ({INFO_FILE}: {type(exc).__name__}). Rebuild it with"
+                " `vimi index build`."
+            ) from None
 
 
 class Hit(NamedTuple):
@@ -74,13 +81,6 @@ class Hit(NamedTuple):
     score: float
     rank: int
     row: int  # row of the memory version the index was built from
-
-
-def _recover(index_dir: Path) -> None:
-    """A build killed between its two renames leaves the previous index as .old: put it back."""
-    old = index_dir.with_name(f".{index_dir.name}.old")
-    if not index_dir.exists() and old.exists():
-        old.rename(index_dir)
 
 
 def index_size(index_dir: Path) -> int:
@@ -172,7 +172,7 @@ def build_index(
     is built beside it and moved into place only when complete."""
     start_time = time.perf_counter()
     index_dir = Path(index_dir)
-    _recover(index_dir)
+    recover_dir(index_dir)
     for stale in index_dir.parent.glob(f".{index_dir.name}.tmp-*"):  # left by a killed build
         shutil.rmtree(stale, ignore_errors=True)
     ds = lance_io.open_dataset(memory_uri, "memory", "Build it first (vimi world generate or vimi memory build).")
@@ -214,12 +214,7 @@ def build_index(
             timings=timings,
         )
         (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
-        old = index_dir.with_name(f".{index_dir.name}.old")
-        if index_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            index_dir.rename(old)
-        tmp.rename(index_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, index_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
@@ -239,6 +234,13 @@ def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path) -> list[str]:
     if ids_digest(ids) != info.memory_ids_sha256:
         raise VimiError(f"{stale}, with other rows. Rebuild it: `vimi index build`.")
     return ids
+
+
+class Hits(list):
+    """A query's hits, best first; ``truncated`` when the query had more distinct terms than Lucene's
+    clause limit and only the first ones were searched."""
+
+    truncated = False
 
 
 class BM25Searcher:
@@ -272,25 +274,52 @@ class BM25Searcher:
         """The terms the index sees for ``text`` (after tokenizing, stopwords, stemming)."""
         return [str(t) for t in _jclass("io.anserini.analysis.AnalyzerUtils").analyze(self._analyzer, text).toArray()]
 
-    def search(self, text: str, k: int) -> list[Hit]:
-        """The k best documents for ``text``: BM25 score descending, then memory row ascending."""
+    def search(self, text: str, k: int) -> Hits:
+        """The k best documents for ``text``: BM25 score descending, then memory row ascending. A k
+        beyond the memory's size is the memory's size; a query with more distinct terms than Lucene's
+        clause limit searches its first terms (``Hits.truncated``)."""
         if k < 1:
             raise ValueError("k must be >= 1")
+        hits = Hits()
         if not text or not text.strip():
-            return []
-        query = self._generator.buildQuery(FIELD, self._analyzer, text)
+            return hits
+        k = min(k, max(self.num_docs, 1))  # the collector allocates k slots up front
+        try:
+            query = self._generator.buildQuery(FIELD, self._analyzer, text)
+        except Exception as exc:  # jnius.JavaException: IndexSearcher$TooManyClauses
+            if "TooManyClauses" not in f"{getattr(exc, 'classname', '')} {exc}":
+                raise
+            query, hits.truncated = self._truncated_query(text), True
         # Counting stops at k hits, so block-max WAND skips from the start (IndexSearcher.search(q, k)
         # counts 1,000 first); the hits are the same.
         collector = self._new_collector(k, k)
         self._searcher.search(query, self._cast("org.apache.lucene.search.Collector", collector))
         ids, rows = self._ids, self._rows
-        hits = []
         for rank, doc in enumerate(collector.topDocs().scoreDocs, start=1):
             row = doc.doc if rows is None else int(rows[doc.doc])
             hits.append(Hit(ids[row], doc.score, rank, row))
         return hits
 
-    def batch_search(self, texts: Sequence[str], k: int, threads: int = 2) -> list[list[Hit]]:
+    def _truncated_query(self, text: str):
+        """The bag-of-words query of ``text``'s first distinct terms, as many as Lucene allows, each
+        boosted by its count in the whole text (as Anserini's generator boosts)."""
+        limit = int(_jclass("org.apache.lucene.search.IndexSearcher").getMaxClauseCount())
+        counts: dict[str, int] = {}
+        for term in self.analyze(text):
+            if term in counts or len(counts) < limit:
+                counts[term] = counts.get(term, 0) + 1
+        builder = _jclass("org.apache.lucene.search.BooleanQuery$Builder")()
+        should = _jclass("org.apache.lucene.search.BooleanClause$Occur").SHOULD
+        term_query, boost_query = (
+            _jclass("org.apache.lucene.search.TermQuery"),
+            _jclass("org.apache.lucene.search.BoostQuery"),
+        )
+        term_class = _jclass("org.apache.lucene.index.Term")
+        for term, count in counts.items():
+            builder.add(boost_query(term_query(term_class(FIELD, term)), float(count)), should)
+        return builder.build()
+
+    def batch_search(self, texts: Sequence[str], k: int, threads: int = 2) -> list[Hits]:
         """search() over many texts, in order, on ``threads`` threads each taking a contiguous slice
         (pyjnius lets Java run outside the GIL; one task per slice keeps Python's share small)."""
         threads = max(1, min(threads, len(texts)))

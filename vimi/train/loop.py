@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from vimi.errors import VimiError
+from vimi.io.files import read_json, replace_dir, write_json, write_text
 from vimi.progress import counter
 
 RESUME_MODES = ("auto", "always", "never")
@@ -177,8 +179,7 @@ def _save_checkpoint(root: Path, step: int, model, ema, optimizer, scheduler, st
         tmp / "trainer_state.pt",
     )
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    replace_dir(tmp, final)
     for old in _checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -187,13 +188,28 @@ def _save_checkpoint(root: Path, step: int, model, ema, optimizer, scheduler, st
 def _load_checkpoint(path: Path, model, ema, optimizer, scheduler) -> dict[str, Any]:
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    # Every file is read before anything is loaded, so a checkpoint that fails to read changes nothing.
+    weights = load_file(path / "model.safetensors")
     trainer = torch.load(path / "trainer_state.pt", weights_only=True, map_location="cpu")
+    shadow = load_file(path / "ema.safetensors")
+    state = json.loads((path / "state.json").read_text())
+    model.load_state_dict(weights)
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
-    shadow = load_file(path / "ema.safetensors")
     ema.load_state_dict({**trainer["ema"], "shadow_params": [shadow[str(i)] for i in range(len(shadow))]})
-    return json.loads((path / "state.json").read_text())
+    return state
+
+
+def _history_step(line: str) -> int | None:
+    """The step of a history.csv row, None for a row a kill cut short."""
+    fields = line.split(",")
+    if len(fields) != HISTORY_HEADER.count(",") + 1:
+        return None
+    try:
+        float(fields[-1])
+        return int(fields[0])
+    except ValueError:
+        return None
 
 
 def _fingerprint(task: Task, cfg: LoopConfig) -> str:
@@ -228,7 +244,9 @@ def train(
     run_file = checkpoint_dir / "run.json"
 
     # What to resume: an unfinished run of the same configuration.
-    run_info = json.loads(run_file.read_text()) if run_file.is_file() else {}
+    run_info = read_json(run_file, {})  # an unreadable run.json (cut short by a kill) is no run
+    if not isinstance(run_info, dict):
+        run_info = {}
     resumable = (
         run_info.get("fingerprint") == fingerprint
         and not run_info.get("finished")
@@ -260,9 +278,28 @@ def train(
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True)
     start_step, resumed_from = 0, None
     if run_info:
-        last = _checkpoints(checkpoint_dir)[-1]
-        state = _load_checkpoint(last, model, ema, optimizer, scheduler)
-        start_step, resumed_from = int(state["step"]), str(last)
+        # The newest checkpoint that reads whole: one cut short (a zero-length file, a full disk) is
+        # skipped for the one before it.
+        unreadable = []
+        for last in reversed(_checkpoints(checkpoint_dir)):
+            try:
+                state = _load_checkpoint(last, model, ema, optimizer, scheduler)
+            except Exception as exc:  # safetensors, torch.load and json each fail in their own way
+                unreadable.append(f"{last.name} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+                continue
+            start_step, resumed_from = int(state["step"]), str(last)
+            break
+        for bad in unreadable:
+            print(f"Checkpoint {bad} in {checkpoint_dir} is unreadable; skipped.", file=sys.stderr, flush=True)
+        if resumed_from is None:
+            if resume == "always":
+                raise VimiError(
+                    f"Nothing to resume in {checkpoint_dir}: no checkpoint reads whole ({'; '.join(unreadable)})."
+                    " Run without --resume to start afresh."
+                )
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            checkpoint_dir.mkdir(parents=True)
+            run_info = {}
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     ema.to(device)
 
@@ -273,13 +310,13 @@ def train(
         kept = [
             line
             for line in (history.read_text().splitlines()[1:] if run_info and history.is_file() else [])
-            if int(line.split(",", 1)[0]) <= start_step
+            if _history_step(line) is not None and _history_step(line) <= start_step
         ]
-        history.write_text("\n".join([HISTORY_HEADER, *kept]) + "\n")
+        write_text(history, "\n".join([HISTORY_HEADER, *kept]) + "\n")
     run_id = tracker.start(run_info.get("run_id")) if tracker and accelerator.is_main_process else None
     run_info = {"fingerprint": fingerprint, "run_id": run_id, "finished": False, "task": task.name}
     if accelerator.is_main_process:
-        run_file.write_text(json.dumps(run_info, indent=1))
+        write_json(run_file, run_info)
 
     sampler = MicroBatches(
         len(task.dataset),
@@ -423,10 +460,9 @@ def train(
                 tracker.sample(frames, cfg.steps)
         shutil.copyfile(history, tmp / "loss.csv")  # the loss curve (DVC plots, the run report)
         (tmp / "training.json").write_text(json.dumps(summary, indent=1))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
+        replace_dir(tmp, out_dir)
         ema.restore(params)
-        run_file.write_text(json.dumps({**run_info, "finished": True}, indent=1))
+        write_json(run_file, {**run_info, "finished": True})
         if tracker:
             tracker.finish(out_dir, summary)
     accelerator.wait_for_everyone()
