@@ -273,6 +273,26 @@ def test_cli_json_summary(project, shards):
     assert lance.dataset(str(project / "other.lance")).count_rows() == 5
 
 
+def test_a_second_ingest_of_the_same_dataset_refuses_naming_the_first(project, settings, shards):
+    """Two ingests of the same dataset (or an ingest beside the pipeline's memory step) would both commit
+    the same ids: the second refuses in one sentence naming the first, and writes nothing."""
+    from vimi.locks import step_lock
+
+    args = [sys.executable, "-m", "vimi", "memory", "ingest", "-f", "webdataset", str(shards)]
+    with step_lock(settings.data_dir / ".locks", "memory"):  # the pipeline's memory step holds it
+        out = subprocess.run(args, capture_output=True, text=True)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert f"Another run of the memory step is in progress on these outputs (pid {os.getpid()}" in out.stderr
+        assert not settings.path("memory").exists()
+        other = subprocess.run([*args, "--out", str(project / "other.lance")], capture_output=True, text=True)
+        assert other.returncode == 0, other.stderr  # another dataset: its own lock
+    assert subprocess.run(args, capture_output=True, text=True).returncode == 0  # released: it runs
+    videos = [sys.executable, "-m", "vimi", "videos", "ingest", "--csv", "x.csv", "--videos", "clips"]
+    with step_lock(settings.data_dir / ".locks", "videos"):
+        out = subprocess.run(videos, capture_output=True, text=True)
+    assert out.returncode == 2 and "Another run of the videos step is in progress" in out.stderr
+
+
 def test_cli_missing_source_is_one_clear_line(project):
     out = subprocess.run(
         [sys.executable, "-m", "vimi", "memory", "ingest", "--format", "webdataset", str(project / "missing.tar")],

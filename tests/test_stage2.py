@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -261,6 +262,42 @@ def test_pyfunc_predicts_in_process_with_images_and_context_frames(env):
 
     with pytest.raises(MlflowException, match=r"1 <image> placeholder\(s\) but 0 image\(s\)"):
         model.predict(pd.DataFrame({"prompt": ["<image> a star"]}), params={"num_inference_steps": 1})
+    # every bound is checked before work starts, each answered with its own sentence (served: 400)
+    one = pd.DataFrame({"prompt": ["a star"]})
+    for params, pattern in BAD_PARAMS:
+        with pytest.raises(MlflowException, match=pattern) as err:
+            model.predict(one, params={"num_inference_steps": 1, **params})
+        assert err.value.get_http_status_code() == 400
+    for request, pattern in bad_rows(b64):
+        with pytest.raises(MlflowException, match=pattern) as err:
+            model.predict(request, params={"num_inference_steps": 1})
+        assert err.value.get_http_status_code() == 400
+
+
+BAD_PARAMS = [
+    ({"num_frames": 10**6}, r"num_frames must be 1\.\.8 \(this model's clip length\), got 1000000"),
+    ({"num_frames": -3}, r"num_frames must be 1\.\.8 .*got -3"),
+    ({"num_inference_steps": 10**7}, r"num_inference_steps must be 1\.\.1000, got 10000000"),
+    ({"num_inference_steps": -1}, r"num_inference_steps must be 1\.\.1000, got -1"),
+    ({"guidance_scale": float("nan")}, r"guidance_scale must be a number in 0\.\.100, got nan"),
+    ({"guidance_scale": 1e9}, r"guidance_scale must be a number in 0\.\.100"),
+    ({"format": "avi"}, r"format must be mp4 or gif"),
+]
+
+
+def bad_rows(b64: str) -> list:
+    bomb = io.BytesIO()
+    Image.new("RGB", (5000, 5000)).save(bomb, format="PNG")  # ~75 MB decoded from a file of ~70 KB
+    return [
+        (pd.DataFrame({"prompt": ["a star"] * 17}), r"A request holds 1 to 16 rows, got 17"),
+        (pd.DataFrame({"prompt": ["<image> a"], "images": [["not base64!"]]}), r"Row 0: images\[0\] is not base64\."),
+        (
+            pd.DataFrame({"prompt": ["<image> a"], "images": [[base64.b64encode(bomb.getvalue()).decode()]]}),
+            r"images\[0\] is 5000×5000 pixels; at most 16,777,216 are read",
+        ),
+        (pd.DataFrame({"prompt": ["<image>" * 100], "images": [[b64] * 100]}), r"100 images; .* at most \d+ images"),
+        (pd.DataFrame({"prompt": ["x" * 20000]}), r"20000 characters; at most 10000 are read"),
+    ]
 
 
 # ---- bad input ------------------------------------------------------------------------------------
@@ -275,6 +312,8 @@ def test_bad_generation_input_gets_a_clear_error_and_leaves_nothing(env, tmp_pat
     text.write_text("not an image")
     short = write_video(real_clip_frames("carphone", frames=3, max_side=32), tmp_path / "short.mp4")
     image = _png(tmp_path / "ok.png")
+    bomb = tmp_path / "bomb.png"
+    Image.new("RGB", (5000, 5000)).save(bomb)
     cases = [
         (dict(prompt="<image> x", images=[tmp_path / "missing.png"]), r"Cannot read image .*missing\.png"),
         (dict(prompt="<image> x", images=[text]), r"Image .*notes\.png is not a readable image"),
@@ -296,6 +335,12 @@ def test_bad_generation_input_gets_a_clear_error_and_leaves_nothing(env, tmp_pat
             dict(prompt="x", model=str(env["settings"].model_path("stage1")), video=short, context_frames=1),
             r"not trained for video prediction",
         ),
+        (dict(prompt="x", num_frames=0), r"--frames must be >= 1, got 0 \(leave it out for the model's length\)"),
+        (dict(prompt="x", num_frames=-2), r"--frames must be >= 1, got -2"),
+        (dict(prompt="x", num_frames=10**6), r"num_frames must be 1\.\.8 \(this model's clip length\)"),
+        (dict(prompt="x", steps=10**6), r"num_inference_steps must be 1\.\.1000, got 1000000"),
+        (dict(prompt="x", guidance_scale=float("nan")), r"--guidance must be a finite number, got nan"),
+        (dict(prompt="<image> x", images=[bomb]), r"bomb\.png is 5000×5000 pixels; at most 16,777,216 are read"),
     ]
     for kwargs, pattern in cases:
         args = {"model": f"models:/{NAME}/1", **kwargs}
@@ -382,9 +427,86 @@ def test_mlflow_serves_the_champion_on_loopback(env):
         video = answer["predictions"][0]
         frames, _ = decode_container(base64.b64decode(video["video"]))
         assert frames.shape == (8, 16, 16, 3) and video["num_frames"] == 8
+        _load_test(port, server.pid, base64.b64encode(png.getvalue()).decode())
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _load_test(port: int, server_pid: int, b64: str) -> None:
+    """8 concurrent clients on loopback, 3 requests each, good and bad mixed: every bad one answers
+    400 with one line naming the field, every good one a correct clip, none 500; the server's memory
+    stays under 3 GiB throughout."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import psutil
+
+    good = {
+        "dataframe_records": [{"prompt": "a star moves left"}],
+        "params": {"num_inference_steps": 2, "format": "gif"},
+    }
+    bad = [
+        ({"dataframe_records": [{"prompt": "x"}], "params": {"num_frames": 10**6}}, "num_frames must be 1..8"),
+        ({"dataframe_records": [{"prompt": "x"}], "params": {"num_inference_steps": -5}}, "num_inference_steps"),
+        ({"dataframe_records": [{"prompt": "x"}], "params": {"guidance_scale": 1e12}}, "guidance_scale"),
+        ({"dataframe_records": [{"prompt": "x"}] * 40}, "A request holds 1 to 16 rows"),
+        ({"dataframe_records": [{"prompt": "<image> x", "images": ["@@@"]}]}, "is not base64"),
+    ]
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        tree = psutil.Process(server_pid)
+        while not done.is_set():
+            try:
+                rss = sum(p.memory_info().rss for p in [tree, *tree.children(recursive=True)])
+            except psutil.Error:
+                rss = 0
+            peak[0] = max(peak[0], rss)
+            time.sleep(0.2)
+
+    def client(c: int) -> list[tuple[str, int, dict]]:
+        out = []
+        for r in range(3):
+            if (c + r) % 2 == 0:
+                out.append(("good", *_post(port, good)))
+            else:
+                body, expect = bad[(c + r) % len(bad)]
+                out.append((expect, *_post(port, body)))
+        return out
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    start = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        results = [r for part in pool.map(client, range(8)) for r in part]
+    done.set()
+    assert time.time() - start < 240
+    goods = [answer for kind, code, answer in results if kind == "good" and code == 200]
+    assert len(goods) == sum(kind == "good" for kind, _, _ in results) == 12
+    for answer in goods:
+        frames, _ = decode_container(base64.b64decode(answer["predictions"][0]["video"]))
+        assert frames.shape == (8, 16, 16, 3)
+    for kind, code, answer in results:
+        if kind != "good":
+            assert code == 400, (kind, code, answer)
+            # MLflow's scoring server puts the request's data in front ("Failed to predict data ... Error: ")
+            ours = answer["message"].rsplit("\nError: ", 1)[-1]
+            assert kind in ours and "\n" not in ours.strip(), answer
+    assert 0 < peak[0] < 3 * 2**30, f"server peak RSS {peak[0] / 2**30:.2f} GiB"
 
 
 # ---- evaluation on UCF101 (the official layout, real clips) --------------------------------------

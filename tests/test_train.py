@@ -122,6 +122,33 @@ def test_real_clips_are_fitted_to_the_training_shape():
     assert np.array_equal(short[3], short[7]) and not np.array_equal(short[0], short[2])
 
 
+def test_a_long_clip_is_decoded_by_the_frames_it_uses(tmp_path):
+    """A training clip of 300 real frames 480 wide (~100 MB decoded whole) costs its 8 used frames, each
+    scaled down while streaming; the frames are those a whole decode would pick."""
+    import tracemalloc
+
+    from tests.conftest import real_clip_frames
+    from vimi.data.clips import decode_clip
+    from vimi.io.video import decode_container, even_frames, write_video
+
+    source = real_clip_frames("bikes", frames=30, max_side=480)
+    source = source[:, : source.shape[1] // 2 * 2, : source.shape[2] // 2 * 2]
+    frames = np.concatenate([source + np.uint8(i) for i in range(10)])  # 300 distinct frames
+    path = write_video(frames, tmp_path / "long.mp4")
+    h, w = frames.shape[1:3]
+    row = {"video": path.read_bytes(), "video_format": "mp4", "num_frames": 300, "height": h, "width": w}
+    tracemalloc.start()
+    fitted = decode_clip(row, 8, 16, "long")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert fitted.shape == (8, 16, 16, 3)
+    assert peak < 30 * 2**20, f"{peak / 2**20:.0f} MB held"  # 8 frames of 64 px, not 300 of 480
+    whole, _ = decode_container(path)
+    picked, _ = decode_container(path, keep=even_frames(300, 8))
+    assert np.array_equal(picked, whole[even_frames(300, 8)])  # the same frames, decoded alone
+    assert even_frames(5, 8) == [0, 1, 2, 3, 4] and even_frames(300, 2) == [0, 299]
+
+
 # ---- the pipeline -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,16 +27,29 @@ from vimi.io.files import write_json
 from vimi.models.encoder import IMAGE_PLACEHOLDER
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
+MAX_IMAGE_BYTES = 32 * 2**20  # one encoded reference image or context frame
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def read_image(data: bytes, what: str) -> np.ndarray:
     """Encoded image bytes → H×W×3 uint8, or an error naming what was unreadable."""
     from PIL import Image, UnidentifiedImageError
 
+    if len(data) > MAX_IMAGE_BYTES:
+        raise VimiError(f"{what} is {len(data):,} bytes; at most {MAX_IMAGE_BYTES:,} are read.")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                # the header gives the size: a small file that decodes to gigabytes is refused unread
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise VimiError(
+                        f"{what} is {img.width}×{img.height} pixels; at most {MAX_IMAGE_PIXELS:,} are read."
+                    )
+                img.load()
+                return np.asarray(img.convert("RGB"))
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise VimiError(f"{what} is too large an image ({exc}).") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise VimiError(f"{what} is not a readable image ({exc}).") from None
 
@@ -123,6 +138,10 @@ def generate_video(
         raise VimiError(f"--context-frames must be >= 1, got {context_frames}.")
     if steps is not None and steps < 1:
         raise VimiError(f"--steps must be >= 1, got {steps}.")
+    if num_frames is not None and num_frames < 1:
+        raise VimiError(f"--frames must be >= 1, got {num_frames} (leave it out for the model's length).")
+    if guidance_scale is not None and not math.isfinite(guidance_scale):
+        raise VimiError(f"--guidance must be a finite number, got {guidance_scale}.")
     image_arrays = [read_image_file(Path(p)) for p in images]
     given = read_context_frames(Path(video), context_frames) if video is not None else np.zeros((0, 1, 1, 3), np.uint8)
     placed = place_frames(prompt, len(image_arrays), len(given))
@@ -131,7 +150,7 @@ def generate_video(
     resolved = resolve_model(settings, model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(resolved.path, device)
-    num_frames = int(num_frames or pipe.config.num_frames)
+    num_frames = int(pipe.config.num_frames if num_frames is None else num_frames)
     if len(given) and len(given) >= num_frames:
         raise VimiError(
             f"{len(given)} context frames leave nothing to predict in a {num_frames}-frame clip (--frames)."

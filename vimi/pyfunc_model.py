@@ -20,6 +20,20 @@ def _bad_input(message: str):
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # the scoring server answers 400
 
 
+def _image(b64: str, what: str):
+    import base64
+    import binascii
+
+    from vimi.errors import VimiError
+    from vimi.generate import read_image
+
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except binascii.Error:
+        raise VimiError(f"{what} is not base64.") from None
+    return read_image(data, what)
+
+
 class ViMiPyfunc(PythonModel):
     def load_context(self, context):
         from vimi.models.pipeline import load_pipeline
@@ -36,8 +50,9 @@ class ViMiPyfunc(PythonModel):
         import torch
 
         from vimi.errors import VimiError
-        from vimi.generate import order_images, place_frames, read_image
+        from vimi.generate import MAX_IMAGE_BYTES, order_images, place_frames
         from vimi.io.video import write_video
+        from vimi.models.pipeline import MAX_PROMPTS
 
         params = params or {}
         fmt = str(params.get("format") or "mp4").lower()
@@ -47,7 +62,12 @@ class ViMiPyfunc(PythonModel):
             rows = model_input.to_dict("records")
         else:
             rows = [{"prompt": p} if isinstance(p, str) else dict(p) for p in model_input]
-        seed = int(params.get("seed") or 0)
+        if not 1 <= len(rows) <= MAX_PROMPTS:
+            raise _bad_input(f"A request holds 1 to {MAX_PROMPTS} rows, got {len(rows)}.")
+        try:
+            seed = int(params.get("seed") or 0)
+        except (TypeError, ValueError):
+            raise _bad_input(f"seed must be an integer, got {params.get('seed')!r}.") from None
         out = []
         for i, row in enumerate(rows):
             try:
@@ -58,10 +78,19 @@ class ViMiPyfunc(PythonModel):
                 for column in ("images", "context_frames"):
                     values = row.get(column)
                     values = [] if values is None or (np.ndim(values) == 0 and pd.isna(values)) else list(values)
-                    decoded[column] = [
-                        read_image(base64.b64decode(v, validate=True), f"Row {i}: {column}[{j}]")
-                        for j, v in enumerate(values)
-                    ]
+                    if len(values) > self.pipeline.max_images:
+                        raise VimiError(
+                            f"Row {i}: {len(values)} {column}; this model's prompt holds at most "
+                            f"{self.pipeline.max_images} images."
+                        )
+                    for j, v in enumerate(values):
+                        if not isinstance(v, str) or len(v) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+                            what = type(v).__name__ if not isinstance(v, str) else f"{len(v):,} characters"
+                            raise VimiError(
+                                f"Row {i}: {column}[{j}] must be one base64 image of at most "
+                                f"{MAX_IMAGE_BYTES:,} bytes, got {what}."
+                            )
+                    decoded[column] = [_image(v, f"Row {i}: {column}[{j}]") for j, v in enumerate(values)]
                 frames_given = decoded["context_frames"]
                 placed = place_frames(prompt, len(decoded["images"]), len(frames_given))
                 images = order_images(prompt, placed, decoded["images"], frames_given)
@@ -75,7 +104,7 @@ class ViMiPyfunc(PythonModel):
                     guidance_scale=None if params.get("guidance_scale") is None else float(params["guidance_scale"]),
                     generator=generator,
                 ).frames[0]
-            except (VimiError, ValueError) as exc:
+            except (VimiError, ValueError, TypeError) as exc:  # binascii.Error is a ValueError
                 raise _bad_input(str(exc)) from None
             with tempfile.TemporaryDirectory() as tmp:
                 path = write_video(frames, Path(tmp) / f"video.{fmt}", fps=float(self.pipeline.config.fps))

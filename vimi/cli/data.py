@@ -111,6 +111,18 @@ def _ingest_summary(report, uri: Path, quarantine_uri: Path) -> str:
     return text
 
 
+def _dataset_lock(settings, name: str, uri: Path):
+    """The lock of the step that writes dataset URI (the pipeline's own dataset: that step's lock), so two
+    ingests, or an ingest and the pipeline's step, never commit the same ids at once."""
+    import hashlib
+
+    from vimi.locks import step_lock
+
+    same = str(uri) == str(settings.path(name))
+    step = name if same else f"ingest-{hashlib.sha256(str(uri).encode()).hexdigest()[:12]}"
+    return step_lock(settings.data_dir / ".locks", step)
+
+
 @memory_app.command("ingest")
 def memory_ingest(
     sources: List[str] = typer.Argument(
@@ -136,17 +148,18 @@ def memory_ingest(
     settings = _settings(profile)
     uri = out.resolve() if out else settings.path("memory")
     quarantine = lance_io.quarantine_path_for(uri)
-    report = ingest_memory(
-        sources,
-        fmt.value,
-        uri,
-        quarantine,
-        settings.section("ingest"),
-        id_prefix=id_prefix,
-        image_column=image_column,
-        caption_column=caption_column,
-        key_column=key_column,
-    )
+    with _dataset_lock(settings, "memory", uri):
+        report = ingest_memory(
+            sources,
+            fmt.value,
+            uri,
+            quarantine,
+            settings.section("ingest"),
+            id_prefix=id_prefix,
+            image_column=image_column,
+            caption_column=caption_column,
+            key_column=key_column,
+        )
     _emit(report.to_json(), as_json, _ingest_summary(report, uri, quarantine), markup=False)
 
 
@@ -174,7 +187,8 @@ def videos_ingest(
     settings = _settings(profile)
     uri = out.resolve() if out else settings.path("videos")
     quarantine = lance_io.quarantine_path_for(uri)
-    report = ingest_videos(fmt.value, csv_path, videos, uri, quarantine, settings.section("ingest"))
+    with _dataset_lock(settings, "videos", uri):
+        report = ingest_videos(fmt.value, csv_path, videos, uri, quarantine, settings.section("ingest"))
     _emit(report.to_json(), as_json, _ingest_summary(report, uri, quarantine), markup=False)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from vimi.io import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
-from vimi.io.video import VideoDecodeError, decode_video
+from vimi.io.video import VideoDecodeError, decode_video, even_frames
 
 VIDEO_COLUMNS = ["id", "video", "video_format", "num_frames", "height", "width"]
 
@@ -61,7 +61,16 @@ def open_version(uri: Path | str, version: int, what: str, who: str, hint: str) 
 
 def decode_clip(row: dict[str, Any], num_frames: int, frame_size: int, clip_id: str) -> np.ndarray:
     try:
-        raw = decode_video(row["video"], row["video_format"], row["num_frames"], row["height"], row["width"])
+        # only the frames used, each scaled down while streaming (a long HD clip never lies whole in memory)
+        raw = decode_video(
+            row["video"],
+            row["video_format"],
+            row["num_frames"],
+            row["height"],
+            row["width"],
+            keep=even_frames(int(row["num_frames"]), num_frames),
+            max_side=4 * frame_size,
+        )
     except VideoDecodeError as exc:
         raise VimiError(f"Clip {clip_id!r} cannot be decoded: {exc}") from None
     return fit_clip(raw, num_frames, frame_size)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -65,30 +66,66 @@ def _check(record: dict[str, str], line: int, videos_dir: Path, source: str) -> 
     return {"id": videoid, "caption": caption, "meta": meta, "line": line}, candidate
 
 
+@dataclass(frozen=True)
+class VideoLimits:
+    """What an ingested clip may be (params.yaml ingest): beyond it, a quarantine row with the reason."""
+
+    min_frames: int
+    max_frames: int
+    max_pixels: int
+    max_bytes: int
+    min_side: int
+    max_side: int
+
+    @classmethod
+    def from_params(cls, ingest: dict[str, Any]) -> "VideoLimits":
+        return cls(
+            int(ingest["min_video_frames"]),
+            int(ingest["max_video_frames"]),
+            int(ingest["max_video_pixels"]),
+            int(ingest["max_video_bytes"]),
+            int(ingest["min_image_size"]),
+            int(ingest["max_image_size"]),
+        )
+
+
 def _probe_row(item: tuple[dict[str, Any] | QuarantineRow, Path | None], source: str,
-               limits: tuple[int, int]) -> dict | QuarantineRow:
+               limits: VideoLimits) -> dict | QuarantineRow:
     partial, path = item
     if isinstance(partial, QuarantineRow):
         return partial
     key = partial["id"]
-    data = path.read_bytes()
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:  # checked before reading: a row holds the whole file
+            return QuarantineRow(source, key, "video_too_large", f"{path.name}: {size:,} bytes, at most {limits.max_bytes:,}")
+        data = path.read_bytes()
+    except OSError as exc:  # permissions, a file gone since it was listed
+        return QuarantineRow(source, key, "unreadable_video", f"{path.name}: {exc.strerror or exc}")
     try:
         info = probe(data)
     except VideoDecodeError as exc:
         return QuarantineRow(source, key, "undecodable_video", f"{path.name}: {exc}")
-    min_frames, max_frames = limits
-    if info.num_frames < min_frames:
+    if info.num_frames < limits.min_frames:
         return QuarantineRow(source, key, "too_short_video",
-                             f"{info.num_frames} frames, at least {min_frames} needed")
-    if info.num_frames > max_frames:
-        return QuarantineRow(source, key, "too_long_video", f"{info.num_frames} frames, at most {max_frames}")
+                             f"{info.num_frames} frames, at least {limits.min_frames} needed")
+    if info.num_frames > limits.max_frames:
+        return QuarantineRow(source, key, "too_long_video", f"{info.num_frames} frames, at most {limits.max_frames}")
+    if info.height * info.width > limits.max_pixels:
+        return QuarantineRow(source, key, "video_too_large",
+                             f"{info.width}×{info.height} frames, at most {limits.max_pixels:,} pixels")
+    if not (limits.min_side <= min(info.height, info.width) and max(info.height, info.width) <= limits.max_side):
+        return QuarantineRow(source, key, "bad_frame_size",
+                             f"{info.width}×{info.height}, each side must be {limits.min_side}..{limits.max_side}")
+    if not info.fps > 0:
+        return QuarantineRow(source, key, "bad_fps", f"{path.name}: frame rate {info.fps}")
     return {"id": key, "video": data, "video_format": path.suffix.lstrip(".").lower(),
             "caption": partial["caption"], "num_frames": info.num_frames, "fps": info.fps,
             "height": info.height, "width": info.width, "source": source,
             "meta": json.dumps(partial["meta"] | {"file": path.name}, sort_keys=True), **GROUND_TRUTH}
 
 
-def webvid_candidates(csv_path: Path, videos_dir: Path, limits: tuple[int, int],
+def webvid_candidates(csv_path: Path, videos_dir: Path, limits: VideoLimits,
                       workers: int = 2) -> Iterator[dict | QuarantineRow]:
     source = f"webvid:{csv_path}"
     checked = (_check(r, i + 2, videos_dir, source) for i, r in enumerate(_csv_rows(csv_path)))
@@ -105,8 +142,7 @@ def video_candidates(fmt: str, csv_path: Path, videos_dir: Path,
     _csv_header(csv_path)
     if not videos_dir.is_dir():
         raise VimiError(f"Video folder {videos_dir} does not exist.")
-    limits = (int(ingest_params.get("min_video_frames", 8)), int(ingest_params.get("max_video_frames", 100000)))
-    return webvid_candidates(csv_path, videos_dir, limits)
+    return webvid_candidates(csv_path, videos_dir, VideoLimits.from_params(ingest_params))
 
 
 def ingest_videos(fmt: str, csv_path: Path, videos_dir: Path, uri: Path, quarantine_uri: Path,

@@ -192,9 +192,15 @@ class VideoSet:
             ):
                 for row in batch.to_pylist():
                     try:
+                        first = range(min(int(row["num_frames"]), self.max_frames or int(row["num_frames"])))
                         yield decode_video(
-                            row["video"], row["video_format"], row["num_frames"], row["height"], row["width"]
-                        )[: self.max_frames]
+                            row["video"],
+                            row["video_format"],
+                            row["num_frames"],
+                            row["height"],
+                            row["width"],
+                            keep=first,
+                        )
                     except VideoDecodeError:
                         self._skip("undecodable", row["id"])
             return

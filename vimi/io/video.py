@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Sequence
 
 import av
 import numpy as np
@@ -57,12 +58,32 @@ def _rate(stream) -> float:
     return float(stream.average_rate or stream.guessed_rate or Fraction(0))
 
 
-def decode_container(data: bytes | str | Path, max_frames: int | None = None) -> tuple[np.ndarray, float]:
-    """Frames (T×H×W×3 uint8 RGB) and frame rate of an encoded video."""
+def decode_container(
+    data: bytes | str | Path,
+    max_frames: int | None = None,
+    keep: Sequence[int] | None = None,
+    max_side: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """Frames (T×H×W×3 uint8 RGB) and frame rate of an encoded video: the first `max_frames`, or only
+    the frames whose indices are in `keep` (decoding stops after the last one), each scaled down while
+    streaming so its shorter side is at most `max_side`. Only what is kept is ever held: a long 1080p
+    clip costs the frames asked for, not all of its frames."""
+    wanted = None if keep is None else set(int(i) for i in keep)
+    last = None if wanted is None else max(wanted, default=-1)
     frames = []
     with _video_stream(data) as (container, stream):
         rate = _rate(stream)
-        for frame in container.decode(stream):
+        for index, frame in enumerate(container.decode(stream)):
+            if last is not None and index > last:
+                break
+            if wanted is not None and index not in wanted:
+                continue
+            short = min(frame.width, frame.height)
+            if max_side is not None and short > max_side:
+                scale = max_side / short
+                frame = frame.reformat(
+                    width=max(1, round(frame.width * scale)), height=max(1, round(frame.height * scale))
+                )
             frames.append(frame.to_ndarray(format="rgb24"))
             if max_frames is not None and len(frames) >= max_frames:
                 break
@@ -85,15 +106,32 @@ def probe(data: bytes | str | Path) -> VideoProbe:
     return VideoProbe(num_frames=count, fps=rate, height=height, width=width)
 
 
-def decode_video(data: bytes, video_format: str, num_frames: int, height: int, width: int) -> np.ndarray:
-    """Frames of a row of the video corpus as T×H×W×3 uint8."""
+def decode_video(
+    data: bytes,
+    video_format: str,
+    num_frames: int,
+    height: int,
+    width: int,
+    keep: Sequence[int] | None = None,
+    max_side: int | None = None,
+) -> np.ndarray:
+    """Frames of a row of the video corpus as T×H×W×3 uint8: all of them, or those in `keep`
+    (`decode_container`; a raw row is sliced, never scaled)."""
     if video_format == RAW_FORMAT:
         expected = num_frames * height * width * 3
         if len(data) != expected:
             raise VideoDecodeError(f"raw video holds {len(data)} bytes, expected {expected}")
-        return np.frombuffer(data, dtype=np.uint8).reshape(num_frames, height, width, 3)
-    frames, _ = decode_container(data)
+        frames = np.frombuffer(data, dtype=np.uint8).reshape(num_frames, height, width, 3)
+        return frames if keep is None else frames[[i for i in keep if 0 <= i < num_frames]]
+    frames, _ = decode_container(data, keep=keep, max_side=max_side)
     return frames
+
+
+def even_frames(available: int, num_frames: int) -> list[int]:
+    """`num_frames` frame indices spread evenly over a clip of `available` frames (all of a shorter one)."""
+    if available <= num_frames:
+        return list(range(max(available, 0)))
+    return np.linspace(0, available - 1, num_frames).round().astype(int).tolist()
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: float = 8.0) -> Path:

@@ -9,6 +9,7 @@ prediction, a stage-2 model) the first frames are given and the rest generated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +28,13 @@ from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
 @dataclass
 class ViMiPipelineOutput(BaseOutput):
     frames: np.ndarray   # B×T×H×W×3 uint8 (output_type="np") or B×3×T×H×W float in [-1, 1] ("pt")
+
+
+# Bounds of one generation request that no model's config gives (the others are the model's: its clip
+# length, its scheduler's timesteps, its prompt's token budget).
+MAX_PROMPTS = 16  # rows of one served request
+MAX_GUIDANCE = 100.0
+MAX_PROMPT_CHARS = 10_000
 
 
 def normalize_prompts(prompt: Any, images: Any = None) -> list[Prompt]:
@@ -76,6 +84,30 @@ class ViMiPipeline(DiffusionPipeline):
     def encode(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         return self.encoder(prompts).hidden_states
 
+    @property
+    def max_images(self) -> int:
+        """The most images one prompt can hold: its token budget over the tokens of one image."""
+        return max(1, int(self.config.max_tokens) // self.vision.tokens_per_image)
+
+    def check_request(self, prompts: list, num_frames: int, num_inference_steps: int, guidance_scale: float) -> None:
+        """Every bound of a generation request, checked before any work (one sentence each): what a
+        served request could otherwise turn into an out-of-memory or a hang."""
+        steps_max = int(self.scheduler.config.num_train_timesteps)
+        images_max = self.max_images
+        if not 1 <= num_inference_steps <= steps_max:
+            raise VimiError(f"num_inference_steps must be 1..{steps_max}, got {num_inference_steps}.")
+        if not 1 <= num_frames <= int(self.config.num_frames):
+            raise VimiError(f"num_frames must be 1..{self.config.num_frames} (this model's clip length), got {num_frames}.")
+        if not (math.isfinite(guidance_scale) and 0 <= guidance_scale <= MAX_GUIDANCE):
+            raise VimiError(f"guidance_scale must be a number in 0..{MAX_GUIDANCE:g}, got {guidance_scale}.")
+        for i, parts in enumerate(prompts):
+            count = sum(1 for part in parts if not isinstance(part, str))
+            chars = sum(len(part) for part in parts if isinstance(part, str))
+            if count > images_max:
+                raise VimiError(f"Prompt {i} has {count} images; this model's prompt holds at most {images_max}.")
+            if chars > MAX_PROMPT_CHARS:
+                raise VimiError(f"Prompt {i} has {chars} characters; at most {MAX_PROMPT_CHARS} are read.")
+
     @torch.no_grad()
     def __call__(self, prompt: Any, images: Any = None, num_frames: int | None = None,
                  context_frames: Any = None, num_inference_steps: int = 25, guidance_scale: float | None = None,
@@ -86,13 +118,10 @@ class ViMiPipeline(DiffusionPipeline):
         and the output starts with them (resized to the model's frame size). A denoiser of a fixed clip
         length (FrameStackUNet) generates that length; a shorter `num_frames` is its start."""
         prompts = normalize_prompts(prompt, images)
-        num_frames = int(num_frames or self.config.num_frames)
+        num_frames = int(self.config.num_frames if num_frames is None else num_frames)
         size = int(self.config.frame_size)
         scale = float(self.config.guidance_scale if guidance_scale is None else guidance_scale)
-        if num_inference_steps < 1:
-            raise VimiError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        if num_frames < 1:
-            raise VimiError(f"num_frames must be >= 1, got {num_frames}.")
+        self.check_request(prompts, num_frames, num_inference_steps, scale)
         # A frame-stacked UNet generates its training length; a shorter clip is the start of one.
         fixed = getattr(self.transformer.config, "num_frames", None)
         if fixed is not None and num_frames > int(fixed):
