@@ -121,14 +121,49 @@ def test_webdataset_ingest_counts_every_case(settings, shards, photos, tmp_path)
 
 def test_second_ingest_appends_a_version_and_refuses_duplicates(settings, shards):
     first = ingest(settings, [shards])
+    quarantine = settings.path("quarantine")
+    held = lance.dataset(str(quarantine)).count_rows()
+    # the same shard again (a rerun): its rows are already in, not duplicates; its bad rows are counted
+    # in the report but not quarantined twice
     again = ingest(settings, [shards / "00001.tar"])
-    assert again.ingested == 0 and again.quarantined == {"duplicate_id": 3, "unsafe_path": 1}
+    assert again.ingested == 0 and again.already_ingested == 2  # its third sample's id came from 00000.tar
+    assert again.quarantined == {"duplicate_id": 1, "unsafe_path": 1}
     assert again.version == first.version  # nothing new to commit
+    assert lance.dataset(str(quarantine)).count_rows() == held
     third = ingest(settings, [shards / "00001.tar"], id_prefix="b/")
     assert third.ingested == 3 and third.version == first.version + 1
     ds = lance.dataset(str(settings.path("memory")))
     assert ds.count_rows() == 8
     assert lance.dataset(str(settings.path("memory")), version=first.version).count_rows() == 5
+
+
+_KILL_BEFORE_QUARANTINE = """
+import os, signal, sys
+from pathlib import Path
+from vimi.config import Settings
+from vimi.io import lance_io
+from vimi.memory.img2dataset import ingest_memory
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+lance_io.write_quarantine = die  # killed between the data commit and the quarantine commit
+settings = Settings.load()
+ingest_memory([sys.argv[1]], "webdataset", settings.path("memory"), settings.path("quarantine"), settings.section("ingest"))
+"""
+
+
+def test_a_kill_between_the_data_and_quarantine_commits_is_repaired_by_a_rerun(settings, project, shards):
+    proc = subprocess.run([sys.executable, "-c", _KILL_BEFORE_QUARANTINE, str(shards)], cwd=project)
+    assert proc.returncode == -signal.SIGKILL
+    assert lance.dataset(str(settings.path("memory"))).count_rows() == 5  # the data committed
+    assert not settings.path("quarantine").exists()  # its quarantine rows were lost
+    rerun = ingest(settings, [shards])
+    assert (rerun.ingested, rerun.already_ingested) == (0, 5) and rerun.quarantined == EXPECTED
+    reasons = lance.dataset(str(settings.path("quarantine"))).to_table().column("reason").to_pylist()
+    assert {r: reasons.count(r) for r in set(reasons)} == EXPECTED  # every bad row once, none a duplicate
+    again = ingest(settings, [shards])
+    assert again.already_ingested == 5 and lance.dataset(str(settings.path("quarantine"))).count_rows() == len(reasons)
 
 
 def test_sources_as_directory_glob_and_list(settings, shards):

@@ -102,6 +102,8 @@ def world_generate(
 
 def _ingest_summary(report, uri: Path, quarantine_uri: Path) -> str:
     text = f"Ingested {report.ingested} rows into {uri} (Lance version {report.version})."
+    if report.already_ingested:
+        text += f" {report.already_ingested} rows of the same sources were already in it (an earlier run)."
     total = sum(report.quarantined.values())
     if total:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(report.quarantined.items()))

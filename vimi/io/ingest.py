@@ -66,9 +66,10 @@ def run_ingest(
 ) -> IngestReport:
     """Check ids and write one Lance commit of the good rows plus the quarantine rows."""
     report = IngestReport(dataset=dataset)
-    existing: set[str] = set()
+    existing: dict[str, str] = {}  # id → source
     if mode == "append" and lance_io.exists(uri):
-        existing = set(lance_io.open_dataset(uri).to_table(columns=[id_column]).column(0).to_pylist())
+        table = lance_io.open_dataset(uri).to_table(columns=[id_column, "source"])
+        existing = dict(zip(table.column(0).to_pylist(), table.column(1).to_pylist()))
     seen: set[str] = set()
 
     def good_rows() -> Iterator[dict]:
@@ -77,6 +78,11 @@ def run_ingest(
                 report.quarantine(item)
                 continue
             row_id = item[id_column]
+            if row_id not in seen and existing.get(row_id, object()) == item.get("source"):
+                # the same row of the same source, committed by an earlier run of this ingest
+                seen.add(row_id)
+                report.already_ingested += 1
+                continue
             if row_id in seen or row_id in existing:
                 where = "an earlier row of this ingest" if row_id in seen else f"the existing {dataset}"
                 report.quarantine(

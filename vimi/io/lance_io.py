@@ -63,17 +63,19 @@ class IngestReport:
     version: int | None = None
     quarantined: dict[str, int] = field(default_factory=dict)
     quarantine_rows: list[QuarantineRow] = field(default_factory=list)
+    already_ingested: int = 0  # rows of the same source already in the dataset: a rerun, not a duplicate
 
     def quarantine(self, row: QuarantineRow) -> None:
         self.quarantine_rows.append(row)
         self.quarantined[row.reason] = self.quarantined.get(row.reason, 0) + 1
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "ingested": self.ingested,
             "quarantined": dict(sorted(self.quarantined.items())),
             "version": self.version,
         }
+        return out | ({"already_ingested": self.already_ingested} if self.already_ingested else {})
 
 
 def exists(uri: str | Path) -> bool:
@@ -228,6 +230,14 @@ def quarantine_path_for(uri: str | Path) -> Path:
 
 
 def write_quarantine(uri: str | Path, dataset: str, ingest_id: str, rows: list[QuarantineRow]) -> int | None:
+    """Append the rows the quarantine does not hold yet (same dataset, source, key and reason), so
+    rerunning an ingest, after a kill between its data and quarantine commits too, quarantines each bad
+    row once."""
+    if rows and exists(uri):
+        columns = ["source", "key", "reason"]
+        held = lance.dataset(str(uri)).to_table(columns=columns, filter=f"dataset = {_sql_string(dataset)}")
+        known = set(zip(*(held.column(c).to_pylist() for c in columns)))
+        rows = [r for r in rows if (r.source, r.key, r.reason) not in known]
     if not rows:
         return None
     now = _dt.datetime.now(_dt.timezone.utc)
@@ -245,6 +255,10 @@ def write_quarantine(uri: str | Path, dataset: str, ingest_id: str, rows: list[Q
     ]
     result = write_batches(uri, batches_of(records, QUARANTINE_SCHEMA, 4096), QUARANTINE_SCHEMA, "append")
     return result.version
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def fingerprint(uri: str | Path, columns: list[str] | None = None) -> str:
