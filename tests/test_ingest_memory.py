@@ -17,6 +17,7 @@ import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from tests.conftest import encode_image, real_image_files
 from vimi.errors import VimiError
@@ -380,3 +381,30 @@ def test_killed_ingest_leaves_the_previous_version_intact(settings, project, sha
     after = lance.dataset(str(settings.path("memory")))
     assert after.version == version
     assert after.to_table().to_pylist() == rows
+
+
+def test_oversized_members_deep_json_and_unused_members(settings, photos, tmp_path):
+    """A member over ingest.max_member_bytes is quarantined unread; JSON nested past Python's stack is
+    kept as a json_error in the row's meta, not a crash; members no sample uses (.cls, .mp3) are skipped."""
+    small = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(small, format="PNG")
+    shard = tmp_path / "odd.tar"
+    with tarfile.open(shard, "w") as tar:
+        add(tar, "a.jpg", photos["astronaut"][0])  # over the 4,000-byte limit below
+        add(tar, "a.txt", b"an astronaut")
+        add(tar, "b.png", small.getvalue())
+        add(tar, "b.txt", b"a red square")
+        add(tar, "b.json", b"[" * 1900 + b"]" * 1900)  # 3,800 bytes, deeper than the recursion limit
+        add(tar, "c.png", small.getvalue())
+        add(tar, "c.txt", b"another red square")
+        add(tar, "c.cls", b"7")
+        add(tar, "c.mp3", b"\x00" * 10_000)  # unused, and over the limit: skipped, never read
+    limits = {**settings.section("ingest"), "max_member_bytes": 4000}
+    report = ingest_memory([str(shard)], "webdataset", settings.path("memory"), settings.path("quarantine"), limits)
+    assert report.ingested == 2 and report.quarantined == {"member_too_large": 1, "missing_image": 1}
+    rows = {r["id"]: r for r in lance.dataset(str(settings.path("memory"))).to_table().to_pylist()}
+    assert set(rows) == {"b", "c"}
+    assert "b.json is not valid JSON: RecursionError" in json.loads(rows["b"]["meta"])["json_error"]
+    q = lance.dataset(str(settings.path("quarantine"))).to_table().to_pylist()
+    big = next(r for r in q if r["reason"] == "member_too_large")
+    assert big["key"] == "a.jpg" and big["detail"].endswith("at most 4,000 (ingest.max_member_bytes)")

@@ -52,6 +52,7 @@ class Ingest(Section):
     min_image_size: int = Field(8, ge=1)
     max_image_size: int = Field(16384, ge=1)
     min_video_frames: int = Field(8, ge=1)
+    max_member_bytes: int = Field(64 * 2**20, ge=1)
     max_video_frames: int = Field(18000, ge=1)
     max_video_pixels: int = Field(3840 * 2160, ge=1)
     max_video_bytes: int = Field(256 * 2**20, ge=1)

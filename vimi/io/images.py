@@ -15,10 +15,11 @@ from PIL import Image, UnidentifiedImageError
 class ImageLimits:
     min_size: int = 8
     max_size: int = 16384
+    max_bytes: int = 64 * 2**20  # one archive member or cell, checked before it is read
 
     @classmethod
     def from_params(cls, ingest: dict[str, Any]) -> "ImageLimits":
-        return cls(ingest["min_image_size"], ingest["max_image_size"])
+        return cls(ingest["min_image_size"], ingest["max_image_size"], ingest["max_member_bytes"])
 
 
 def image_size(data: bytes) -> tuple[int, int]:

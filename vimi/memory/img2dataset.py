@@ -24,6 +24,7 @@ from vimi.memory.schema import GROUND_TRUTH_COLUMNS, MEMORY_SCHEMA
 from vimi.progress import progress
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+USED_EXTENSIONS = (*IMAGE_EXTENSIONS, "txt", "json")  # what a sample is read for; other members are skipped
 FORMATS = ("webdataset", "parquet")
 
 
@@ -79,8 +80,8 @@ def _sample(shard: str, key: str, files: dict[str, bytes], id_prefix: str, limit
     if "json" in files:
         try:
             meta["json"] = json.loads(files["json"])
-        except (ValueError, UnicodeDecodeError) as exc:
-            meta["json_error"] = f"{key}.json is not valid JSON: {exc}"
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past Python's stack: RecursionError
+            meta["json_error"] = f"{key}.json is not valid JSON: {type(exc).__name__}: {exc}"
     if image_ext is None and "txt" not in files:
         return QuarantineRow(
             shard, key, "missing_image", f"sample has neither image nor caption (members: {', '.join(sorted(files))})"
@@ -111,6 +112,16 @@ def webdataset_candidates(shards: list[Path], id_prefix: str, limits: ImageLimit
                         if key is not None:
                             yield _sample(source, key, files, id_prefix, limits)
                         key, files = member_key, {}
+                    if ext not in USED_EXTENSIONS:
+                        continue  # never read: a streamed archive skips what is not extracted
+                    if member.size > limits.max_bytes:
+                        yield QuarantineRow(
+                            source,
+                            member.name,
+                            "member_too_large",
+                            f"{member.size:,} bytes, at most {limits.max_bytes:,} (ingest.max_member_bytes)",
+                        )
+                        continue
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
                     if ext in files:
