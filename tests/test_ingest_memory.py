@@ -408,3 +408,31 @@ def test_oversized_members_deep_json_and_unused_members(settings, photos, tmp_pa
     q = lance.dataset(str(settings.path("quarantine"))).to_table().to_pylist()
     big = next(r for r in q if r["reason"] == "member_too_large")
     assert big["key"] == "a.jpg" and big["detail"].endswith("at most 4,000 (ingest.max_member_bytes)")
+
+
+def test_image_columns_as_people_write_them(settings, photos, tmp_path):
+    """An image column as Hugging Face datasets write it ({bytes, path} structs) is read; a column of
+    URLs, or of text, is a quarantine row per sample with its reason; a decompression bomb is
+    image_too_large, never decoded."""
+    jpeg = photos["astronaut"][0]
+    bomb = io.BytesIO()
+    Image.new("RGB", (12000, 12000)).save(bomb, format="PNG")  # 144 Mpx: over PIL's bomb limit
+    hf = pa.table(
+        {
+            "key": ["h0", "h1"],
+            "caption": ["an astronaut", "a huge black square"],
+            "image": pa.array(
+                [{"bytes": jpeg, "path": "h0.jpg"}, {"bytes": bomb.getvalue(), "path": "h1.png"}],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
+        }
+    )
+    pq.write_table(hf, tmp_path / "hf.parquet")
+    report = ingest(settings, [tmp_path / "hf.parquet"], fmt="parquet")
+    assert report.ingested == 1 and report.quarantined == {"image_too_large": 1}
+    stored = lance.dataset(str(settings.path("memory"))).to_table().to_pylist()
+    assert [(r["id"], r["image"] == jpeg) for r in stored] == [("h0", True)]
+    urls = pa.table({"key": ["u0", "u1"], "caption": ["a", "b"], "image": ["https://example.org/u0.jpg", "just text"]})
+    pq.write_table(urls, tmp_path / "urls.parquet")
+    report = ingest(settings, [tmp_path / "urls.parquet"], fmt="parquet")
+    assert report.ingested == 0 and report.quarantined == {"image_is_url": 1, "image_not_binary": 1}

@@ -190,3 +190,24 @@ def test_clips_beyond_the_limits_are_quarantined_with_their_reason(clips):
     assert (row.reason, row.detail) == ("video_too_large", f"1001.mp4: {size:,} bytes, at most {size - 1:,}")
     row = _probe_row(({"id": "x", "caption": "c", "meta": {}, "line": 2}, clips / "gone.mp4"), "s", base)
     assert row.reason == "unreadable_video" and "gone.mp4" in row.detail  # vanished since it was listed
+
+
+def test_csv_rows_no_file_can_hold_are_quarantined_and_reading_goes_on(settings, clips, tmp_path):
+    """A videoid with a NUL byte or too long for a file name, and a caption over the csv module's field
+    limit: each a quarantine row with its reason; the rows after them are still ingested."""
+    rows = [
+        {"videoid": "12\x0034", "name": "a NUL in the id"},
+        {"videoid": "9" * 300, "name": "an id no file system can name"},
+        {"videoid": "1002", "name": "x" * (csv.field_size_limit() + 10)},  # over the field limit
+        {"videoid": "1001", "name": "cyclists race along a country road"},
+    ]
+    report = ingest_videos(
+        "webvid",
+        write_csv(tmp_path / "odd.csv", rows),
+        clips,
+        settings.path("videos"),
+        settings.path("quarantine"),
+        settings.section("ingest"),
+    )
+    assert report.ingested == 1 and report.quarantined == {"bad_csv_row": 1, "bad_videoid": 2}
+    assert [r["id"] for r in lance.dataset(str(settings.path("videos"))).to_table().to_pylist()] == ["1001"]

@@ -39,17 +39,34 @@ def _csv_header(csv_path: Path) -> list[str]:
     return columns
 
 
-def _csv_rows(csv_path: Path) -> Iterator[dict[str, str]]:
+def _csv_rows(csv_path: Path) -> Iterator[dict[str, str] | QuarantineRow]:
+    """The CSV's records; a record the csv module refuses (a field over its size limit, a NUL byte)
+    is a quarantine row, and reading goes on with the next one."""
+    source = f"webvid:{csv_path}"
     with csv_path.open(newline="", encoding="utf-8", errors="replace") as handle:
-        yield from csv.DictReader(handle)
+        reader = csv.DictReader(handle)
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield QuarantineRow(source, f"line {reader.line_num}", "bad_csv_row", str(exc))
+                continue
+            yield record
 
 
-def _check(record: dict[str, str], line: int, videos_dir: Path, source: str) -> tuple[dict[str, Any] | QuarantineRow, Path | None]:
+def _check(record: dict[str, str] | QuarantineRow, line: int, videos_dir: Path, source: str) -> tuple[dict[str, Any] | QuarantineRow, Path | None]:
     """Everything that can be said of a CSV row before decoding its clip."""
+    if isinstance(record, QuarantineRow):
+        return record, None
     videoid = (record.get("videoid") or "").strip()
     key = videoid or f"line {line}"
     if not videoid:
         return QuarantineRow(source, key, "missing_id", "empty videoid"), None
+    if "\0" in videoid or len(f"{videoid}.mp4".encode()) > 255:  # no file system names such a file
+        return QuarantineRow(source, key[:300], "bad_videoid", f"videoid of {len(videoid)} characters"
+                             f"{' with a NUL byte' if chr(0) in videoid else ''} cannot name a file"), None
     caption = (record.get("name") or "").strip()
     if not caption:
         return QuarantineRow(source, key, "empty_caption", "caption (name) is empty or whitespace"), None

@@ -32,8 +32,25 @@ def memory_row(
     source: str, key: str, row_id: str, image: bytes | None, caption: Any, meta: dict[str, Any], limits: ImageLimits
 ) -> dict | QuarantineRow:
     """A memory row, or the reason it cannot be one."""
+    if isinstance(image, dict):  # Hugging Face datasets write an image column as {bytes, path}
+        image = image.get("bytes")
     if image is None:
         return QuarantineRow(source, key, "missing_image", "caption without image")
+    if isinstance(image, str) and image.strip().lower().startswith(("http://", "https://")):
+        return QuarantineRow(
+            source, key, "image_is_url", f"the image column holds a URL ({image[:100]}); download the images first"
+        )
+    if not isinstance(image, (bytes, bytearray, memoryview)):
+        return QuarantineRow(
+            source, key, "image_not_binary", f"the image column holds {type(image).__name__}, not bytes"
+        )
+    if len(image) > limits.max_bytes:
+        return QuarantineRow(
+            source,
+            key,
+            "image_too_large",
+            f"{len(image):,} bytes, at most {limits.max_bytes:,} (ingest.max_member_bytes)",
+        )
     if caption is None:
         return QuarantineRow(source, key, "missing_caption", "image without caption")
     if isinstance(caption, bytes):
@@ -47,7 +64,8 @@ def memory_row(
     try:
         width, height = image_size(image)
     except ValueError as exc:
-        return QuarantineRow(source, key, "undecodable_image", str(exc))
+        reason = "image_too_large" if "DecompressionBomb" in str(exc) else "undecodable_image"
+        return QuarantineRow(source, key, reason, str(exc))
     if not (limits.min_size <= width <= limits.max_size and limits.min_size <= height <= limits.max_size):
         return QuarantineRow(
             source,
