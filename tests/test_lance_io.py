@@ -191,3 +191,13 @@ def test_vimi_compact_prune_says_what_it_deleted(project, settings):
     assert f"memory: 4 → 1 fragments, version 4 → {latest}; pruned {latest - 1} versions, kept [{latest}]" in out.stdout
     assert out.stdout.rstrip().endswith(f"→ {files} files")
     assert lance.dataset(str(uri)).to_table().column("id").to_pylist() == [0, 1, 2, 3]
+
+
+def test_batches_are_cut_by_bytes_as_well_as_rows():
+    """256 rows of 1 MB each would be one 256 MB batch: cut at 4 MB, it is 64 batches of 4 rows (the row
+    that fills a batch closes it); small rows still go 256 to a batch."""
+    big = [{"id": i, "caption": "x" * 2**20} for i in range(256)]
+    sizes = [b.num_rows for b in lance_io.batches_of(big, SCHEMA, 256, batch_bytes=4 * 2**20)]
+    assert sizes == [4] * 64
+    small = [{"id": i, "caption": "x"} for i in range(600)]
+    assert [b.num_rows for b in lance_io.batches_of(small, SCHEMA, 256)] == [256, 256, 88]

@@ -131,9 +131,27 @@ def open_dataset(uri: str | Path, what: str = "dataset", hint: str = "") -> lanc
     return lance.dataset(str(uri))
 
 
-def batches_of(rows: Iterable[dict[str, Any]], schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    iterator = iter(rows)
-    while chunk := list(itertools.islice(iterator, batch_rows)):
+BATCH_BYTES = 64 * 2**20
+
+
+def _cell_bytes(row: dict[str, Any]) -> int:
+    return sum(len(v) for v in row.values() if isinstance(v, (bytes, bytearray, str)))
+
+
+def batches_of(
+    rows: Iterable[dict[str, Any]], schema: pa.Schema, batch_rows: int, batch_bytes: int = BATCH_BYTES
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of at most `batch_rows` rows and, counting their bytes and strings, about
+    `batch_bytes` (a batch of 256 long clips is gigabytes; it is flushed when full by either)."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        chunk.append(row)
+        size += _cell_bytes(row)
+        if len(chunk) >= batch_rows or size >= batch_bytes:
+            yield pa.RecordBatch.from_pylist(chunk, schema=schema)
+            chunk, size = [], 0
+    if chunk:
         yield pa.RecordBatch.from_pylist(chunk, schema=schema)
 
 

@@ -186,7 +186,7 @@ def parquet_plan(
     for path in files:
         try:
             plan.append((path, *_parquet_columns(path, image_column, image_columns, caption_column, key_column), ""))
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # an unsupported codec too
             plan.append((path, None, None, f"{type(exc).__name__}: {exc}"))
     return plan
 
@@ -223,7 +223,7 @@ def parquet_candidates(
                         yield QuarantineRow(source, key, "missing_image", f"img2dataset: {record['error_message']}")
                         continue
                     yield memory_row(source, key, id_prefix + key, image, record.get(caption_column), meta, limits)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:  # an unsupported codec too
             yield QuarantineRow(
                 source, None, "unreadable_shard", f"after {row_index} rows: {type(exc).__name__}: {exc}"
             )
