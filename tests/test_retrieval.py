@@ -168,6 +168,18 @@ def test_ties_are_broken_by_memory_row(tmp_path):
     assert IndexInfo.load(index).docid_is_row
 
 
+def test_an_index_description_cut_short_is_one_sentence(five_docs):
+    memory, index = five_docs
+    info = index / "vimi_index.json"
+    text = info.read_text()
+    for broken in (text[: len(text) // 2], "", '{"index_id": "x"}'):  # cut short, empty, another version's
+        info.write_text(broken)
+        with pytest.raises(
+            VimiError, match=r"The BM25 index at .* is unreadable \(vimi_index\.json: \w+\)\. Rebuild it"
+        ):
+            BM25Searcher(index, memory)
+
+
 def test_missing_and_stale_index(settings, project):
     generate_world(settings, parts=("catalog", "memory", "videos"))
     with pytest.raises(VimiError, match="vimi index build"):

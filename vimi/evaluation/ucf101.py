@@ -313,7 +313,7 @@ class UCF101:
         ``center_crop`` takes the central square before resizing (default: plain resize, aspect not kept,
         as the I3D input of the FVD reference code). The returned stream's ``skipped`` counts what was
         left out by reason (``missing``, ``undecodable``, ``too_short``)."""
-        from vimi.io.video import VideoDecodeError, decode_container
+        from vimi.io.video import VideoDecodeError, decode_container, probe
         from vimi.progress import counter
 
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
@@ -342,7 +342,12 @@ class UCF101:
                         stream._skip("missing", rel)
                         continue
                     try:
-                        frames, _ = decode_container(path, max_frames=num_frames if sample == "first" else None)
+                        if sample == "first":
+                            frames, _ = decode_container(path, max_frames=num_frames)
+                        else:  # counted first, then only the frames sampled are decoded and held
+                            total = probe(path).num_frames
+                            keep = None if total <= num_frames else _indices(total, num_frames, sample, f"{seed}:{rel}")
+                            frames, _ = decode_container(path, keep=keep)
                     except VideoDecodeError as exc:
                         stream._skip("undecodable", rel, str(exc))
                         continue
@@ -361,6 +366,14 @@ class UCF101:
         stream = ClipStream(generate, target)
         self.last_stream = stream
         return stream
+
+
+def _indices(total: int, num_frames: int, sample: str, seed: str) -> list[int]:
+    """The frame indices `_select` takes from a clip of `total` frames (the same random start)."""
+    if sample == "random":
+        start = random.Random(seed).randint(0, total - num_frames)
+        return list(range(start, start + num_frames))
+    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
 
 
 def _select(frames: np.ndarray, num_frames: int, sample: str, rng: random.Random) -> np.ndarray:
