@@ -56,6 +56,9 @@ def read_image(data: bytes, what: str) -> np.ndarray:
 
 def read_image_file(path: Path) -> np.ndarray:
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_IMAGE_BYTES:  # refused before it is read
+            raise VimiError(f"Image {path} is {size:,} bytes; at most {MAX_IMAGE_BYTES:,} are read.")
         data = Path(path).read_bytes()
     except OSError as exc:
         raise VimiError(f"Cannot read image {path}: {exc.strerror or exc}.") from None

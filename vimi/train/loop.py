@@ -334,7 +334,7 @@ def train(
     )
     clips_per_step = cfg.batch_size * cfg.grad_accum * accelerator.num_processes
     losses: list[float] = []
-    last_loss, last_good = float("nan"), (_checkpoints(checkpoint_dir)[-1].name if resumed_from else None)
+    last_loss, last_good = float("nan"), (Path(resumed_from).name if resumed_from else None)
     step, micro = start_step, start_step * cfg.grad_accum
     window_start, window_steps, load_seconds, compute_seconds = time.perf_counter(), 0, 0.0, 0.0
     busy_seconds = 0.0  # loading + stepping, without checkpoints and samples
