@@ -36,9 +36,13 @@ def retrieval_frame(augmented_uri: Path, videos_uri: Path, memory_uri: Path) -> 
         n = len(r.memory_ids)
         shape_ok = n == len(r.scores) == len(r.ranks) == len(r.memory_rows) == r.num_hits
         ranks_ok = list(r.ranks) == list(range(1, n + 1))
-        flag_ok = {"ok": n == r.k, "fewer_than_k": 0 < n < r.k, "no_hit": n == 0, "empty_caption": n == 0}.get(
-            r.flag, False
-        )
+        flag_ok = {
+            "ok": n == r.k,
+            "fewer_than_k": 0 < n < r.k,
+            "no_hit": n == 0,
+            "empty_caption": n == 0,
+            "query_truncated": n <= r.k,
+        }.get(r.flag, False)
         return bool(shape_ok and ranks_ok and flag_ok)
 
     def dangling(r) -> int:  # an id absent from the memory, or not at the row it claims
