@@ -26,7 +26,7 @@ from vimi.config import Settings, flatten, load_params
 from vimi.errors import VimiError
 from vimi.evaluation.arms import ARMS, TABLE_METRICS, comparisons
 from vimi.io import lance_io
-from vimi.io.files import write_json
+from vimi.io.files import write_json, write_text
 
 EXPERIMENT = "vimi-ablation"
 
@@ -279,9 +279,6 @@ def write_report(state: dict[str, Any], report: Path) -> str:
         "",
         f"MLflow: experiment `{EXPERIMENT}`, parent run `{state['parent_run_id']}`.",
     ]
-    report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(report)
+    write_text(report, "\n".join(lines) + "\n")
     write_json(report.with_suffix(".json"), state)
     return table

@@ -14,6 +14,7 @@ from typing import Any
 
 from vimi.config import Settings
 from vimi.io import lance_io
+from vimi.io.files import write_text
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.6em 0}
@@ -235,10 +236,7 @@ def build_report(settings: Settings, out: Path | None = None, log_to_mlflow: boo
         f"{html.escape(settings.profile)} · data {html.escape(str(settings.data_dir))} · git {html.escape(commit)} · "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>{body}</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    write_text(out, page)
 
     result: dict[str, Any] = {
         "path": str(out),

@@ -9,6 +9,7 @@ import typer
 from vimi.cli.common import (
     app,
 )
+from vimi.io.files import write_text
 
 
 def _write_generated(out: Path, text: str, check: bool, how: str) -> None:
@@ -18,10 +19,7 @@ def _write_generated(out: Path, text: str, check: bool, how: str) -> None:
             raise typer.Exit(1)
         typer.echo(f"{out} is current.")
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text(out, text)
     typer.echo(f"Wrote {out}.")
 
 

@@ -31,7 +31,7 @@ def fit_clip(frames: np.ndarray, num_frames: int, size: int) -> np.ndarray:
     (the last one repeated when it is too short), centre square crop, bicubic resize."""
     t, h, w = frames.shape[:3]
     if t >= num_frames:
-        frames = frames[np.linspace(0, t - 1, num_frames).round().astype(int)]
+        frames = frames[even_frames(t, num_frames)]
     else:
         frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - t, axis=0)])
     if (h, w) == (size, size):

@@ -21,17 +21,15 @@ import numpy as np
 
 from vimi.config import Settings
 from vimi.errors import VimiError
+from vimi.io.files import write_text
 from vimi.locks import locked
 
 
 def update_metrics_file(path: Path, benchmark: str, figures: dict[str, Any]) -> None:
     """reports/metrics.json holds one section per benchmark; a run replaces its own section only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[benchmark] = figures
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def tag_model_metrics(settings: Settings, resolved: Any, metrics: dict[str, float]) -> bool:

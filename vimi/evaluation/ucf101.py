@@ -346,7 +346,8 @@ class UCF101:
                             frames, _ = decode_container(path, max_frames=num_frames)
                         else:  # counted first, then only the frames sampled are decoded and held
                             total = probe(path).num_frames
-                            keep = None if total <= num_frames else _indices(total, num_frames, sample, f"{seed}:{rel}")
+                            rng = random.Random(f"{seed}:{rel}")
+                            keep = None if total <= num_frames else _indices(total, num_frames, sample, rng)
                             frames, _ = decode_container(path, keep=keep)
                     except VideoDecodeError as exc:
                         stream._skip("undecodable", rel, str(exc))
@@ -356,7 +357,6 @@ class UCF101:
                             stream._skip("too_short", rel, f"{len(frames)} < {num_frames} frames")
                             continue
                         frames = np.concatenate([frames, np.repeat(frames[-1:], num_frames - len(frames), 0)])
-                    frames = _select(frames, num_frames, sample, random.Random(f"{seed}:{rel}"))
                     if size is not None:
                         frames = _resize(frames, size, center_crop)
                     stream.yielded += 1
@@ -368,22 +368,14 @@ class UCF101:
         return stream
 
 
-def _indices(total: int, num_frames: int, sample: str, seed: str) -> list[int]:
-    """The frame indices `_select` takes from a clip of `total` frames (the same random start)."""
-    if sample == "random":
-        start = random.Random(seed).randint(0, total - num_frames)
-        return list(range(start, start + num_frames))
-    return np.linspace(0, total - 1, num_frames).round().astype(int).tolist()
+def _indices(total: int, num_frames: int, sample: str, rng: random.Random) -> list[int]:
+    """The frames `random` or `uniform` sampling takes from a clip of `total` > num_frames frames."""
+    from vimi.io.video import even_frames
 
-
-def _select(frames: np.ndarray, num_frames: int, sample: str, rng: random.Random) -> np.ndarray:
-    total = len(frames)
-    if sample == "first" or total == num_frames:
-        return frames[:num_frames]
     if sample == "random":
         start = rng.randint(0, total - num_frames)
-        return frames[start : start + num_frames]
-    return frames[np.linspace(0, total - 1, num_frames).round().astype(int)]
+        return list(range(start, start + num_frames))
+    return even_frames(total, num_frames)
 
 
 # ---- class-name prompts ---------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vimi.io.files import write_text
+
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross", "heart")
 
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -154,11 +156,8 @@ class Catalog:
         )
 
     def save(self, folder: Path) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / "catalog.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        write_text(path, self.to_json())
         return path
 
     @classmethod
