@@ -106,3 +106,80 @@ def test_the_former_recipe_does_not(clips):
     }
     d = _distances(_overfit(frames, captions, params, language_model, wan, "v_prediction", steps=300), frames)
     assert np.diag(d).min() > 30, d.round(1)
+
+
+def _canvas_unet():
+    torch.manual_seed(0)
+    model = build_denoiser(
+        {
+            "type": "frame_stack_unet",
+            "block_out_channels": [16, 32],
+            "cross_attention": [False, True],
+            "attention_heads": 2,
+            "canvas": True,
+            "canvas_hidden": 64,
+        },
+        8,
+        16,
+        32,
+    )
+    torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)  # a trained UNet's correction is not zero
+    return model.eval()
+
+
+def test_the_canvas_guess_is_the_start_and_padding_is_ignored():
+    from vimi.models.denoiser import denoise
+
+    fresh = build_denoiser(
+        {
+            "type": "frame_stack_unet",
+            "block_out_channels": [16, 32],
+            "cross_attention": [False, True],
+            "attention_heads": 2,
+            "canvas": True,
+            "canvas_hidden": 64,
+        },
+        8,
+        16,
+        32,
+    )
+    sample, t = torch.randn(2, 3, 8, 16, 16), torch.tensor([3, 900])
+    context = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        # Untrained, the prediction is the canvas's guess alone, whatever the noisy clip.
+        guess = fresh.context_canvas(context)
+        assert guess.shape == (2, 3, 8, 16, 16)
+        assert torch.equal(denoise(fresh, sample, t, context), guess)
+        assert torch.equal(denoise(fresh, torch.randn_like(sample), t, context), guess)
+        model = _canvas_unet()
+        # Zero rows are padding (a batch's shorter prompts): the canvas reads past them.
+        padded = torch.cat([context, torch.zeros(2, 3, 32)], dim=1)
+        assert torch.allclose(model.context_canvas(padded), model.context_canvas(context), atol=1e-5)
+        # An all-zero context (nothing to read) gives a finite guess, not NaN.
+        assert torch.isfinite(model.context_canvas(torch.zeros(1, 4, 32))).all()
+
+
+def test_a_canvas_denoiser_widens_for_given_frames_and_reloads(tmp_path):
+    from vimi.models.denoiser import FrameStackUNet, add_frame_conditioning, denoise, frame_conditioning
+
+    model = _canvas_unet()
+    sample, t, context = torch.randn(2, 3, 8, 16, 16), torch.tensor([3, 900]), torch.randn(2, 5, 32)
+    with torch.no_grad():
+        before = denoise(model, sample, t, context)
+        assert add_frame_conditioning(model)
+        given = frame_conditioning(torch.randn(2, 3, 8, 16, 16), [2, 0])
+        # The new channels start at zero: the stage-2 model computes exactly what stage 1 did.
+        assert torch.equal(denoise(model, sample, t, context, given), before)
+        model.save_pretrained(tmp_path)
+        again = FrameStackUNet.from_pretrained(tmp_path).eval()
+        assert again.config.in_channels == 7 and again.context_canvas is not None
+        assert torch.equal(denoise(again, sample, t, context, given), before)
+
+
+def test_the_canvas_needs_clean_clip_prediction():
+    from vimi.errors import VimiError
+    from vimi.train.stage1 import Stage1Task
+
+    with pytest.raises(VimiError, match="canvas guesses the clean clip: it needs diffusion.prediction_type: sample"):
+        Stage1Task._check_canvas(_canvas_unet(), {"prediction_type": "v_prediction"})
+    Stage1Task._check_canvas(_canvas_unet(), {"prediction_type": "sample"})

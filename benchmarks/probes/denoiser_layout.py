@@ -40,6 +40,15 @@ arch = arch.removesuffix("+xy")
 whole = arch.endswith("+clip")
 arch = arch.removesuffix("+clip")
 extra = 2 if xy else 0
+# +canvas: the context pooled by learned queries and decoded by an MLP into a whole-clip guess, handed to the
+# UNet as input channels (+aux: that guess also trained on the clip directly)
+# +res: the UNet (its output layer zero at the start) predicts a correction to that guess
+res = arch.endswith("+res")
+arch = arch.removesuffix("+res")
+aux = arch.endswith("+aux")
+arch = arch.removesuffix("+aux")
+canvas = arch.endswith("+canvas")
+arch = arch.removesuffix("+canvas")
 lr = float(sys.argv[4]) if len(sys.argv) > 4 else 1e-3
 # PROBE_REGRESS=1: train at the noisiest step only and sample in one step, i.e. plain regression from the
 # tokens to the clip (tiny's clips are fixed by their caption): an upper bound on what the layout learns
@@ -85,6 +94,30 @@ class Cond(torch.nn.Module):
 
 
 cond = Cond()
+
+
+class Canvas(torch.nn.Module):
+    def __init__(self, queries=8, hidden=1024):
+        super().__init__()
+        self.q = torch.nn.Parameter(torch.randn(queries, D) * 0.02)
+        self.attn = torch.nn.MultiheadAttention(D, 4, batch_first=True)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.LayerNorm(queries * D),
+            torch.nn.Linear(queries * D, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, 3 * T * S * S),
+        )
+
+    def forward(self, ctx):
+        pooled = self.attn(self.q.expand(ctx.shape[0], -1, -1), ctx, ctx, need_weights=False)[0]
+        return self.mlp(pooled.flatten(1)).reshape(-1, 3, T, S, S)
+
+
+canvas_net = Canvas() if canvas else None
+if canvas:
+    extra += 3 * T
 if arch == "stack":
     unet = UNet2DConditionModel(
         sample_size=S,
@@ -113,19 +146,26 @@ else:
         norm_num_groups=8,
         num_class_embeds=T,
     )
+if res:
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
 print(arch, sum(p.numel() for p in unet.parameters()) / 1e6, "M", flush=True)
 
 
 coords = torch.stack(torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij"))
 
 
-def predict(xt, t, ctx):
+def predict(xt, t, ctx, guess=None):
     b = xt.shape[0]
     if arch == "stack":
         inp = xt.reshape(b, 3 * T, S, S)
+        if canvas:
+            guess = canvas_net(ctx) if guess is None else guess
+            inp = torch.cat([inp, guess.reshape(b, 3 * T, S, S)], 1)
         if xy:
             inp = torch.cat([inp, coords.expand(b, -1, -1, -1)], 1)
-        return unet(inp, t, ctx).sample.reshape(b, 3, T, S, S)
+        out = unet(inp, t, ctx).sample.reshape(b, 3, T, S, S)
+        return out + guess if res else out
     flat = xt.permute(0, 2, 1, 3, 4).reshape(b * T, 3, S, S)
     if xy:
         flat = torch.cat([flat, coords.expand(b * T, -1, -1, -1)], 1)
@@ -138,7 +178,8 @@ def predict(xt, t, ctx):
 
 
 sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="sample")
-opt = torch.optim.AdamW([*unet.parameters(), *cond.parameters()], lr=lr, weight_decay=0.01)
+extra_params = list(canvas_net.parameters()) if canvas else []
+opt = torch.optim.AdamW([*unet.parameters(), *cond.parameters(), *extra_params], lr=lr, weight_decay=0.01)
 warm = 50
 lr_at = lambda s: lr * min(1, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1, s / steps)))  # noqa: E731
 rng = np.random.default_rng(0)
@@ -153,10 +194,14 @@ for step in range(steps):
     noise = torch.randn_like(x0)
     t = torch.full((batch,), 999) if regress else torch.randint(0, 1000, (batch,))
     xt = sched.add_noise(x0, noise, t)
-    loss = torch.nn.functional.mse_loss(predict(xt, t, cond(tk)), x0)
+    ctx = cond(tk)
+    guess = canvas_net(ctx) if canvas else None
+    loss = torch.nn.functional.mse_loss(predict(xt, t, ctx, guess), x0)
+    if aux:
+        loss = loss + torch.nn.functional.mse_loss(guess, x0)
     opt.zero_grad()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_([*unet.parameters(), *cond.parameters()], 1.0)
+    torch.nn.utils.clip_grad_norm_([*unet.parameters(), *cond.parameters(), *extra_params], 1.0)
     opt.step()
     if step % 50 == 0 or step == steps - 1:
         print(f"step {step} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
@@ -173,21 +218,51 @@ ddim = DDIMScheduler(
 )
 ddim.set_timesteps(1 if regress else 25)
 pick = np.random.default_rng(1).choice(len(rows), 48, replace=False)
-g = torch.Generator().manual_seed(0)
+targets = [rows[i] for i in pick]
+scenes = [r["scene"] for r in targets]
+
+
+def to_uint8(z):
+    return ((z.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
+
+
+result = {}
 with torch.no_grad():
     ctx = cond(tok[pick])
     null = cond(torch.full_like(tok[pick], len(vocab)))
-    z = torch.randn((48, 3, T, S, S), generator=g)
-    for t in ddim.timesteps:
-        tt = torch.full((48,), int(t))
-        c, u = predict(z, tt, ctx), predict(z, tt, null)
-        z = ddim.step(u + 3.0 * (c - u), t, z).prev_sample
-samples = ((z.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
-targets = [rows[i] for i in pick]
-measured = measure_clips(samples, [r["scene"] for r in targets], sprite_scale=cfg.sprite_scale)
-result = summarize(score(measured, targets))
+    if canvas:  # the guess alone, as a regression
+        guessed = summarize(
+            score(measure_clips(to_uint8(canvas_net(ctx)), scenes, sprite_scale=cfg.sprite_scale), targets)
+        )
+        result["canvas_subject_there"] = guessed["subject_there_rate"]
+        result["canvas_identity"] = guessed["identity_accuracy"]
+    for guidance in (3.0, 1.0):
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn((48, 3, T, S, S), generator=g)
+        for t in ddim.timesteps:
+            tt = torch.full((48,), int(t))
+            c = predict(z, tt, ctx)
+            if guidance != 1.0:
+                u = predict(z, tt, null)
+                c = u + guidance * (c - u)
+            pred = c
+            z = ddim.step(pred, t, z).prev_sample
+        measured = summarize(score(measure_clips(to_uint8(z), scenes, sprite_scale=cfg.sprite_scale), targets))
+        if guidance == 3.0:
+            samples = to_uint8(z)
+            result.update(measured)
+        else:
+            result["g1_subject_there"] = measured["subject_there_rate"]
+            result["g1_color_pair"] = measured["color_pair_accuracy"]
+            result["g1_identity"] = measured["identity_accuracy"]
 result.update(
-    arch=arch + ("+clip" if whole else "") + ("+xy" if xy else "") + (" regress" if regress else ""),
+    arch=arch
+    + ("+canvas" if canvas else "")
+    + ("+aux" if aux else "")
+    + ("+res" if res else "")
+    + ("+clip" if whole else "")
+    + ("+xy" if xy else "")
+    + (" regress" if regress else ""),
     steps=steps,
     batch=batch,
     lr=lr,
@@ -195,7 +270,7 @@ result.update(
     final_loss=round(loss.item(), 4),
 )
 print(json.dumps(result), flush=True)
-tag = f"{arch}{'_clip' if whole else ''}{'_xy' if xy else ''}{'_regress' if regress else ''}_{steps}_{batch}"
+tag = f"{arch}{'_canvas' if canvas else ''}{'_aux' if aux else ''}{'_res' if res else ''}{'_clip' if whole else ''}{'_xy' if xy else ''}{'_regress' if regress else ''}_{steps}_{batch}"
 np.save(f"/tmp/probe_{tag}.npy", samples)
 grid = np.concatenate([np.concatenate(list(samples[i]), axis=1) for i in range(8)], axis=0)
 real = np.concatenate([np.concatenate(list(clips[i]), axis=1) for i in pick[:8]], axis=0)

@@ -36,45 +36,113 @@ def denoiser_config(params: dict[str, Any], num_frames: int, frame_size: int, co
                 rope_max_seq_len=max(64, num_frames, frame_size))
 
 
+class ContextCanvas(torch.nn.Module):
+    """The prompt read at once into a guess of the whole clip: learned queries attend to the context
+    (its zero rows are padding), an MLP decodes what they read into RGB frames of `size`×`size`, scaled up
+    to the clip. Cross-attention at a UNet's low resolutions learns slowly to turn a handful of prompt
+    tokens into a sprite's exact shape; an MLP from the same tokens to the pixels learns it in a few
+    hundred steps."""
+
+    def __init__(
+        self,
+        context_dim: int,
+        num_frames: int,
+        frame_size: int,
+        queries: int = 8,
+        width: int = 128,
+        hidden: int = 1024,
+        size: int = 16,
+        heads: int = 4,
+    ):
+        super().__init__()
+        self.num_frames, self.frame_size, self.size = int(num_frames), int(frame_size), int(size)
+        self.norm = torch.nn.LayerNorm(context_dim)
+        self.proj = torch.nn.Linear(context_dim, width)
+        self.queries = torch.nn.Parameter(torch.randn(queries, width) * 0.02)
+        self.attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.LayerNorm(queries * width),
+            torch.nn.Linear(queries * width, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, 3 * num_frames * size * size),
+        )
+
+    def forward(self, context: torch.Tensor) -> torch.Tensor:
+        b = context.shape[0]
+        padding = context.abs().sum(-1) == 0
+        padding[:, 0] = False  # an all-padding row would attend to nothing (NaN)
+        keys = self.proj(self.norm(context))
+        read = self.attn(
+            self.queries.to(keys.dtype).expand(b, -1, -1), keys, keys, key_padding_mask=padding, need_weights=False
+        )[0]
+        guess = self.mlp(read.flatten(1)).reshape(b, 3 * self.num_frames, self.size, self.size)
+        if self.size != self.frame_size:
+            guess = torch.nn.functional.interpolate(guess, size=(self.frame_size,) * 2, mode="bilinear")
+        return guess.reshape(b, 3, self.num_frames, self.frame_size, self.frame_size)
+
+
 class FrameStackUNet(ModelMixin, ConfigMixin):
     """A 2-D conditional UNet that sees a whole clip at once, its frames stacked along the channels
     (as MCVD does for short clips): B×C×T×H×W in, the same shape out. Convolutions reproduce a sprite's
     edges and colours pixel for pixel where a transformer over 4×4 patches learned only blurred blocks;
-    cross-attention to the prompt sits at the lower resolutions."""
+    cross-attention to the prompt sits at the lower resolutions.
+
+    With `canvas` (for x0 prediction), a ContextCanvas guesses the clean clip from the prompt alone;
+    the guess is an input of the UNet, and the UNet's output (zero at the start) is a correction added
+    to it: the prompt's pixels come by the short path, the UNet sharpens them from the noisy clip."""
 
     @register_to_config
     def __init__(self, num_frames: int = 8, frame_size: int = 32, in_channels: int = 3, out_channels: int = 3,
                  context_dim: int = 384, block_out_channels: tuple[int, ...] = (64, 128, 128),
                  cross_attention: tuple[bool, ...] = (False, True, True), layers_per_block: int = 1,
-                 attention_heads: int = 4, norm_groups: int = 8):
+                 attention_heads: int = 4, norm_groups: int = 8, canvas: bool = False, canvas_queries: int = 8,
+                 canvas_width: int = 128, canvas_hidden: int = 1024, canvas_size: int = 16):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
+        guess_channels = out_channels if canvas else 0   # the canvas's guess, after the sample's channels
         self.unet = UNet2DConditionModel(
-            sample_size=frame_size, in_channels=in_channels * num_frames, out_channels=out_channels * num_frames,
+            sample_size=frame_size, in_channels=(in_channels + guess_channels) * num_frames,
+            out_channels=out_channels * num_frames,
             down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             cross_attention_dim=context_dim, attention_head_dim=attention_heads, norm_num_groups=norm_groups)
+        self.context_canvas = None
+        if canvas:
+            self.context_canvas = ContextCanvas(context_dim, num_frames, frame_size, canvas_queries, canvas_width,
+                                                canvas_hidden, min(int(canvas_size), int(frame_size)))
+            torch.nn.init.zeros_(self.unet.conv_out.weight)  # at the start the prediction is the guess
+            torch.nn.init.zeros_(self.unet.conv_out.bias)
 
     def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, return_dict: bool = False):
         b, c, t, h, w = sample.shape
         if t != self.config.num_frames:
             raise VimiError(f"This denoiser generates clips of {self.config.num_frames} frames, not {t}.")
-        out = self.unet(sample.reshape(b, c * t, h, w), timestep, encoder_hidden_states, return_dict=False)[0]
-        return (out.reshape(b, -1, t, h, w),)
+        x = sample.reshape(b, c * t, h, w)
+        guess = None
+        if self.context_canvas is not None:
+            guess = self.context_canvas(encoder_hidden_states).to(sample.dtype)
+            x = torch.cat([x, guess.reshape(b, -1, h, w)], dim=1)
+        out = self.unet(x, timestep, encoder_hidden_states, return_dict=False)[0].reshape(b, -1, t, h, w)
+        return (out if guess is None else out + guess.to(out.dtype),)
 
     def widen_input(self, extra: int) -> None:
         """Add `extra` zero-initialised input channels per frame (the model computes what it did before)."""
         t = self.config.num_frames
         old = self.unet.conv_in
-        c_old = old.in_channels // t
-        new = torch.nn.Conv2d((c_old + extra) * t, old.out_channels, old.kernel_size, old.stride, old.padding,
-                              dtype=old.weight.dtype, device=old.weight.device)
+        c_old = int(self.config.in_channels)
+        guess = old.in_channels - c_old * t   # the canvas's guess comes last
+        new = torch.nn.Conv2d((c_old + extra) * t + guess, old.out_channels, old.kernel_size, old.stride,
+                              old.padding, dtype=old.weight.dtype, device=old.weight.device)
         with torch.no_grad():
             new.weight.zero_()
-            new.weight[:, : old.in_channels] = old.weight   # channel index = c * T + t: old channels come first
+            new.weight[:, : c_old * t] = old.weight[:, : c_old * t]   # channel index = c * T + t
+            if guess:
+                new.weight[:, -guess:] = old.weight[:, -guess:]
             new.bias.copy_(old.bias)
         self.unet.conv_in = new
         self.unet.register_to_config(in_channels=new.in_channels)
@@ -83,7 +151,8 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
 
 FRAME_STACK_DEFAULTS: dict[str, Any] = {
     "block_out_channels": [64, 128, 128], "cross_attention": [False, True, True], "layers_per_block": 1,
-    "attention_heads": 4, "norm_groups": 8,
+    "attention_heads": 4, "norm_groups": 8, "canvas": False, "canvas_queries": 8, "canvas_width": 128,
+    "canvas_hidden": 1024, "canvas_size": 16,
 }
 
 
@@ -101,7 +170,10 @@ def build_denoiser(params: dict[str, Any], num_frames: int, frame_size: int, con
                               block_out_channels=tuple(int(c) for c in cfg["block_out_channels"]),
                               cross_attention=tuple(bool(a) for a in cfg["cross_attention"]),
                               layers_per_block=int(cfg["layers_per_block"]),
-                              attention_heads=int(cfg["attention_heads"]), norm_groups=int(cfg["norm_groups"]))
+                              attention_heads=int(cfg["attention_heads"]), norm_groups=int(cfg["norm_groups"]),
+                              canvas=bool(cfg["canvas"]), canvas_queries=int(cfg["canvas_queries"]),
+                              canvas_width=int(cfg["canvas_width"]), canvas_hidden=int(cfg["canvas_hidden"]),
+                              canvas_size=int(cfg["canvas_size"]))
     if kind != "wan":
         raise VimiError(f"params.yaml model.denoiser.type must be wan or frame_stack_unet, got {kind!r}.")
     from diffusers import WanTransformer3DModel

@@ -147,6 +147,7 @@ class Stage1Task:
             model_params.get("denoiser", {}), self.num_frames, self.frame_size, self.language_model.config.hidden_size
         )
         self.diffusion = params.get("diffusion", {})
+        self._check_canvas(self.model, self.diffusion)
         self.train_scheduler, self.sample_scheduler = noise_schedulers(self.diffusion)
         self.guidance_scale = float(self.diffusion.get("guidance_scale", 3.0))
         self.weighting = loss_weighting(self.diffusion)
@@ -160,6 +161,13 @@ class Stage1Task:
             with_docs=not text_only,
         )
         self._model_params = model_params
+
+    @staticmethod
+    def _check_canvas(model, diffusion: dict[str, Any]) -> None:
+        if getattr(model, "context_canvas", None) is not None and diffusion.get("prediction_type") != "sample":
+            raise VimiError(
+                "params.yaml model.denoiser.canvas guesses the clean clip: it needs diffusion.prediction_type: sample."
+            )
 
     def to(self, device: torch.device) -> None:
         self.language_model.to(device)
