@@ -43,6 +43,8 @@ MICRO_TRAIN = {
             "cross_attention": [False, True],
             "attention_heads": 2,
             "norm_groups": 8,
+            "canvas": True,  # as the default recipe: the prompt's guess, corrected by the UNet
+            "canvas_hidden": 64,
         },
     },
     "align": {"steps": 4, "batch_size": 16, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2, "eval_docs": 32},
