@@ -108,21 +108,19 @@ def test_the_former_recipe_does_not(clips):
     assert np.diag(d).min() > 30, d.round(1)
 
 
+CANVAS_DENOISER = {
+    "type": "frame_stack_unet",
+    "block_out_channels": [16, 32],
+    "cross_attention": [False, True],
+    "attention_heads": 2,
+    "canvas": True,
+    "canvas_hidden": 64,
+}
+
+
 def _canvas_unet():
     torch.manual_seed(0)
-    model = build_denoiser(
-        {
-            "type": "frame_stack_unet",
-            "block_out_channels": [16, 32],
-            "cross_attention": [False, True],
-            "attention_heads": 2,
-            "canvas": True,
-            "canvas_hidden": 64,
-        },
-        8,
-        16,
-        32,
-    )
+    model = build_denoiser(CANVAS_DENOISER, 8, 16, 32)
     torch.nn.init.normal_(model.unet.conv_out.weight, std=0.05)  # a trained UNet's correction is not zero
     return model.eval()
 
@@ -130,19 +128,7 @@ def _canvas_unet():
 def test_the_canvas_guess_is_the_start_and_padding_is_ignored():
     from vimi.models.denoiser import denoise
 
-    fresh = build_denoiser(
-        {
-            "type": "frame_stack_unet",
-            "block_out_channels": [16, 32],
-            "cross_attention": [False, True],
-            "attention_heads": 2,
-            "canvas": True,
-            "canvas_hidden": 64,
-        },
-        8,
-        16,
-        32,
-    )
+    fresh = build_denoiser(CANVAS_DENOISER, 8, 16, 32)
     sample, t = torch.randn(2, 3, 8, 16, 16), torch.tensor([3, 900])
     context = torch.randn(2, 5, 32)
     with torch.no_grad():
