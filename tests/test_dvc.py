@@ -3,8 +3,10 @@ a second repro does nothing; push/pull through the configured local remote; `dvc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -157,18 +159,30 @@ def _interrupt_repro(root: Path, env: dict, stage: str, sig: signal.Signals, tim
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    seen, deadline = b"", time.time() + timeout
+    fd, seen, deadline = proc.stdout.fileno(), b"", time.time() + timeout
     try:
         while f"Running stage '{stage}'".encode() not in seen:
-            chunk = os.read(proc.stdout.fileno(), 4096)
+            chunk = os.read(fd, 4096)
             assert chunk, f"dvc repro ended before {stage}:\n{seen.decode()[-2000:]}"
             seen += chunk
             assert time.time() < deadline, f"no stage {stage} in {timeout} s"
         time.sleep(2)  # mid-stage: the command is running
         os.killpg(proc.pid, sig)
-        while os.read(proc.stdout.fileno(), 65536):  # drain what it still says, or a full pipe holds it up
+        signalled = time.time()
+        while True:  # drain what it still says (a full pipe would hold it up) until it ends
+            if select.select([fd], [], [], 0.5)[0]:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                seen += chunk
+            elif b"ERROR" not in seen and time.time() - signalled > 3:
+                # A SIGINT that lands between a fork and its exec can be consumed by a handler the exec then
+                # discards; the step runs on as if none came. A person presses Ctrl-C again.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                signalled = time.time()
             assert time.time() < deadline + 120, "dvc repro did not stop"
-        assert proc.wait(timeout=120) != 0
+        assert proc.wait(timeout=120) != 0, seen.decode()[-2000:]
     finally:
         proc.stdout.close()
 
