@@ -105,6 +105,32 @@ def test_text_only_prompts_carry_no_images(trained):
     assert sum(not isinstance(x, str) for x in prompts[0]) == s.params["retrieval"]["k"]
 
 
+def test_document_text_dropout_keeps_the_image_alone(trained):
+    """With stage1.doc_text_dropout, a kept document comes as its image without its caption (how a
+    subject instruction gives its reference image); documents themselves are kept or dropped as before."""
+    from vimi.train.stage1 import Stage1Task
+
+    s = trained
+    params = {**s.params, "stage1": {**s.params["stage1"], "doc_dropout": 0.0, "doc_text_dropout": 0.5}}
+    task = Stage1Task(params, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
+    batch = task.dataset.__getitems__(list(range(8)))
+    generator = torch.Generator().manual_seed(0)
+    images = texts = 0
+    for i, prompt in enumerate(task.prompts(batch, generator)):
+        if not prompt:  # cfg dropout: nothing at all
+            continue
+        assert prompt[-1] == batch.captions[i].strip()  # the clip's own caption is never dropped
+        assert sum(not isinstance(x, str) for x in prompt) == len(batch.doc_images[i])  # every image kept
+        images += len(batch.doc_images[i])
+        texts += len(prompt) - 1 - sum(not isinstance(x, str) for x in prompt)
+        assert set(x for x in prompt[:-1] if isinstance(x, str)) <= {c.strip() for c in batch.doc_captions[i]}
+    assert images >= 8
+    assert 0.25 * images < texts < 0.75 * images  # about half the captions
+    bad = {**s.params, "stage1": {**s.params["stage1"], "doc_text_dropout": 1.0}}
+    with pytest.raises(VimiError, match=r"stage1\.doc_text_dropout must be in \[0, 1\)"):
+        Stage1Task(bad, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
+
+
 def test_real_clips_are_fitted_to_the_training_shape():
     from tests.conftest import real_clip_frames
     from vimi.data.clips import fit_clip

@@ -138,6 +138,7 @@ class Stage1(Loop):
     warmup_steps: int = 50
     cfg_dropout: float = Field(0.1, ge=0, le=1)
     doc_dropout: float = Field(0.3, ge=0, le=1)
+    doc_text_dropout: float = Field(0.0, ge=0, le=1)  # a kept document's caption dropped: its image alone
     max_docs: Optional[int] = Field(4, ge=0)  # retrieved documents in a prompt; null: retrieval.k
     sample_prompts: int = Field(4, ge=1)
     sample_steps: int = Field(10, ge=1)

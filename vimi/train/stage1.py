@@ -3,8 +3,9 @@
 Each training clip's prompt interleaves its retrieved memory documents (image, then caption, best
 first) with its own caption; the frozen multimodal encoder turns it into the cross-attention
 context. Conditioning is dropped entirely with probability `cfg_dropout` (classifier-free
-guidance) and each retrieved document with probability `doc_dropout` (so the model also works
-with fewer documents, or none). DDPM noise-prediction loss in pixel space.
+guidance), each retrieved document with probability `doc_dropout` (so the model also works
+with fewer documents, or none) and a kept document's caption with `doc_text_dropout` (its image
+alone, as a subject instruction's reference image comes). DDPM loss in pixel space.
 """
 
 from __future__ import annotations
@@ -124,7 +125,12 @@ class Stage1Task:
         model_params, stage, world = params.get("model", {}), params.get("stage1", {}), params.get("world", {})
         self.cfg_dropout = stage["cfg_dropout"]
         self.doc_dropout = stage["doc_dropout"]
-        for name, value in (("cfg_dropout", self.cfg_dropout), ("doc_dropout", self.doc_dropout)):
+        self.doc_text_dropout = stage.get("doc_text_dropout", 0.0)
+        for name, value in (
+            ("cfg_dropout", self.cfg_dropout),
+            ("doc_dropout", self.doc_dropout),
+            ("doc_text_dropout", self.doc_text_dropout),
+        ):
             if not 0 <= value < 1:
                 raise VimiError(f"params.yaml stage1.{name} must be in [0, 1), got {value}.")
         self.max_docs = int(stage["max_docs"] if stage["max_docs"] is not None else params["retrieval"]["k"])
@@ -179,7 +185,8 @@ class Stage1Task:
             "name": self.name,
             "model": self._model_params,
             "diffusion": self.diffusion,
-            "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs],
+            "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs]
+            + ([self.doc_text_dropout] if self.doc_text_dropout else []),
             "data": [
                 str(self.dataset.videos_uri),
                 self.dataset.augmented_version,
@@ -205,6 +212,9 @@ class Stage1Task:
                 keep = (torch.rand(len(images), generator=generator) >= self.doc_dropout).tolist()
                 images = [im for im, k in zip(images, keep) if k]
                 captions = [c for c, k in zip(captions, keep) if k]
+                if self.doc_text_dropout:
+                    text = (torch.rand(len(captions), generator=generator) >= self.doc_text_dropout).tolist()
+                    captions = [c if t else "" for c, t in zip(captions, text)]
             prompts.append(stage1_prompt(batch.captions[i], images, captions))
         return prompts
 
