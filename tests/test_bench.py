@@ -218,3 +218,35 @@ def test_bench_lance_dvc_compares_merging_and_pruning_with_plain_appends(tmp_pat
         for k in ("dvc_add_s", "dvc_status_unchanged_s", "dvc_add_after_one_append_s")
     )
     assert not list(tmp_path.glob("vimi-bench-lance-dvc-*"))  # the scratch projects are removed
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is here: the bench would run")
+def test_bench_gpu_without_cuda_says_so_in_one_line(project, tmp_path):
+    out_file = tmp_path / "gpu.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "vimi", "bench", "gpu", "--out", str(out_file), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=project,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().startswith("error: No CUDA device on this machine") and len(out.stderr.splitlines()) == 1
+    assert not out_file.exists()
+
+
+def test_bench_gpu_figures_on_a_cpu(settings):
+    """The GPU bench's own code, run on the CPU in fp32 at micro shapes: the real stage-1 step over
+    synthetic prompts, its FLOPs counted, the ratios computed from the figures beside them."""
+    from vimi.bench.gpu import bench_gpu, datasheet_peak
+
+    result = bench_gpu(settings, batch_sizes=(1, 2), steps=1, i3d_batch=1, device="cpu", precision="fp32")
+    assert result["device"] == "cpu" and result["clip"] == {"frames": 8, "size": 16, "documents_per_prompt": 4}
+    one, two = result["by_batch"]
+    assert 1.8 < two["gflop_per_step"] / one["gflop_per_step"] < 2.2  # the denoiser's FLOPs grow with the clips
+    peak = result["measured_matmul_peak_tflops"] * 1e12
+    for entry in (one, two):
+        assert entry["clips_per_s"] == round(entry["batch"] / entry["step_seconds"], 1)
+        assert abs(entry["share_of_measured_matmul_peak"] - entry["achieved_tflops"] * 1e12 / peak) < 0.01
+        assert entry["share_of_datasheet_peak"] is None and entry["peak_memory_gib"] is None
+    assert result["i3d"]["clips_per_s"] > 0
+    assert datasheet_peak("NVIDIA H200") == 989e12 and datasheet_peak("Quadro K1200") is None

@@ -245,3 +245,28 @@ def bench_eval_cmd(
     result = bench_eval(_settings(profile), clips=clips, batch_sizes=sizes)
     if not _save_benchmark(result, out, as_json):
         _figure_table(f"vimi bench eval → {out}", result)
+
+
+@bench_app.command("gpu")
+def bench_gpu_cmd(
+    batch_sizes: str = typer.Option("8,32", "--batch-sizes", help="Clips per training step, comma-separated."),
+    steps: int = typer.Option(20, min=1, help="Timed training steps per batch size (after 3 warm-up steps)."),
+    i3d_batch: int = typer.Option(8, "--i3d-batch", min=1, help="Clips per I3D forward pass."),
+    out: Path = typer.Option(Path("benchmarks/gpu.json"), "--out", help="Where the JSON goes."),
+    profile: Optional[str] = typer.Option("small", "--profile", "-p", help="Profile whose shapes are trained."),
+    as_json: bool = JsonOption,
+) -> None:
+    """On a CUDA device: stage-1 training in bf16 (clips/s, FLOP/s, share of the bf16 peak, peak memory), I3D clips/s.
+    Needs no pipeline data; on a machine without CUDA it says so and exits non-zero."""
+    from vimi.bench.gpu import bench_gpu, require_cuda
+
+    require_cuda()
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise VimiError(f"--batch-sizes takes comma-separated integers, got {batch_sizes!r}.") from None
+    if not sizes or min(sizes) < 1:
+        raise VimiError("--batch-sizes must be positive.")
+    result = bench_gpu(_settings(profile), batch_sizes=sizes, steps=steps, i3d_batch=i3d_batch)
+    if not _save_benchmark(result, out, as_json):
+        _figure_table(f"vimi bench gpu → {out}", result)
