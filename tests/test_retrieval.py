@@ -417,3 +417,53 @@ def test_doc_ids_are_checked_against_rows(tmp_path):
     lance.write_dataset(table.take(list(range(29, -1, -1))), str(reversed_memory))
     rows = _doc_rows_if_shuffled(lance.dataset(str(reversed_memory)), shard_dirs, starts)
     assert rows.tolist() == list(range(29, -1, -1))
+
+
+def test_the_java_batch_search_answers_as_one_search_per_text(tmp_path):
+    """vimi's Java BatchSearcher (one call, Java threads, primitive arrays) returns exactly the hits,
+    scores, ranks and truncation of one search() per text: on SpriteWorld-like captions of a 4-shard
+    index, Lucene syntax, stopwords only, empty text, unknown words and a text past the clause limit."""
+    import random
+
+    rng = random.Random(0)
+    words = "dravok zylom red blue star circle heart beach snow night forest striped dotted".split()
+    captions = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(400)]
+    memory, index = tmp_path / "m.lance", tmp_path / "bm25"
+    write_memory(memory, captions)
+    build_index(memory, index, 0.9, 0.4, shards=4)
+    searcher = BM25Searcher(index, memory)
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 8))) for _ in range(300)]
+    texts += [
+        "",
+        "   ",
+        "the of a",
+        "qqqx unknown",
+        'red AND "star" OR title:(beach)^3 -snow *',
+        "red star " + " ".join(f"zq{i}x" for i in range(1500)),
+    ]
+    for threads in (1, 3):
+        batch = searcher.batch_search(texts, 7, threads)
+        one_by_one = [searcher.search(t, 7) for t in texts]
+        assert batch == one_by_one
+        assert [h.truncated for h in batch] == [h.truncated for h in one_by_one]
+    assert batch[-1].truncated and not batch[0].truncated
+    assert [len(h) for h in batch[-6:-1]] == [0, 0, 0, 0, 7]
+    arrays = searcher.search_arrays(texts, 7, 2)
+    assert arrays.rows.shape == (len(texts), 7) and arrays.counts.tolist() == [len(h) for h in batch]
+    assert (arrays.rows[arrays.counts == 0] == -1).all()
+    assert searcher.search_arrays([], 7).counts.size == 0
+
+
+def test_the_shipped_batch_searcher_jar_is_built_from_its_source():
+    """The jar is package data (a user needs no JDK); it records the sha256 of the source it was compiled
+    from, so an edited source with a stale jar fails here (`make batch-searcher` rebuilds it)."""
+    import hashlib
+    import zipfile
+
+    from vimi.retrieval.java import BATCH_SEARCHER_JAR
+
+    source = Path(__file__).parents[1] / "vimi/retrieval/java/io/vimi/retrieval/BatchSearcher.java"
+    with zipfile.ZipFile(BATCH_SEARCHER_JAR) as jar:
+        recorded = jar.read("io/vimi/retrieval/BatchSearcher.java.sha256").decode().strip()
+        assert "io/vimi/retrieval/BatchSearcher.class" in jar.namelist()
+    assert recorded == hashlib.sha256(source.read_bytes()).hexdigest()

@@ -16,7 +16,7 @@ import pyarrow as pa
 from vimi.errors import VimiError
 from vimi.io import lance_io
 from vimi.parallel import resolve_workers
-from vimi.progress import progress
+from vimi.progress import counter
 from vimi.retrieval.bm25 import BM25Searcher, open_searcher
 
 FLAG_OK, FLAG_EMPTY, FLAG_NO_HIT, FLAG_FEW = "ok", "empty_caption", "no_hit", "fewer_than_k"
@@ -44,33 +44,49 @@ AUGMENTED_SCHEMA = pa.schema(
 )
 
 
-def _rows(
-    searcher: BM25Searcher, clips: Iterator[pa.RecordBatch], k: int, threads: int, provenance: dict[str, Any]
-) -> Iterator[dict]:
+def _batches(
+    searcher: BM25Searcher, clips: Iterator[pa.RecordBatch], k: int, threads: int, provenance: dict[str, Any], tick
+) -> Iterator[pa.RecordBatch]:
+    """One augmented record batch per batch of clips, built from the searcher's arrays (no Python object
+    per hit)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    memory_ids = searcher.id_array()
     for batch in clips:
-        ids, captions = batch.column("id").to_pylist(), batch.column("caption").to_pylist()
-        results = searcher.batch_search([c or "" for c in captions], k, threads)
-        for clip_id, caption, hits in zip(ids, captions, results):
-            if not (caption or "").strip():
-                flag = FLAG_EMPTY
-            elif getattr(hits, "truncated", False):
-                flag = FLAG_TRUNCATED
-            elif not hits:
-                flag = FLAG_NO_HIT
-            else:
-                flag = FLAG_OK if len(hits) == k else FLAG_FEW
-            yield {
-                "clip_id": clip_id,
-                "caption": caption or "",
-                "memory_ids": [h.id for h in hits],
-                "memory_rows": [h.row for h in hits],
-                "scores": [h.score for h in hits],
-                "ranks": [h.rank for h in hits],
-                "num_hits": len(hits),
-                "flag": flag,
-                "k": k,
-                **provenance,
-            }
+        n = batch.num_rows
+        captions = pc.fill_null(batch.column("caption"), "")
+        texts = captions.to_pylist()
+        found = searcher.search_arrays(texts, k, threads)
+        counts = found.counts.astype(np.int32)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+        keep = np.arange(found.rows.shape[1])[None, :] < counts[:, None]  # row-major: each clip's hits in order
+        rows = found.rows[keep]
+        ranks = (np.broadcast_to(np.arange(1, found.rows.shape[1] + 1, dtype=np.int32), found.rows.shape))[keep]
+        blank = np.array([not t.strip() for t in texts], bool)
+        flag = np.where(
+            blank,
+            FLAG_EMPTY,
+            np.where(
+                found.truncated,
+                FLAG_TRUNCATED,
+                np.where(counts == 0, FLAG_NO_HIT, np.where(counts == k, FLAG_OK, FLAG_FEW)),
+            ),
+        )
+        columns = {
+            "clip_id": batch.column("id"),
+            "caption": captions,
+            "memory_ids": pa.ListArray.from_arrays(offsets, memory_ids.take(pa.array(rows))),
+            "memory_rows": pa.ListArray.from_arrays(offsets, pa.array(rows, pa.int64())),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(found.scores[keep], pa.float32())),
+            "ranks": pa.ListArray.from_arrays(offsets, pa.array(ranks, pa.int32())),
+            "num_hits": pa.array(counts, pa.int32()),
+            "flag": pa.array(flag.tolist(), pa.string()),
+            "k": pa.array(np.full(n, k, np.int32)),
+            **{name: pa.array([value] * n, AUGMENTED_SCHEMA.field(name).type) for name, value in provenance.items()},
+        }
+        tick(n)
+        yield pa.RecordBatch.from_arrays([columns[f.name] for f in AUGMENTED_SCHEMA], schema=AUGMENTED_SCHEMA)
 
 
 def augment(
@@ -92,17 +108,18 @@ def augment(
     requested, k = k, min(k, max(searcher.num_docs, 1))  # a memory of 5 documents has no 6th to return
     n = videos.count_rows()
     batches = videos.to_batches(columns=["id", "caption"], batch_size=batch_rows)
-    rows = progress(
-        _rows(searcher, batches, k, resolve_workers(threads), provenance), total=n, desc="retrieving", unit="clip"
-    )
     schema = AUGMENTED_SCHEMA.with_metadata({k: str(v) for k, v in provenance.items()} | {"k": str(k)})
-    result = lance_io.write_batches(
-        out_uri,
-        lance_io.batches_of(rows, schema, batch_rows),
-        schema,
-        "overwrite",
-        commit_message=f"augment k={k} index={info.index_id}",
-    )
+    with counter(n, "retrieving", "clip") as tick:
+        result = lance_io.write_batches(
+            out_uri,
+            (
+                b.replace_schema_metadata(schema.metadata)
+                for b in _batches(searcher, batches, k, resolve_workers(threads), provenance, tick)
+            ),
+            schema,
+            "overwrite",
+            commit_message=f"augment k={k} index={info.index_id}",
+        )
     seconds = time.perf_counter() - start
     return {
         "path": str(out_uri),

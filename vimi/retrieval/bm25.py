@@ -236,6 +236,16 @@ def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path) -> list[str]:
     return ids
 
 
+class BatchHits(NamedTuple):
+    """Hits of a batch of texts as arrays: text i's are rows[i, :counts[i]] (memory rows) with their
+    scores, best first; the rest of each row is -1 / 0. ``truncated``: as Hits.truncated."""
+
+    counts: np.ndarray  # n, int32
+    rows: np.ndarray  # n × k, int64
+    scores: np.ndarray  # n × k, float32
+    truncated: np.ndarray  # n, bool
+
+
 class Hits(list):
     """A query's hits, best first; ``truncated`` when the query had more distinct terms than Lucene's
     clause limit and only the first ones were searched."""
@@ -266,9 +276,18 @@ class BM25Searcher:
         self._analyzer = _jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
         self._generator = _jclass("io.anserini.search.query.BagOfWordsQueryGenerator")()
         self._new_collector = _jclass("org.apache.lucene.search.TopScoreDocCollector").create
+        self._batch = _jclass("io.vimi.retrieval.BatchSearcher")(self._searcher, self._analyzer, FIELD)
         self._cast = cast
         self._rows = None if self.info.docid_is_row else np.load(index_dir / ROWS_FILE)
         self.num_docs = int(self._reader.numDocs())
+
+    def id_array(self):
+        """The memory's ids as one Arrow string array (index = memory row), made once."""
+        if getattr(self, "_id_array", None) is None:
+            import pyarrow as pa
+
+            self._id_array = pa.array(self._ids, pa.string())
+        return self._id_array
 
     def analyze(self, text: str) -> list[str]:
         """The terms the index sees for ``text`` (after tokenizing, stopwords, stemming)."""
@@ -319,13 +338,37 @@ class BM25Searcher:
             builder.add(boost_query(term_query(term_class(FIELD, term)), float(count)), should)
         return builder.build()
 
+    def search_arrays(self, texts: Sequence[str], k: int, threads: int = 2) -> BatchHits:
+        """search() over many texts at once, as arrays: one call into Java, whose threads search the
+        batch (vimi's BatchSearcher: the same queries and collector as search(), so the same hits)."""
+        if k < 1:
+            raise ValueError("k must be >= 1")
+        n, k = len(texts), min(k, max(self.num_docs, 1))
+        if n == 0:
+            empty = np.zeros((0, k), np.int64)
+            return BatchHits(np.zeros(0, np.int32), empty, empty.astype(np.float32), np.zeros(0, bool))
+        raw = self._batch.search([t or "" for t in texts], k, max(1, int(threads)))
+        buffer = bytes(raw) if not isinstance(raw, (bytes, bytearray)) else raw
+        counts = np.frombuffer(buffer, "<i4", n, 0)
+        docs = np.frombuffer(buffer, "<i4", n * k, 4 * n).reshape(n, k)
+        scores = np.frombuffer(buffer, "<f4", n * k, 4 * n * (1 + k)).reshape(n, k)
+        truncated = np.frombuffer(buffer, "<i1", n, 4 * n * (1 + 2 * k)).astype(bool)
+        rows = docs.astype(np.int64)
+        if self._rows is not None:
+            rows = np.where(rows >= 0, self._rows[np.maximum(rows, 0)], -1)
+        return BatchHits(counts.astype(np.int32), rows, scores.copy(), truncated)
+
     def batch_search(self, texts: Sequence[str], k: int, threads: int = 2) -> list[Hits]:
-        """search() over many texts, in order, on ``threads`` threads each taking a contiguous slice
-        (pyjnius lets Java run outside the GIL; one task per slice keeps Python's share small)."""
-        threads = max(1, min(threads, len(texts)))
-        bounds = [(t * len(texts) // threads, (t + 1) * len(texts) // threads) for t in range(threads)]
-        slices = ordered_map(lambda b: [self.search(text, k) for text in texts[b[0] : b[1]]], bounds, threads)
-        return [hits for part in slices for hits in part]
+        """search() over many texts, in order (through search_arrays)."""
+        found = self.search_arrays(texts, k, threads)
+        ids, out = self._ids, []
+        for count, rows, scores, truncated in zip(found.counts, found.rows, found.scores, found.truncated):
+            hits = Hits(
+                Hit(ids[r], float(s), rank, int(r)) for rank, (r, s) in enumerate(zip(rows[:count], scores[:count]), 1)
+            )
+            hits.truncated = bool(truncated)
+            out.append(hits)
+        return out
 
 
 _searchers: dict[str, BM25Searcher] = {}
