@@ -31,7 +31,7 @@ MLFLOW_PORT ?= 5000
 SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test lint ui mlflow-ui serve repro bench lock clean dvc.yaml docs/lineage.svg batch-searcher
+.PHONY: help setup run test lint ui mlflow-ui serve repro bench lock clean dvc.yaml docs/lineage.svg java
 
 help:
 	@echo "make run        set up, then materialize the whole pipeline (tiny profile, CPU)"
@@ -109,17 +109,18 @@ docs/lineage.svg: setup
 bench: setup
 	vimi bench memory --json
 
-# The Java batch searcher ships compiled (package data: a user needs no JDK). Rebuild it after editing its
-# source; Debian's JDK 17 compiles it (`apt-get install openjdk-17-jdk-headless`), Anserini's Java 21+ runs it.
-BATCH_SEARCHER_SRC := vimi/retrieval/java/io/vimi/retrieval/BatchSearcher.java
-BATCH_SEARCHER_JAR := vimi/retrieval/vimi-batch-searcher.jar
-batch-searcher: $(BATCH_SEARCHER_JAR)
+# vimi's Java classes for Lucene (the batch searcher and indexer) ship compiled as package data: a user
+# needs no JDK. Rebuild the jar after editing a source; Debian's JDK 17 compiles them
+# (`apt-get install openjdk-17-jdk-headless`), Anserini's Java 21+ runtime runs them.
+JAVA_SRC := $(wildcard vimi/retrieval/java/io/vimi/retrieval/*.java)
+LUCENE_JAR := vimi/retrieval/vimi-lucene.jar
+java: $(LUCENE_JAR)
 
-$(BATCH_SEARCHER_JAR): $(BATCH_SEARCHER_SRC) | setup
+$(LUCENE_JAR): $(JAVA_SRC) | setup
 	rm -rf build/java && mkdir -p build/java/io/vimi/retrieval
 	javac --release 17 -Xlint:all -Werror -d build/java \
-	  -cp "$$($(VENV)/bin/python -c 'from vimi.retrieval.java import anserini_jar; print(anserini_jar())')" $<
-	sha256sum $< | cut -d' ' -f1 > build/java/io/vimi/retrieval/BatchSearcher.java.sha256
+	  -cp "$$($(VENV)/bin/python -c 'from vimi.retrieval.java import anserini_jar; print(anserini_jar())')" $(JAVA_SRC)
+	for src in $(JAVA_SRC); do sha256sum $$src | cut -d' ' -f1 > build/java/io/vimi/retrieval/$$(basename $$src).sha256; done
 	jar --create --file $@ --date 2026-01-01T00:00:00Z -C build/java .
 
 # Refresh the whole-tree pins after changing pyproject.toml's dependencies.

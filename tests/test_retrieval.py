@@ -454,16 +454,63 @@ def test_the_java_batch_search_answers_as_one_search_per_text(tmp_path):
     assert searcher.search_arrays([], 7).counts.size == 0
 
 
-def test_the_shipped_batch_searcher_jar_is_built_from_its_source():
-    """The jar is package data (a user needs no JDK); it records the sha256 of the source it was compiled
-    from, so an edited source with a stale jar fails here (`make batch-searcher` rebuilds it)."""
+def test_the_shipped_java_classes_are_built_from_their_sources():
+    """vimi's Java classes ship compiled (package data: a user needs no JDK); the jar records the sha256
+    of each source it was compiled from, so an edited source with a stale jar fails here (`make java`)."""
     import hashlib
     import zipfile
 
-    from vimi.retrieval.java import BATCH_SEARCHER_JAR
+    from vimi.retrieval.java import LUCENE_JAR
 
-    source = Path(__file__).parents[1] / "vimi/retrieval/java/io/vimi/retrieval/BatchSearcher.java"
-    with zipfile.ZipFile(BATCH_SEARCHER_JAR) as jar:
-        recorded = jar.read("io/vimi/retrieval/BatchSearcher.java.sha256").decode().strip()
-        assert "io/vimi/retrieval/BatchSearcher.class" in jar.namelist()
-    assert recorded == hashlib.sha256(source.read_bytes()).hexdigest()
+    sources = sorted((Path(__file__).parents[1] / "vimi/retrieval/java/io/vimi/retrieval").glob("*.java"))
+    assert [s.name for s in sources] == ["BatchIndexer.java", "BatchSearcher.java"]
+    with zipfile.ZipFile(LUCENE_JAR) as jar:
+        for source in sources:
+            assert f"io/vimi/retrieval/{source.stem}.class" in jar.namelist()
+            recorded = jar.read(f"io/vimi/retrieval/{source.name}.sha256").decode().strip()
+            assert recorded == hashlib.sha256(source.read_bytes()).hexdigest(), f"{LUCENE_JAR.name} is stale"
+
+
+def test_the_java_indexer_scores_as_pyserinis(tmp_path):
+    """vimi's BatchIndexer (Arrow bytes in, no JSON per document) against pyserini's LuceneIndexer fed the
+    same shards as JSON, the independent reference: the same documents (empty captions skipped by both),
+    the same hits and scores for every query."""
+    import dataclasses
+    import json as json_module
+    import random
+    import shutil
+
+    import numpy as np
+
+    from vimi.retrieval.bm25 import ROWS_FILE, _doc_rows_if_shuffled
+    from vimi.retrieval.java import pyserini_lucene
+
+    rng = random.Random(1)
+    words = "dravok zylom red blue star circle heart beach snow night forest striped café naïve über".split()
+    captions = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 9))) for _ in range(700)]
+    captions[10], captions[20], captions[30], captions[40] = "", "   ", "the of a", 'title:"x" AND (red)^2'
+    memory, index, reference = tmp_path / "m.lance", tmp_path / "bm25", tmp_path / "reference"
+    write_memory(memory, captions)
+    info = build_index(memory, index, 0.9, 0.4, shards=3, batch_rows=64)
+    assert not info.docid_is_row  # two empty captions were skipped: doc ids no longer follow the rows
+
+    _, index_lucene = pyserini_lucene()
+    shutil.copytree(index, reference)
+    ds = lance.dataset(str(memory))
+    for shard in info.shards:
+        shutil.rmtree(reference / shard["path"])
+        writer = index_lucene.LuceneIndexer(str(reference / shard["path"]), threads=1)
+        rows = range(shard["start"], shard["start"] + shard["docs"])
+        writer.add_batch_raw([json_module.dumps({"id": f"d{r}", "contents": captions[r]}) for r in rows])
+        writer.close()
+    shard_dirs = [reference / s["path"] for s in info.shards]
+    np.save(reference / ROWS_FILE, _doc_rows_if_shuffled(ds, shard_dirs, [s["start"] for s in info.shards]))
+    assert np.array_equal(np.load(reference / ROWS_FILE), np.load(index / ROWS_FILE))
+    (reference / "vimi_index.json").write_text(
+        json_module.dumps(dataclasses.asdict(info) | {"index_id": "reference"}, indent=1)
+    )
+
+    ours, theirs = BM25Searcher(index, memory), BM25Searcher(reference, memory)
+    assert ours.num_docs == theirs.num_docs == 698
+    queries = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(200)]
+    assert ours.batch_search(queries, 10, 2) == theirs.batch_search(queries, 10, 2)

@@ -1,8 +1,9 @@
 """BM25 over the memory's captions with pyserini's Anserini/Lucene: build, open, search.
 
 **Index.** The memory is split into contiguous row ranges, one Lucene shard each, indexed in
-parallel through pyserini's ``LuceneIndexer`` (Anserini's SimpleIndexer: Porter stemming, English
-stopwords), fed in batches streamed from Lance. One indexing thread per shard keeps Lucene's doc
+parallel by vimi's ``BatchIndexer`` (Java, in ``vimi-lucene.jar``: the documents Anserini's indexer
+makes, with its DefaultEnglishAnalyzer, Porter stemming and English stopwords), fed batches streamed
+from Lance as Arrow's own bytes. One indexing thread per shard keeps Lucene's doc
 ids in memory-row order, so a hit's doc id *is* its memory row: no stored-field lookups at search
 time, and ties in score are broken by memory row, deterministically (Lucene's own rule: lower doc
 id first). The build checks this and falls back to an explicit doc-id → row map if not.
@@ -10,8 +11,10 @@ id first). The build checks this and falls back to an explicit doc-id → row ma
 **Search.** The shards are read together (a MultiReader: collection statistics, hence scores, are
 those of one index) through Anserini's bag-of-words query generator — text is analyzed, never
 parsed as Lucene query syntax — and Lucene's top-k search, which skips non-competitive documents
-(block-max WAND). pyserini's ``LuceneSearcher`` sorts every match to break ties by id and loads
-stored fields per hit; it is ~10× slower here and its import pulls in torch (~10 s).
+(block-max WAND). A batch of texts is searched in one call by vimi's ``BatchSearcher`` (Java
+threads, the same queries and collector, one array of primitives back). pyserini's ``LuceneSearcher``
+sorts every match to break ties by id and loads stored fields per hit; it is ~10× slower here and its
+import pulls in torch (~10 s).
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -104,14 +106,32 @@ def _open_reader(path: Path):
     return reader
 
 
-def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick) -> dict[str, float]:
-    """Index rows [start, stop) into one shard; returns the seconds spent reading Lance, encoding
-    JSON and in Java (indexing, then the final flush)."""
-    from pyserini.index.lucene import LuceneIndexer
+def _arrow_strings(column) -> tuple[bytes, bytes]:
+    """An Arrow string column as (int32 offsets[n + 1], UTF-8 data), little-endian, nulls as empty."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
+    column = pc.fill_null(column, "")
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.type != pa.string():
+        column = column.cast(pa.string())
+    offsets = np.frombuffer(column.buffers()[1], np.int32, len(column) + 1, column.offset * 4)
+    data = column.buffers()[2]
+    first, last = int(offsets[0]), int(offsets[-1])
+    return (offsets - first).astype("<i4").tobytes(), (data.to_pybytes()[first:last] if data is not None else b"")
+
+
+def _index_shard(
+    ds: lance.LanceDataset, start: int, stop: int, path: Path, batch_rows: int, tick, ram_mb: float
+) -> dict[str, float]:
+    """Index rows [start, stop) into one shard through vimi's BatchIndexer (each batch handed over as
+    Arrow's bytes: no string or JSON per document on the Python side); returns the seconds spent
+    reading Lance, handing batches to Java (indexing) and in the final merge and flush."""
     clock = time.perf_counter
-    indexer = LuceneIndexer(str(path), threads=1)  # one thread: doc ids follow the rows
-    spent = {"lance_read_s": 0.0, "json_encode_s": 0.0, "java_index_s": 0.0, "java_flush_s": 0.0}
+    analyzer = _jclass("io.anserini.analysis.DefaultEnglishAnalyzer").newDefaultInstance()
+    indexer = _jclass("io.vimi.retrieval.BatchIndexer")(str(path), analyzer, FIELD, ram_mb)
+    spent = {"lance_read_s": 0.0, "arrow_bytes_s": 0.0, "java_index_s": 0.0, "java_flush_s": 0.0}
     try:
         batches = iter(
             ds.to_batches(columns=["id", "caption"], batch_size=batch_rows, offset=start, limit=stop - start)
@@ -123,15 +143,13 @@ def _index_shard(ds: lance.LanceDataset, start: int, stop: int, path: Path, batc
             spent["lance_read_s"] += t1 - t0
             if batch is None:
                 break
-            ids, captions = batch.column(0).to_pylist(), batch.column(1).to_pylist()
-            # JSON built with the C string encoder: the Python side has to keep up with Java.
-            docs = [f'{{"id":{_json_string(i)},"{FIELD}":{_json_string(c)}}}' for i, c in zip(ids, captions)]
+            ids, captions = _arrow_strings(batch.column(0)), _arrow_strings(batch.column(1))
             t2 = clock()
-            indexer.add_batch_raw(docs)
+            indexer.add(batch.num_rows, *ids, *captions)
             t3 = clock()
-            spent["json_encode_s"] += t2 - t1
+            spent["arrow_bytes_s"] += t2 - t1
             spent["java_index_s"] += t3 - t2
-            tick(len(ids))
+            tick(batch.num_rows)
     finally:
         t4 = clock()
         indexer.close()
@@ -186,11 +204,15 @@ def build_index(
     tmp = index_dir.with_name(f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     shard_dirs = [tmp / f"shard-{s:03d}" for s in range(shards)]
     try:
+        # Each shard's writer buffers up to this much before it flushes a segment: half the JVM's heap over
+        # the shards, at most 512 MB (a flush more costs a merge at the end; a buffer too big, the heap).
+        heap_mb = _jclass("java.lang.Runtime").getRuntime().maxMemory() / 2**20
+        ram_mb = float(max(16, min(512, heap_mb / 2 / shards)))
         with counter(total, "indexing captions", unit="doc") as tick:
             # Shards in parallel threads: the Java side runs outside the GIL.
             spent = list(
                 ordered_map(
-                    lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick),
+                    lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick, ram_mb),
                     list(enumerate(bounds)),
                     workers=shards,
                 )

@@ -76,11 +76,11 @@ def anserini_jar() -> Path:
     return Path(max(jars, key=os.path.getctime))
 
 
-BATCH_SEARCHER_JAR = Path(__file__).with_name("vimi-batch-searcher.jar")
+LUCENE_JAR = Path(__file__).with_name("vimi-lucene.jar")  # vimi's Java classes (Makefile: `make java`)
 
 
 def start_jvm(max_heap: str | None = None) -> None:
-    """Start the JVM once per process with Anserini and vimi's batch searcher on the classpath."""
+    """Start the JVM once per process with Anserini and vimi's Java classes on the classpath."""
     with _lock:
         import jnius_config
 
@@ -88,7 +88,7 @@ def start_jvm(max_heap: str | None = None) -> None:
             return
         home = find_java()
         os.environ["JAVA_HOME"] = str(home)
-        jnius_config.set_classpath(str(anserini_jar()), str(BATCH_SEARCHER_JAR))
+        jnius_config.set_classpath(str(anserini_jar()), str(LUCENE_JAR))
         here = Path(__file__).parent
         # pyserini's incubator-module option is left out on purpose; logs go to stderr, warnings only.
         options = [
