@@ -427,3 +427,65 @@ def test_mlflow_run_holds_params_metrics_inputs_and_artifacts(trained):
     assert list(out["format"]) == ["mp4"] and list(out["num_frames"]) == [8]
     frames, _ = decode_container(base64.b64decode(out["video"][0]))
     assert frames.shape == (8, 16, 16, 3)
+
+
+def _torchrun(processes: int, *args: str, env: dict, cpu: bool = True) -> list[str]:
+    """`torchrun` of the vimi command line in PROCESSES processes (gloo on the CPU)."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env.pop("ACCELERATE_USE_CPU", None)
+    env.update({"OMP_NUM_THREADS": "1", **({"ACCELERATE_USE_CPU": "1"} if cpu else {})})
+    return [torchrun, "--nproc_per_node", str(processes), "-m", "vimi.cli", *args]
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_and_resume_after_kill(project):
+    """Stage 1 in two processes (torchrun, gloo, what `accelerate launch` does on GPUs): one MLflow run,
+    one checkpoint set, one pipeline, one report; killed with SIGKILL and resumed, the weights equal an
+    uninterrupted two-process run's. Launched without the CPU setting, every process refuses in one line
+    instead of each training alone into the same checkpoints."""
+    import mlflow
+
+    write_params(
+        project, stage1={"steps": 12, "batch_size": 4, "checkpoint_every": 4, "sample_every": 0, "log_every": 2}
+    )
+    settings = _prepare(Settings.load())
+    env = {**os.environ, "VIMI_PROGRESS": "0"}
+    command = _torchrun(2, "train", "stage1", "--fresh", "--json", env=env)
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    meta = json.loads(out.stdout)  # one report: the main process'
+    assert meta["processes"] == 2 and meta["clips_per_step"] == 8 and meta["main_process"]
+    uninterrupted = _weights(settings.model_path("stage1"))
+    runs = mlflow.search_runs(experiment_names=["vimi-stage1"], output_format="list")
+    assert [r.info.run_id for r in runs] == [meta["run_id"]]
+    ckpt = settings.model_path(".checkpoints") / "stage1"
+    assert sorted(p.name for p in ckpt.glob("step-*")) == ["step-0000004", "step-0000008"]
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while not (
+        (ckpt / "step-0000008" / "state.json").exists()
+        and json.loads((ckpt / "step-0000008" / "state.json").read_text())["run_id"] != meta["run_id"]
+    ):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    import psutil
+
+    # torchrun starts each worker in a session of its own: the whole job is the launcher and its children.
+    for worker in psutil.Process(proc.pid).children(recursive=True):
+        worker.kill()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    resume = _torchrun(2, "train", "stage1", "--resume", "--json", env=env)
+    out = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    resumed_meta = json.loads(out.stdout)
+    assert resumed_meta["resumed_from"].endswith("step-0000008")
+    resumed = _weights(settings.model_path("stage1"))
+    assert all(torch.allclose(resumed[k], uninterrupted[k], atol=1e-6) for k in uninterrupted)
+
+    wrong = _torchrun(2, "train", "stage1", "--fresh", env=env, cpu=False)
+    out = subprocess.run(wrong, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    assert "error: Launched as 2 processes, but accelerate sees 1: on a CPU, set ACCELERATE_USE_CPU=1" in out.stderr

@@ -62,6 +62,8 @@ def train_align(
     from vimi.pipeline import align_image_encoder
 
     meta = align_image_encoder(_step_settings("image_encoder", profile), _resume_mode(resume))
+    if not meta.get("main_process", True):  # multi-process training: the main process reports
+        return
     _emit(meta, as_json, _training_summary(meta, "Image encoder aligned"), markup=False)
 
 
@@ -81,6 +83,8 @@ def train_stage1_cmd(
     from vimi.pipeline import train_stage1
 
     meta = train_stage1(_step_settings("stage1_model", profile), text_only=text_only, resume=_resume_mode(resume))
+    if not meta.get("main_process", True):  # multi-process training: the main process reports
+        return
     _write_metrics(metrics, meta, "stage1_model")
     _emit(meta, as_json, _training_summary(meta, "Stage 1" + (" (text only)" if text_only else "")), markup=False)
 
@@ -135,6 +139,8 @@ def train_stage2_cmd(
     meta = train_stage2(
         _step_settings("stage2_model", profile), init=init, resume=_resume_mode(resume), register=register
     )
+    if not meta.get("main_process", True):  # multi-process training: the main process reports
+        return
     _write_metrics(metrics, meta, "stage2_model")
     human = _training_summary(meta, "Stage 2") + f"\n  started from {meta['init_model']}"
     if meta.get("registered"):

@@ -200,8 +200,10 @@ FRAME_CONDITION_CHANNELS = 4
 
 
 def condition_channels(model) -> int:
-    """Extra input channels of a denoiser that reads given frames (0 for a stage-1 denoiser)."""
-    return int(model.config.in_channels) - int(model.config.out_channels)
+    """Extra input channels of a denoiser that reads given frames (0 for a stage-1 denoiser). A model
+    wrapped for multi-process training (DistributedDataParallel) is read through its module."""
+    config = getattr(model, "module", model).config
+    return int(config.in_channels) - int(config.out_channels)
 
 
 def add_frame_conditioning(model) -> bool:

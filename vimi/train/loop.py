@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -237,6 +238,13 @@ def train(
         raise VimiError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}.")
     precision = resolve_precision(cfg.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and accelerator.num_processes != launched:
+        # Each process would think itself the only one and clobber the others' checkpoints.
+        raise VimiError(
+            f"Launched as {launched} processes, but accelerate sees {accelerator.num_processes}: on a CPU, "
+            "set ACCELERATE_USE_CPU=1 (torchrun) or launch with `accelerate launch --cpu` (docs/scaling.md)."
+        )
     device = accelerator.device
     task.to(device)
     fingerprint = _fingerprint(task, cfg)
@@ -377,7 +385,12 @@ def train(
             compute_seconds += time.perf_counter() - t_compute
             busy_seconds += time.perf_counter() - t_load
             micro += 1
-            losses.append(float(loss.detach()))
+            # the logged loss is the global batch's: every process' share averaged
+            losses.append(
+                float(accelerator.reduce(loss.detach(), "mean"))
+                if accelerator.num_processes > 1
+                else float(loss.detach())
+            )
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -438,6 +451,7 @@ def train(
         "device": str(device),
         "run_id": run_id,
         "processes": accelerator.num_processes,
+        "main_process": accelerator.is_main_process,
         "clips_per_step": clips_per_step,
         "checkpoint_dir": str(checkpoint_dir),
         "clips_per_s": round((cfg.steps - start_step) * clips_per_step / max(busy_seconds, 1e-9), 2),
