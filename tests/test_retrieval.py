@@ -514,3 +514,15 @@ def test_the_java_indexer_scores_as_pyserinis(tmp_path):
     assert ours.num_docs == theirs.num_docs == 698
     queries = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(200)]
     assert ours.batch_search(queries, 10, 2) == theirs.batch_search(queries, 10, 2)
+
+
+def test_the_memory_digest_from_arrow_buffers_is_the_joined_ids_digest():
+    """The index's memory digest is sha256 of the ids joined by NUL; computed from Arrow's buffers (no
+    Python string per id) it must stay that, or every index built before would read as stale."""
+    from vimi.retrieval.bm25 import arrow_ids_digest, ids_digest
+
+    for ids in (["d0"], ["a", "bé", "", "ünï", "x" * 300], [f"doc-{i}" for i in range(5000)]):
+        column = pa.array(ids)
+        assert arrow_ids_digest(column) == ids_digest(ids)
+        assert arrow_ids_digest(column.slice(1)) == ids_digest(ids[1:])  # an array that starts mid-buffer
+        assert arrow_ids_digest(pa.chunked_array([column])) == ids_digest(ids)

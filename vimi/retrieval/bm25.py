@@ -93,6 +93,14 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\0".join(ids).encode()).hexdigest()
 
 
+def arrow_ids_digest(ids) -> str:
+    """ids_digest of an Arrow string array, from its buffers (no Python string per id)."""
+    offsets, data = _arrow_strings(ids)
+    starts = np.frombuffer(offsets, "<i4")[1:-1]
+    joined = np.insert(np.frombuffer(data, np.uint8), starts, 0)  # a NUL before every id but the first
+    return hashlib.sha256(joined.tobytes()).hexdigest()
+
+
 def _jclass(name: str):
     from jnius import autoclass
 
@@ -225,7 +233,7 @@ def build_index(
             index_id=uuid.uuid4().hex,
             memory_path=lance_io.location(memory_uri),
             memory_version=ds.version,
-            memory_ids_sha256=ids_digest(ds.to_table(columns=["id"]).column(0).to_pylist()),
+            memory_ids_sha256=arrow_ids_digest(ds.to_table(columns=["id"]).column(0).combine_chunks()),
             docs=total,
             k1=float(k1),
             b=float(b),
@@ -242,7 +250,7 @@ def build_index(
     return info
 
 
-def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path) -> list[str]:
+def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path):
     """The ids of the memory version the index was built from; an error naming `vimi index build`
     when the memory at ``memory_uri`` has moved on or is another memory."""
     ds = lance_io.open_dataset(memory_uri, "memory", "Build it first (vimi world generate).")
@@ -252,8 +260,8 @@ def memory_ids(info: IndexInfo, memory_uri: Path, index_dir: Path) -> list[str]:
     )
     if ds.version != info.memory_version:
         raise VimiError(f"{stale}. Rebuild it: `vimi index build`.")
-    ids = ds.to_table(columns=["id"]).column(0).to_pylist()
-    if ids_digest(ids) != info.memory_ids_sha256:
+    ids = ds.to_table(columns=["id"]).column(0).combine_chunks()  # an Arrow string array
+    if arrow_ids_digest(ids) != info.memory_ids_sha256:
         raise VimiError(f"{stale}, with other rows. Rebuild it: `vimi index build`.")
     return ids
 
@@ -282,7 +290,8 @@ class BM25Searcher:
         index_dir = Path(index_dir)
         self.info = IndexInfo.load(index_dir)
         self.index_dir = index_dir
-        self._ids = memory_ids(self.info, memory_uri, index_dir)
+        self._id_array = memory_ids(self.info, memory_uri, index_dir)
+        self._id_list: list[str] | None = None
         start_jvm()
         from jnius import cast
 
@@ -304,12 +313,15 @@ class BM25Searcher:
         self.num_docs = int(self._reader.numDocs())
 
     def id_array(self):
-        """The memory's ids as one Arrow string array (index = memory row), made once."""
-        if getattr(self, "_id_array", None) is None:
-            import pyarrow as pa
-
-            self._id_array = pa.array(self._ids, pa.string())
+        """The memory's ids as one Arrow string array (index = memory row)."""
         return self._id_array
+
+    @property
+    def _ids(self) -> list[str]:
+        """The ids as Python strings, for the per-hit paths; made on first use (augmentation never needs them)."""
+        if self._id_list is None:
+            self._id_list = self._id_array.to_pylist()
+        return self._id_list
 
     def analyze(self, text: str) -> list[str]:
         """The terms the index sees for ``text`` (after tokenizing, stopwords, stemming)."""
