@@ -243,7 +243,7 @@ def train(
         # Each process would think itself the only one and clobber the others' checkpoints.
         raise VimiError(
             f"Launched as {launched} processes, but accelerate sees {accelerator.num_processes}: on a CPU, "
-            "set ACCELERATE_USE_CPU=1 (torchrun) or launch with `accelerate launch --cpu` (docs/scaling.md)."
+            'set ACCELERATE_USE_CPU=1 for torchrun (docs/scaling.md, "Two processes on one CPU machine").'
         )
     device = accelerator.device
     task.to(device)
