@@ -154,12 +154,14 @@ def test_a_canvas_denoiser_widens_for_given_frames_and_reloads(tmp_path):
         before = denoise(model, sample, t, context)
         assert add_frame_conditioning(model)
         given = frame_conditioning(torch.randn(2, 3, 8, 16, 16), [2, 0])
-        # The new channels start at zero: the stage-2 model computes exactly what stage 1 did.
-        assert torch.equal(denoise(model, sample, t, context, given), before)
+        # The new channels start at zero: the stage-2 model computes what stage 1 did. Not bit for
+        # bit: a convolution over more input channels may sum in another order (CPU kernels differ).
+        widened = denoise(model, sample, t, context, given)
+        torch.testing.assert_close(widened, before, rtol=1e-5, atol=1e-5)
         model.save_pretrained(tmp_path)
         again = FrameStackUNet.from_pretrained(tmp_path).eval()
         assert again.config.in_channels == 7 and again.context_canvas is not None
-        assert torch.equal(denoise(again, sample, t, context, given), before)
+        assert torch.equal(denoise(again, sample, t, context, given), widened)
 
 
 def test_the_canvas_needs_clean_clip_prediction():
