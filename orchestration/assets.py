@@ -5,6 +5,7 @@ turn what it returns into the metadata a person reads in the UI."""
 from __future__ import annotations
 
 import functools
+import inspect
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +13,9 @@ import dagster as dg
 from orchestration import dvc_record, versions
 from orchestration.metadata import dataset_metadata
 from orchestration.resources import VimiSettings
-from vimi.steps import STEP
+from vimi.config import Settings
+from vimi.errors import VimiError
+from vimi.steps import STEP, Step
 
 
 def step_asset(fn):
@@ -43,6 +46,63 @@ def step_asset(fn):
 
 def run_step(name: str, vimi: VimiSettings) -> dict:
     return STEP[name].run(vimi.load())
+
+
+def partition_count(step: Step) -> int:
+    """The step's partitions, from params.yaml as the definitions load (one op each); away from a project, one."""
+    try:
+        return step.partitions.count(step.scope(Settings.load()))
+    except VimiError:
+        return 1
+
+
+def partitioned_asset(fn):
+    """The asset of a partitioned step (the step map's `Partitions`), as a graph: one op per partition, which
+    the executor runs side by side (multiprocess) or places anywhere (celery, k8s), and a commit op that makes
+    them the step's output at once. A failed partition is re-run alone (re-execution from failure); one
+    already done is reused. FN turns the commit's result into the asset's materialization."""
+    step = STEP[fn.__name__]
+    parts = partition_count(step)
+
+    def partition_op(part: int) -> dg.OpDefinition:
+        @dg.op(
+            name=f"{step.name}_partition_{part}",
+            ins={name: dg.In(dg.Nothing) for name in step.upstream},
+            description=f"Partition {part} of {parts}: {step.description}",
+        )
+        def partition(vimi: VimiSettings) -> dg.Output:
+            record = step.run_partition(vimi.load(), part, parts)
+            shown = {k: v for k, v in record.items() if isinstance(v, (int, float, str, bool)) and k != "index_id"}
+            return dg.Output(shown, metadata={k: v for k, v in shown.items() if not k.endswith("sha256")})
+
+        return partition
+
+    @dg.op(name=f"{step.name}_commit", description=f"Commit of the {parts} partitions: {step.description}")
+    def commit(vimi: VimiSettings, records: list) -> dg.Output:
+        settings = vimi.load()
+        result = fn(step.run_commit(settings, parts))
+        metadata = {**(result.metadata or {}), "partitions": dg.MetadataValue.int(parts)}
+        if not step.suite:  # one with a suite is recorded in dvc.lock when its check passes (checks.py)
+            metadata["dvc"] = dg.MetadataValue.text(dvc_record.commit(step, settings))
+        return dg.Output(None, metadata=metadata, data_version=result.data_version)
+
+    ops = [partition_op(part) for part in range(parts)]
+
+    def compose(**upstream):
+        return commit([op(**upstream) for op in ops])
+
+    compose.__signature__ = inspect.Signature(  # the graph's inputs: the upstream assets, by name
+        [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY) for name in step.upstream]
+    )
+    compose.__name__ = step.name
+    return dg.graph_asset(
+        name=step.name,
+        ins={name: dg.AssetIn(dg.AssetKey(name), dagster_type=dg.Nothing) for name in step.upstream},
+        code_version=versions.code_version(step.name),
+        group_name=step.group,
+        kinds=set(step.kinds),
+        description=step.description,
+    )(compose)
 
 
 def not_applicable(meta: dict) -> dg.MaterializeResult | None:
@@ -89,9 +149,8 @@ def eval_video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
     return _dataset_result(run_step("eval_video_corpus", vimi))
 
 
-@step_asset
-def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = run_step("bm25_index", vimi)
+@partitioned_asset
+def bm25_index(meta: dict) -> dg.MaterializeResult:
     # The index is determined by the memory's rows and the BM25 parameters: that is its data version.
     version = versions.digest_json([meta["memory_ids_sha256"], meta["k1"], meta["b"], len(meta["shards"])])
     return dg.MaterializeResult(
@@ -110,9 +169,8 @@ def bm25_index(vimi: VimiSettings) -> dg.MaterializeResult:
     )
 
 
-@step_asset
-def augmented_video_dataset(vimi: VimiSettings) -> dg.MaterializeResult:
-    meta = run_step("augmented_video_dataset", vimi)
+@partitioned_asset
+def augmented_video_dataset(meta: dict) -> dg.MaterializeResult:
     figures = meta["figures"]
     examples = "\n".join(
         f"**{e['caption']}**\n" + "\n".join(f"- {r}" for r in e["retrieved"]) + "\n" for e in meta["examples"]

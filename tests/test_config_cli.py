@@ -93,13 +93,14 @@ def test_a_step_sees_only_the_params_it_declares(project):
     from vimi.steps import STEP
 
     full = Settings.load()
-    step = STEP["augmented_video_dataset"]  # declares retrieval.k, .search_threads, .min_coverage, .min_recall_at_k
+    step = STEP["augmented_video_dataset"]  # declares retrieval.k, .search_threads, .augment_partitions and the gate's
     scoped = step.scope(full)
     retrieval = scoped.section("retrieval")
     assert retrieval["k"] == full.params["retrieval"]["k"] == 4
     assert retrieval.get("min_coverage") == 0.99 and dict(retrieval).keys() == {
         "k",
         "search_threads",
+        "augment_partitions",
         "min_coverage",
         "min_recall_at_k",
     }
@@ -107,7 +108,8 @@ def test_a_step_sees_only_the_params_it_declares(project):
         retrieval.get("k1", 0.9)  # a default does not hide an undeclared read
     assert str(undeclared.value) == (
         "Step augmented_video_dataset read params key retrieval.k1, which the step map (vimi/steps.py) does not "
-        "declare for it; it declares: retrieval.k, retrieval.search_threads, retrieval.min_coverage, "
+        "declare for it; it declares: retrieval.k, retrieval.search_threads, retrieval.augment_partitions, "
+        "retrieval.min_coverage, "
         "retrieval.min_recall_at_k."
     )
     with pytest.raises(VimiError, match="read params key stage1, "):

@@ -388,16 +388,17 @@ def test_killed_index_build_keeps_the_old_index(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.time() + 120
-    while not list(tmp_path.glob(".bm25.tmp-*/shard-*")) and time.time() < deadline:
+    while not list(tmp_path.glob("bm25.parts/.shard-*.tmp-*/index")) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert IndexInfo.load(index).docs == 300
     assert BM25Searcher(index, memory).search("thing5", 3) == before
-    assert list(tmp_path.glob(".bm25.tmp-*"))  # what the killed build left
+    assert list(tmp_path.glob("bm25.parts/.shard-*.tmp-*"))  # what the killed build left
     build_index(memory, index, 0.9, 0.4)  # the next build clears it and replaces the index
-    assert not list(tmp_path.glob(".bm25.*"))
+    assert not list(tmp_path.glob(".bm25.*")) and not list(tmp_path.glob("bm25.parts/.*"))
+    assert BM25Searcher(index, memory).search("thing5", 3) == before
 
 
 def test_doc_ids_are_checked_against_rows(tmp_path):

@@ -68,6 +68,7 @@ class Retrieval(Section):
     index_shards: int = Field(4, ge=1)
     index_batch_rows: int = Field(20000, ge=1)
     search_threads: int = Field(0, ge=0)
+    augment_partitions: int = Field(2, ge=1)
     min_coverage: float = Field(0.99, ge=0)  # above 1: a gate that always fails
     min_recall_at_k: float = Field(0.95, ge=0)
 

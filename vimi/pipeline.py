@@ -205,20 +205,45 @@ def generate_world(
 
 
 @locked("bm25_index")
+def _index_args(settings: Settings) -> dict[str, Any]:
+    r = settings.section("retrieval")
+    return {"k1": float(r.get("k1", 0.9)), "b": float(r.get("b", 0.4))}
+
+
+def index_partitions(settings: Settings) -> int:
+    """How many partitions (shards) the BM25 index is built in: retrieval.index_shards (0: one per core)."""
+    return resolve_workers(int(settings.section("retrieval").get("index_shards", 4)))
+
+
 def build_bm25_index(settings: Settings) -> dict[str, Any]:
-    """The BM25 index over the memory's captions (data/bm25/)."""
+    """The BM25 index over the memory's captions (data/bm25/): every partition, then the commit step."""
     from vimi.retrieval.bm25 import build_index, describe
 
-    r = settings.section("retrieval")
     index_dir = settings.path("bm25")
     info = build_index(
         settings.path("memory"),
         index_dir,
-        float(r.get("k1", 0.9)),
-        float(r.get("b", 0.4)),
-        shards=resolve_workers(int(r.get("index_shards", 4))),
-        batch_rows=int(r.get("index_batch_rows", 20000)),
+        **_index_args(settings),
+        shards=index_partitions(settings),
+        batch_rows=int(settings.section("retrieval").get("index_batch_rows", 20000)),
     )
+    return describe(info, index_dir) | {"docs_per_s": round(info.docs / max(info.seconds, 1e-9), 1)}
+
+
+def build_bm25_partition(settings: Settings, part: int, parts: int) -> dict[str, Any]:
+    """One partition of the BM25 index: its shard of the memory's rows (data/bm25.parts/shard-N)."""
+    from vimi.retrieval.bm25 import build_shard
+
+    batch_rows = int(settings.section("retrieval").get("index_batch_rows", 20000))
+    return build_shard(settings.path("memory"), settings.path("bm25"), part, parts, batch_rows)
+
+
+def commit_bm25_index(settings: Settings, parts: int) -> dict[str, Any]:
+    """The BM25 index's commit step: its built partitions moved into place as one index."""
+    from vimi.retrieval.bm25 import commit_index, describe
+
+    index_dir = settings.path("bm25")
+    info = commit_index(settings.path("memory"), index_dir, parts, **_index_args(settings))
     return describe(info, index_dir) | {"docs_per_s": round(info.docs / max(info.seconds, 1e-9), 1)}
 
 
@@ -250,22 +275,61 @@ def fetch_documents(settings: Settings, hits: list, with_images: bool = False) -
 
 
 @locked("augment")
+def augment_partitions(settings: Settings) -> int:
+    """How many partitions the augmentation runs in: retrieval.augment_partitions."""
+    return int(settings.section("retrieval").get("augment_partitions", 2))
+
+
+def _augment_paths(settings: Settings) -> tuple[Path, Path, Path, Path]:
+    return settings.path("videos"), settings.path("memory"), settings.path("bm25"), settings.path("augmented")
+
+
+def _augment_records(settings: Settings) -> Path:
+    from vimi.retrieval.augment import parts_dir
+
+    return parts_dir(settings.data_dir)
+
+
 def augment_videos(settings: Settings) -> dict[str, Any]:
-    """The retrieval-augmented video dataset (data/augmented.lance) and its retrieval figures."""
-    from vimi.retrieval.augment import augment, examples
+    """The retrieval-augmented video dataset (data/augmented.lance) and its retrieval figures: every
+    partition, then the commit step."""
+    from vimi.retrieval.augment import augment
 
     r = settings.section("retrieval")
     meta = augment(
-        settings.path("videos"),
-        settings.path("memory"),
-        settings.path("bm25"),
-        settings.path("augmented"),
+        *_augment_paths(settings),
         k=r["k"],
         threads=r["search_threads"],
+        parts=augment_partitions(settings),
+        records=_augment_records(settings),
     )
-    meta["examples"] = examples(settings.path("augmented"), settings.path("memory"))
+    return _augmented_figures(settings, meta)
+
+
+def augment_partition(settings: Settings, part: int, parts: int) -> dict[str, Any]:
+    """One partition of the augmentation: its clips' rows written as uncommitted fragments."""
+    from vimi.retrieval.augment import augment_partition as write_partition
+
+    r = settings.section("retrieval")
+    record = write_partition(
+        *_augment_paths(settings), _augment_records(settings), part, parts, r["k"], r["search_threads"]
+    )
+    return {key: value for key, value in record.items() if key != "fragments"} | {"fragments": len(record["fragments"])}
+
+
+def commit_augmented(settings: Settings, parts: int) -> dict[str, Any]:
+    """The augmentation's commit step: every partition's fragments as one new version, with its figures."""
+    from vimi.retrieval.augment import commit_augmented as commit
+
+    meta = commit(*_augment_paths(settings), _augment_records(settings), parts, settings.section("retrieval")["k"])
+    return _augmented_figures(settings, meta)
+
+
+def _augmented_figures(settings: Settings, meta: dict[str, Any]) -> dict[str, Any]:
+    from vimi.retrieval.augment import examples
     from vimi.retrieval.quality import retrieval_frame
 
+    meta["examples"] = examples(settings.path("augmented"), settings.path("memory"))
     meta["figures"] = retrieval_frame(settings.path("augmented"), settings.path("videos"), settings.path("memory"))[2]
     return meta
 

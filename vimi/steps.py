@@ -80,6 +80,19 @@ class Suite:
 
 
 @dataclass(frozen=True)
+class Partitions:
+    """A step done as partitions and a commit step: each partition writes its part aside (an index shard,
+    Lance fragments no reader sees), and the commit makes them the step's output at once. The Dagster
+    asset runs each partition as its own op, so an executor places them anywhere and a failed one is re-run
+    alone; `vimi CMD --partition N --partitions M` runs one by hand, `--commit` the commit; the step's plain
+    command (and its DVC stage) runs them all, then the commit. A partition already done is reused."""
+
+    count: Callable[[Settings], int]  # how many, from the settings
+    run: Callable[[Settings, int, int], dict[str, Any]]  # settings, partition, partitions -> its record
+    commit: Callable[[Settings, int], dict[str, Any]]  # settings, partitions -> the step's result
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     function: Callable[..., dict[str, Any]]  # a vimi.pipeline function, called with the settings
@@ -93,6 +106,7 @@ class Step:
     kwargs: dict[str, Any] = field(default_factory=dict)
     reads: tuple[str, ...] = ()  # files read beyond the upstream steps' outputs (DVC deps)
     suite: Suite | None = None
+    partitions: Partitions | None = None
 
     def scope(self, settings: Settings) -> Settings:
         """The settings this step sees: params narrowed to the keys it (and its suite) declares, so what
@@ -102,7 +116,17 @@ class Step:
     def run(self, settings: Settings) -> dict[str, Any]:
         """Do the step, then write its report files under the project root (the CLI writes them where its
         options say)."""
-        result = self.function(self.scope(settings), **self.kwargs)
+        return self._reported(settings, self.function(self.scope(settings), **self.kwargs))
+
+    def run_partition(self, settings: Settings, part: int, parts: int) -> dict[str, Any]:
+        """One partition of a partitioned step (its record: what it wrote aside, or reused)."""
+        return self.partitions.run(self.scope(settings), part, parts)
+
+    def run_commit(self, settings: Settings, parts: int) -> dict[str, Any]:
+        """A partitioned step's commit: its partitions become its output; then its report files."""
+        return self._reported(settings, self.partitions.commit(self.scope(settings), parts))
+
+    def _reported(self, settings: Settings, result: dict[str, Any]) -> dict[str, Any]:
         for out in self.outs:
             if out.report:
                 write_json(settings.root / out.path, out.report(result))
@@ -227,22 +251,26 @@ STEPS: tuple[Step, ...] = (
         "index build",
         ("image_text_memory",),
         ("retrieval.k1", "retrieval.b", "retrieval.index_shards", "retrieval.index_batch_rows"),
-        (Out("data/bm25"),),
+        (Out("data/bm25"), Out("data/bm25.parts")),
         "retrieval",
         ("lucene",),
-        "BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/), sharded by memory rows.",
+        "BM25 index (pyserini/Anserini) over the memory's captions (data/bm25/): one partition per shard of the "
+        "memory's rows (data/bm25.parts/), then one commit.",
+        partitions=Partitions(pipeline.index_partitions, pipeline.build_bm25_partition, pipeline.commit_bm25_index),
     ),
     Step(
         "augmented_video_dataset",
         pipeline.augment_videos,
         "augment",
         ("bm25_index", "video_corpus"),
-        ("retrieval.k", "retrieval.search_threads"),
-        (Out("data/augmented.lance"),),
+        ("retrieval.k", "retrieval.search_threads", "retrieval.augment_partitions"),
+        (Out("data/augmented.lance"), Out("data/augmented.parts")),
         "retrieval",
         ("lance",),
         "Retrieval-augmented video dataset (data/augmented.lance): per training clip, the top-k memory documents "
-        "of its caption, with scores, ranks and provenance.",
+        "of its caption, with scores, ranks and provenance; ranges of clips written as Lance fragments, committed "
+        "as one version.",
+        partitions=Partitions(pipeline.augment_partitions, pipeline.augment_partition, pipeline.commit_augmented),
         reads=("data/memory.lance",),
         suite=Suite(
             "retrieval",

@@ -238,12 +238,54 @@ def validate_cmd(
         raise typer.Exit(1)
 
 
-@index_app.command("build")
-def index_build(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
-    """Build the BM25 index over the memory's captions; built aside and moved into place when complete."""
-    from vimi.pipeline import build_bm25_index
+PartitionOption = typer.Option(
+    None, "--partition", min=0, help="Run only this partition (0-based); its commit comes with --commit."
+)
+PartitionsOption = typer.Option(None, "--partitions", min=1, help="How many partitions (default: params.yaml's).")
+CommitOption = typer.Option(False, "--commit", help="Only the commit step: the built partitions become the output.")
 
-    meta = build_bm25_index(_step_settings("bm25_index", profile))
+
+def _partitioned(step_name: str, profile: str | None, part: int | None, parts: int | None, commit: bool):
+    """The step's result: all partitions and the commit (no option), one partition, or the commit alone."""
+    from vimi.errors import VimiError
+    from vimi.steps import STEP
+
+    step, settings = STEP[step_name], _settings(profile)
+    if part is not None and commit:
+        raise VimiError("--partition and --commit are separate steps: give one of them.")
+    parts = parts or step.partitions.count(step.scope(settings))
+    if part is not None:
+        return step.run_partition(settings, part, parts), True
+    if commit:
+        return step.partitions.commit(step.scope(settings), parts), False
+    if parts != step.partitions.count(step.scope(settings)):
+        raise VimiError("--partitions goes with --partition or --commit; the whole step uses params.yaml's count.")
+    return step.function(step.scope(settings)), False
+
+
+def _partition_line(record: dict) -> str:
+    what = (
+        "kept (already built from the same input)" if record.get("reused") else f"written in {record['seconds']:.1f} s"
+    )
+    return (
+        f"Partition {record.get('shard', record.get('part'))} of {record.get('shards', record.get('parts'))}: {what}."
+    )
+
+
+@index_app.command("build")
+def index_build(
+    partition: Optional[int] = PartitionOption,
+    partitions: Optional[int] = PartitionsOption,
+    commit: bool = CommitOption,
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build the BM25 index over the memory's captions: each partition (a shard of the memory's rows) built
+    aside, then one commit moves them into place as one index."""
+    meta, is_partition = _partitioned("bm25_index", profile, partition, partitions, commit)
+    if is_partition:
+        _emit(meta, as_json, _partition_line(meta), markup=False)
+        return
     _emit(
         meta,
         as_json,
@@ -298,11 +340,19 @@ def _safe_name(text: str) -> str:
 
 
 @app.command("augment")
-def augment_cmd(profile: Optional[str] = ProfileOption, as_json: bool = JsonOption) -> None:
-    """Retrieve the top-k memory documents for every training clip's caption → data/augmented.lance."""
-    from vimi.pipeline import augment_videos
-
-    meta = augment_videos(_step_settings("augmented_video_dataset", profile))
+def augment_cmd(
+    partition: Optional[int] = PartitionOption,
+    partitions: Optional[int] = PartitionsOption,
+    commit: bool = CommitOption,
+    profile: Optional[str] = ProfileOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Retrieve the top-k memory documents for every training clip's caption → data/augmented.lance: each
+    partition (a range of clips) written as Lance fragments, then one commit makes them one version."""
+    meta, is_partition = _partitioned("augmented_video_dataset", profile, partition, partitions, commit)
+    if is_partition:
+        _emit(meta, as_json, _partition_line(meta), markup=False)
+        return
     lines = [
         f"Augmented {meta['rows']} clips with the top {meta['k']} memory documents in {meta['seconds']:.1f} s "
         f"({meta['clips_per_s']:,.0f} clips/s) → {meta['path']} (Lance version {meta['version']})",

@@ -219,6 +219,49 @@ def write_batches(
     return WriteResult(uri, ds.version, counted, ds.count_rows())
 
 
+def write_fragments(uri: str | Path, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> list[dict[str, Any]]:
+    """Write batches as data files of the dataset at URI without committing them (Lance's distributed
+    write: no reader sees them until `commit_fragments`); their fragment metadata, as JSON. A write cut
+    short leaves only files no version refers to."""
+    from lance.fragment import write_fragments as lance_write_fragments
+
+    uri = str(uri)
+    if not is_remote(uri):
+        Path(uri).mkdir(parents=True, exist_ok=True)
+    reader = pa.RecordBatchReader.from_batches(schema, iter(batches))
+    # "overwrite": the files are checked against SCHEMA, not against a version they will replace
+    fragments = lance_write_fragments(reader, uri, schema=schema, mode="overwrite")
+    return [f.to_json() for f in fragments]
+
+
+def _fragment_files(fragments: Iterable[Any]) -> list[list[str]]:
+    return [sorted(f.path for f in fragment.data_files()) for fragment in fragments]
+
+
+def commit_fragments(
+    uri: str | Path, fragments: list[dict[str, Any]], schema: pa.Schema, commit_message: str | None = None
+) -> tuple[lance.LanceDataset, bool]:
+    """Fragments written by `write_fragments` (in order) become the dataset's rows in one new version
+    (an overwrite: readers see all of them or the version before). Committing the fragments the latest
+    version already holds does nothing. Returns the dataset and whether a version was made."""
+    from lance.fragment import FragmentMetadata
+
+    uri = str(uri)
+    metadata = [FragmentMetadata.from_json(json.dumps(f)) for f in fragments]
+    current = lance.dataset(uri) if exists(uri) else None
+    if current is not None and _fragment_files(current.get_fragments()) == [
+        sorted(d.path for d in m.data_files()) for m in metadata
+    ]:
+        return current, False
+    ds = lance.LanceDataset.commit(
+        uri,
+        lance.LanceOperation.Overwrite(schema, metadata),
+        read_version=current.version if current is not None else None,
+        commit_message=commit_message,
+    )
+    return ds, True
+
+
 def compact(uri: str | Path, max_fragments: int = MAX_FRAGMENTS) -> lance.LanceDataset | None:
     """Merge the dataset's fragments when it has more than ``max_fragments`` (0: whenever there is
     more than one). A new version with the same rows in the same order; older versions keep their

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -35,12 +36,13 @@ import numpy as np
 from vimi.config import dataset_location
 from vimi.errors import VimiError
 from vimi.io import lance_io
-from vimi.io.files import recover_dir, replace_dir
+from vimi.io.files import read_json, recover_dir, replace_dir
 from vimi.parallel import ordered_map
 from vimi.progress import counter
 from vimi.retrieval.java import start_jvm
 
 INFO_FILE = "vimi_index.json"
+SHARD_FILE = "shard.json"  # a built partition's record, written last
 ROWS_FILE = "docid_rows.npy"
 FIELD = "contents"
 
@@ -191,62 +193,192 @@ def _doc_rows_if_shuffled(
     return np.asarray(rows, dtype=np.int64)
 
 
-def build_index(
-    memory_uri: Path, index_dir: Path, k1: float, b: float, shards: int = 2, batch_rows: int = 20_000
-) -> IndexInfo:
-    """Index every memory caption (doc id = memory id) into ``index_dir``, atomically: the index
-    is built beside it and moved into place only when complete."""
-    start_time = time.perf_counter()
+def parts_dir(index_dir: Path) -> Path:
+    """Where the index's partitions are built, one shard each, before the commit step puts them together."""
     index_dir = Path(index_dir)
-    recover_dir(index_dir)
-    for stale in index_dir.parent.glob(f".{index_dir.name}.tmp-*"):  # left by a killed build
-        shutil.rmtree(stale, ignore_errors=True)
+    return index_dir.with_name(f"{index_dir.name}.parts")
+
+
+def shard_bounds(total: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous memory-row ranges [start, stop), one per shard."""
+    return [(s * total // shards, (s + 1) * total // shards) for s in range(shards)]
+
+
+def _open_memory(memory_uri: Path) -> lance.LanceDataset:
     ds = lance_io.open_dataset(memory_uri, "memory", "Build it first (vimi world generate or vimi memory build).")
-    total = ds.count_rows()
-    if total == 0:
+    if ds.count_rows() == 0:
         raise VimiError(f"The memory at {memory_uri} is empty: nothing to index.")
-    start_jvm()
-    shards = max(1, min(shards, total))
-    bounds = [(s * total // shards, (s + 1) * total // shards) for s in range(shards)]
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    return ds
+
+
+def _memory_digest(ds: lance.LanceDataset) -> str:
+    return arrow_ids_digest(ds.to_table(columns=["id"]).column(0).combine_chunks())
+
+
+def _shard_identity(ds: lance.LanceDataset, shard: int, shards: int, digest: str | None = None) -> dict[str, Any]:
+    """What a built shard must match to be reused: the memory's version and rows, and its row range."""
+    if shards < 1:
+        raise VimiError(f"retrieval.index_shards must be >= 1, got {shards}.")
+    if not 0 <= shard < shards:
+        raise VimiError(f"BM25 index partition {shard} does not exist: there are {shards} (0 … {shards - 1}).")
+    start, stop = shard_bounds(ds.count_rows(), shards)[shard]
+    return {
+        "memory_version": ds.version,
+        "memory_ids_sha256": digest or _memory_digest(ds),
+        "shard": shard,
+        "shards": shards,
+        "start": start,
+        "docs": stop - start,
+    }
+
+
+def _heap_mb() -> float:
+    return _jclass("java.lang.Runtime").getRuntime().maxMemory() / 2**20
+
+
+def build_shard(
+    memory_uri: Path,
+    index_dir: Path,
+    shard: int,
+    shards: int,
+    batch_rows: int = 20_000,
+    ram_mb: float | None = None,
+    tick=None,
+    digest: str | None = None,
+) -> dict[str, Any]:
+    """Partition SHARD of SHARDS: its memory rows indexed into ``parts_dir(index_dir)/shard-N``, written
+    aside and moved into place whole, its record (``shard.json``) last. A shard already built from the
+    same memory rows is kept as it is (a rerun is idempotent); one cut short by a kill is rebuilt."""
+    started = time.perf_counter()
+    ds = _open_memory(memory_uri)
+    want = _shard_identity(ds, shard, shards, digest)
+    parts = parts_dir(index_dir)
+    final = parts / f"shard-{shard}"
+    done = read_json(final / SHARD_FILE)
+    if isinstance(done, dict) and {k: done.get(k) for k in want} == want and (final / "index").is_dir():
+        if tick:
+            tick(want["docs"])
+        return done | {"reused": True}
+    for stale in parts.glob(f".shard-{shard}.tmp-*"):  # left by a killed build of this shard
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp = parts / f".shard-{shard}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        start_jvm()
+        # The writer buffers up to this much before it flushes a segment: half the JVM's heap, at most
+        # 512 MB (a flush more costs a merge at the end; a buffer too big, the heap).
+        ram = float(ram_mb if ram_mb is not None else max(16, min(512, _heap_mb() / 2)))
+        start = want["start"]
+        spent = _index_shard(ds, start, start + want["docs"], tmp / "index", batch_rows, tick or (lambda n: None), ram)
+        record = want | {"timings": {k: round(v, 3) for k, v in spent.items()}}
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        (tmp / SHARD_FILE).write_text(json.dumps(record, indent=1))
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record | {"reused": False}
+
+
+def _link_tree(source: Path, dest: Path) -> None:
+    """DEST as a copy of SOURCE made of hard links where the file system allows (Lucene never rewrites a
+    file, so the shard's files can be shared), else of copies."""
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, dest, copy_function=link)
+
+
+def commit_index(memory_uri: Path, index_dir: Path, shards: int, k1: float, b: float) -> IndexInfo:
+    """The commit step: the SHARDS built partitions become the index at ``index_dir`` in one move, so a
+    reader sees all of them or the previous index. Refuses, naming them, partitions that are missing or
+    were built from other memory rows."""
+    started = time.perf_counter()
+    index_dir = Path(index_dir)
+    ds = _open_memory(memory_uri)
+    parts = parts_dir(index_dir)
+    digest = _memory_digest(ds)
+    wanted = [_shard_identity(ds, s, shards, digest) for s in range(max(shards, 1))]  # shards < 1: refused
+    records, missing = [], []
+    for want in wanted:
+        done = read_json(parts / f"shard-{want['shard']}" / SHARD_FILE)
+        if not isinstance(done, dict) or {k: done.get(k) for k in want} != want:
+            missing.append(want["shard"])
+        records.append(done)
+    if missing:
+        raise VimiError(
+            f"BM25 index partition{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {shards} "
+            f"{'are' if len(missing) > 1 else 'is'} not built from memory version {ds.version} in {parts}: build "
+            f"{'them' if len(missing) > 1 else 'it'} first (`vimi index build --partition N --partitions {shards}`)."
+        )
+    recover_dir(index_dir)
+    for stale in index_dir.parent.glob(f".{index_dir.name}.tmp-*"):  # left by a killed commit
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = index_dir.with_name(f".{index_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     shard_dirs = [tmp / f"shard-{s:03d}" for s in range(shards)]
     try:
-        # Each shard's writer buffers up to this much before it flushes a segment: half the JVM's heap over
-        # the shards, at most 512 MB (a flush more costs a merge at the end; a buffer too big, the heap).
-        heap_mb = _jclass("java.lang.Runtime").getRuntime().maxMemory() / 2**20
-        ram_mb = float(max(16, min(512, heap_mb / 2 / shards)))
-        with counter(total, "indexing captions", unit="doc") as tick:
-            # Shards in parallel threads: the Java side runs outside the GIL.
-            spent = list(
-                ordered_map(
-                    lambda job: _index_shard(ds, *job[1], shard_dirs[job[0]], batch_rows, tick, ram_mb),
-                    list(enumerate(bounds)),
-                    workers=shards,
-                )
-            )
-        timings = {key: round(sum(s[key] for s in spent), 3) for key in spent[0]}
-        rows = _doc_rows_if_shuffled(ds, shard_dirs, [a for a, _ in bounds])
+        tmp.mkdir(parents=True)
+        for s, path in enumerate(shard_dirs):
+            _link_tree(parts / f"shard-{s}" / "index", path)
+        start_jvm()
+        rows = _doc_rows_if_shuffled(ds, shard_dirs, [w["start"] for w in wanted])
         if rows is not None:
             np.save(tmp / ROWS_FILE, rows)
         info = IndexInfo(
             index_id=uuid.uuid4().hex,
             memory_path=lance_io.location(memory_uri),
             memory_version=ds.version,
-            memory_ids_sha256=arrow_ids_digest(ds.to_table(columns=["id"]).column(0).combine_chunks()),
-            docs=total,
+            memory_ids_sha256=wanted[0]["memory_ids_sha256"],
+            docs=ds.count_rows(),
             k1=float(k1),
             b=float(b),
-            shards=[{"path": p.name, "start": a, "docs": z - a} for p, (a, z) in zip(shard_dirs, bounds)],
+            shards=[{"path": p.name, "start": w["start"], "docs": w["docs"]} for p, w in zip(shard_dirs, wanted)],
             docid_is_row=rows is None,
-            seconds=round(time.perf_counter() - start_time, 3),
+            # the partitions' own time (summed: they may have run side by side) and the commit's
+            seconds=round(sum(r["seconds"] for r in records) + time.perf_counter() - started, 3),
             built_at=time.time(),
-            timings=timings,
+            timings={k: round(sum(r["timings"][k] for r in records), 3) for k in records[0]["timings"]},
         )
         (tmp / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
         replace_dir(tmp, index_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for extra in parts.glob("shard-*"):  # partitions of an earlier count are no part of this index
+        if extra.name.removeprefix("shard-").isdigit() and int(extra.name.removeprefix("shard-")) >= shards:
+            shutil.rmtree(extra, ignore_errors=True)
+    return info
+
+
+def build_index(
+    memory_uri: Path, index_dir: Path, k1: float, b: float, shards: int = 2, batch_rows: int = 20_000
+) -> IndexInfo:
+    """Index every memory caption (doc id = memory id) into ``index_dir``: every partition (in parallel
+    threads; the Java side runs outside the GIL), then the commit step. Partitions already built from the
+    same memory rows are reused."""
+    start_time = time.perf_counter()
+    ds = _open_memory(memory_uri)
+    total = ds.count_rows()
+    shards = max(1, min(shards, total))
+    start_jvm()
+    ram_mb = float(max(16, min(512, _heap_mb() / 2 / shards)))  # the heap is shared by the shards' writers
+    digest = _memory_digest(ds)
+    with counter(total, "indexing captions", unit="doc") as tick:
+        list(
+            ordered_map(
+                lambda s: build_shard(memory_uri, index_dir, s, shards, batch_rows, ram_mb, tick, digest),
+                range(shards),
+                workers=shards,
+            )
+        )
+    info = commit_index(memory_uri, index_dir, shards, k1, b)
+    for stale in parts_dir(index_dir).glob(".shard-*.tmp-*"):  # every partition is done: left by killed builds
+        shutil.rmtree(stale, ignore_errors=True)
+    info.seconds = round(time.perf_counter() - start_time, 3)  # wall clock: the shards overlapped
+    (Path(index_dir) / INFO_FILE).write_text(json.dumps(asdict(info), indent=1))
     return info
 
 
