@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import micro_project, train_micro_pipeline
 from vimi.config import Settings
@@ -81,6 +82,11 @@ def test_kill_during_augmentation_then_rerun(project):
         versions.append(_augmented_is_whole(settings, 24))
     assert versions == [None, None]
     assert subprocess.run([*VIMI, "augment"], env=env, cwd=project, capture_output=True).returncode == 0
+    # params.yaml now splits the clips in three partitions: a rebuild writes every row again; killed,
+    # version 1 stays
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["retrieval"]["augment_partitions"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
     assert _kill_at(["augment"], env, project, "retrieving")
     versions.append(_augmented_is_whole(settings, 24))
     assert versions[-1] == 1

@@ -134,9 +134,13 @@ def test_prune_keeps_the_latest_and_every_version_other_datasets_read_at(setting
 
     generate_world(settings)  # memory v1, videos v1, eval_videos v1
     build_bm25_index(settings)  # built from memory v1
+    augment_videos(settings)  # augmented v1
+    # a rerun with unchanged inputs reuses its partitions and makes no version; split differently, the
+    # rows are written again: augmented v2 (rows at memory v1, videos v1)
+    settings.params["retrieval"]["augment_partitions"] = 3
     augment_videos(settings)
-    augment_videos(settings)  # augmented v2: rows at memory v1, videos v1
     build_instruction_dataset(settings)  # instructions v1: augmented v2, memory v1, videos v1, eval v1
+    settings.params["retrieval"]["augment_partitions"] = 1
     augment_videos(settings)  # augmented v3
     build_memory(settings)
     build_memory(settings)  # memory v3: v2 is read by nothing

@@ -54,10 +54,12 @@ def test_the_pipeline_with_its_lance_datasets_on_s3(project, s3, monkeypatch):
     run = mlflow.tracking.MlflowClient().get_run(stage1["run_id"])
     sources = {d.dataset.name.split("@")[0]: d.dataset.source for d in run.inputs.dataset_inputs}
     assert "s3://vimi-data/pipeline/augmented.lance" in sources["augmented"]
-    # a rebuild, then --prune on the bucket: the version the instructions read stays readable
+    # a rebuild (in one partition: its rows are written again, one fragment that --prune does not
+    # compact), then --prune on the bucket: the version the instructions read stays readable
     from vimi.pipeline import augment_videos
 
-    augment_videos(settings)
+    settings.params["retrieval"]["augment_partitions"] = 1
+    assert augment_videos(settings)["version"] == 2
     pruned = compact_datasets(settings, ["augmented"], prune=True)["augmented"]
     assert pruned["versions_kept"] == [1, 2] and pruned["files"] <= pruned["files_before"]
     out = subprocess.run(
