@@ -24,6 +24,14 @@ ResumeOption = typer.Option(
 )
 
 
+def _check_launch() -> None:
+    """A launch that would train in fewer processes than asked (`accelerate launch --cpu`) stops before
+    anything loads."""
+    from vimi.train.loop import check_launch
+
+    check_launch()
+
+
 def _resume_mode(resume: Optional[bool]) -> str:
     return "auto" if resume is None else ("always" if resume else "never")
 
@@ -59,6 +67,7 @@ def train_align(
     resume: Optional[bool] = ResumeOption, profile: Optional[str] = ProfileOption, as_json: bool = JsonOption
 ) -> None:
     """Align the image encoder to the language model on the memory (contrastive) → models/encoder/."""
+    _check_launch()
     from vimi.pipeline import align_image_encoder
 
     meta = align_image_encoder(_step_settings("image_encoder", profile), _resume_mode(resume))
@@ -80,6 +89,7 @@ def train_stage1_cmd(
     as_json: bool = JsonOption,
 ) -> None:
     """Stage 1: retrieval-augmented pretraining → models/stage1/ (MLflow experiment vimi-stage1)."""
+    _check_launch()
     from vimi.pipeline import train_stage1
 
     meta = train_stage1(_step_settings("stage1_model", profile), text_only=text_only, resume=_resume_mode(resume))
@@ -94,6 +104,7 @@ def train_featurenet_cmd(
     resume: Optional[bool] = ResumeOption, profile: Optional[str] = ProfileOption, as_json: bool = JsonOption
 ) -> None:
     """SpriteWorld's feature network (action and subject attributes) → models/featurenet/ (MLflow vimi-eval)."""
+    _check_launch()
     from vimi.pipeline import train_feature_network
 
     meta = train_feature_network(_step_settings("feature_network", profile), _resume_mode(resume))
@@ -134,6 +145,7 @@ def train_stage2_cmd(
 ) -> None:
     """Stage 2: multimodal instruction tuning (subject-driven, video prediction, text-to-video) → models/stage2/
     (MLflow experiment vimi-stage2), registered as a `candidate` version."""
+    _check_launch()
     from vimi.pipeline import train_stage2
 
     meta = train_stage2(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -253,7 +253,7 @@ class FeatureNetTask:
             "params": {k: v for k, v in self._params.items() if k in ("channels", "feature_dim")},
         }
 
-    def loss(self, model, batch: LabelledBatch, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch: LabelledBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
         from vimi.models.pipeline import to_model_frames
 
         device = next(model.parameters()).device

@@ -127,7 +127,13 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
         if self.context_canvas is not None:
             guess = self.context_canvas(encoder_hidden_states).to(sample.dtype)
             x = torch.cat([x, guess.reshape(b, -1, h, w)], dim=1)
-        out = self.unet(x, timestep, encoder_hidden_states, return_dict=False)[0].reshape(b, -1, t, h, w)
+        # The cross-attention skips the context's padding (its zero rows), as the canvas does: a clip's
+        # prediction does not depend on how long the other prompts of its batch are (so 2 processes ×
+        # batch 4 train what 1 × batch 8 does), nor does a prompt's on the unconditional one beside it.
+        tokens = encoder_hidden_states.abs().sum(-1) != 0
+        tokens[:, 0] = True  # an all-padding row attends to its first position rather than to nothing
+        out = self.unet(x, timestep, encoder_hidden_states, encoder_attention_mask=tokens.to(x.dtype),
+                        return_dict=False)[0].reshape(b, -1, t, h, w)
         return (out if guess is None else out + guess.to(out.dtype),)
 
     def widen_input(self, extra: int) -> None:

@@ -146,7 +146,8 @@ class MultimodalEncoder:
     def __call__(self, prompts: Sequence[Prompt]) -> EncoderOutput:
         embeds, mask, lengths, truncated = self.embed(prompts)
         hidden = self.language_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        # The denoiser takes no context mask: padding reads as zeros, as Wan's own padded T5 context.
+        # Padding is zeroed: the frame-stacked UNet and its canvas skip the zero rows, Wan reads them as
+        # zeros (as its own padded T5 context).
         hidden = hidden * mask[..., None].to(hidden.dtype)
         return EncoderOutput(hidden, mask, lengths, truncated)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +105,10 @@ class AlignTask:
         image_emb = self.encoder.pooled([[im] for im in images], only_images=True)
         return image_emb @ self.targets.T / self.temperature
 
-    def loss(self, model, batch: MemoryBatch, generator: torch.Generator) -> torch.Tensor:
+    def loss(self, model, batch: MemoryBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        # Nothing random to draw. The in-batch contrastive loss compares a process' images with that
+        # process' captions only, so it depends on the per-process batch: unlike stage 1 and 2, align
+        # does not train the same weights on 2 processes × batch 4 as on 1 × batch 8.
         ids = self.dataset.caption_ids[batch.rows].to(self.targets.device)
         in_batch, column = torch.unique(ids, return_inverse=True)
         logits = self._logits(model, batch.images)[:, in_batch]  # against the batch's distinct captions

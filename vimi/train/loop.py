@@ -2,9 +2,10 @@
 
 - The same code runs on CPU, one GPU or many (`accelerate launch -m vimi.cli train stage1`): each
   process takes its slice of every global batch.
-- Every micro-batch draws its randomness (noise, timesteps, dropped conditioning) from a generator
-  seeded by (seed, micro-batch index), and the data order is a per-epoch permutation of the seed:
-  a run resumed from a checkpoint continues exactly as if it had never stopped.
+- Every training sample draws its randomness (noise, timestep, dropped conditioning) from a generator
+  of (seed, its position in the global sample stream), the position that also picks its data from a
+  per-epoch permutation of the seed: a run resumed from a checkpoint continues exactly as if it had
+  never stopped, and a sample gets the same noise however the global batch is split over processes.
 - Checkpoints (safetensors weights and EMA; optimizer/scheduler state loaded with
   weights_only=True) are written aside and renamed into place, the last `keep_checkpoints` kept.
 - A loss that is not finite stops the run with the step and the last good checkpoint named.
@@ -16,13 +17,14 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -108,7 +110,13 @@ class Task(Protocol):
     dataset: Any  # map-style, with __getitems__(indices) -> batch
 
     def to(self, device: torch.device) -> None: ...
-    def loss(self, model: torch.nn.Module, batch: Any, generator: torch.Generator) -> torch.Tensor: ...
+    def loss(self, model: torch.nn.Module, batch: Any, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The micro-batch's loss, a mean over its samples. generators[i] is sample i's own (of the seed
+        and its place in the global sample stream, `sample_generators`): a task that draws every random
+        choice of sample i from generators[i] trains the same weights on 2 processes × batch 4 as on
+        1 × batch 8."""
+        ...
+
     def samples(self, model: torch.nn.Module) -> np.ndarray | None: ...
     def save(self, model: torch.nn.Module, out_dir: Path) -> None: ...
     def fingerprint(self) -> dict[str, Any]: ...
@@ -135,9 +143,77 @@ def resolve_precision(requested: str) -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
 
 
+def _has_gpu() -> bool:
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+MPI_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMI_RANK", "MV2_COMM_WORLD_SIZE", "PMIX_RANK")
+
+
+def _launcher_processes() -> str:
+    """--num_processes of the `accelerate launch` that started this process, where its command line
+    says it; else "N"."""
+    try:
+        import psutil
+
+        args = psutil.Process().parent().cmdline()
+    except Exception:  # no psutil, no parent, no permission: the message says N
+        return "N"
+    for i, arg in enumerate(args):
+        if arg == "--num_processes" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--num_processes="):
+            return arg.split("=", 1)[1]
+    return "N"
+
+
+def check_launch() -> None:
+    """Refuse `accelerate launch --cpu --num_processes N` (N > 1) without MPI: accelerate starts one
+    process for it (its multi-CPU launch goes through mpirun), which would train alone while the user
+    asked for N. The launcher leaves ACCELERATE_USE_CPU and MASTER_ADDR set, and no WORLD_SIZE."""
+    if (
+        _flag("ACCELERATE_USE_CPU")
+        and os.environ.get("MASTER_ADDR")
+        and not os.environ.get("WORLD_SIZE")
+        and not any(os.environ.get(name) for name in MPI_SIZE_VARIABLES)
+    ):
+        argv = sys.argv[1:]
+        command = shlex.join(argv) if argv[:1] == ["train"] else "train ..."
+        n = _launcher_processes()
+        raise VimiError(
+            "`accelerate launch --cpu` starts a single process however many --num_processes asks for (without "
+            f"mpirun): run `accelerate launch --multi_gpu --num_processes {n} -m vimi.cli {command}` instead; "
+            "on a machine without a GPU it trains in that many CPU processes (gloo)."
+        )
+
+
 def micro_generator(seed: int, micro: int, process: int) -> torch.Generator:
+    """The generator of (seed, micro-batch, process): it seeds torch's global generator for anything
+    a task draws outside its per-sample generators."""
     digest = hashlib.sha256(f"{seed}:{micro}:{process}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def sample_position(micro: int, process: int, j: int, batch_size: int, processes: int) -> int:
+    """Sample j of a process' micro-batch: its place in the global sample stream (what MicroBatches
+    picks its data by), the same however a global batch of batch_size × processes is split."""
+    return micro * batch_size * processes + process * batch_size + j
+
+
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}:sample:{position}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def sample_generators(seed: int, micro: int, process: int, batch_size: int, processes: int) -> list[torch.Generator]:
+    """One generator per sample of a process' micro-batch, of (seed, the sample's position)."""
+    return [
+        sample_generator(seed, sample_position(micro, process, j, batch_size, processes)) for j in range(batch_size)
+    ]
 
 
 class MicroBatches(torch.utils.data.Sampler):
@@ -154,10 +230,11 @@ class MicroBatches(torch.utils.data.Sampler):
         return self.stop - self.start
 
     def __iter__(self) -> Iterator[list[int]]:
-        global_batch = self.batch_size * self.processes
         for micro in range(self.start, self.stop):
-            first = micro * global_batch + self.process * self.batch_size
-            yield [int(self._order((first + j) // self.n)[(first + j) % self.n]) for j in range(self.batch_size)]
+            positions = [
+                sample_position(micro, self.process, j, self.batch_size, self.processes) for j in range(self.batch_size)
+            ]
+            yield [int(self._order(p // self.n)[p % self.n]) for p in positions]
 
 
 def _checkpoints(root: Path) -> list[Path]:
@@ -237,13 +314,18 @@ def train(
     if resume not in RESUME_MODES:
         raise VimiError(f"resume must be one of {', '.join(RESUME_MODES)}, got {resume!r}.")
     precision = resolve_precision(cfg.mixed_precision)
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum)
+    check_launch()
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    # Several processes on a machine without a GPU: gloo on the CPU (accelerate would otherwise see
+    # each process alone, as it does without ACCELERATE_USE_CPU=1).
+    cpu = launched > 1 and not _has_gpu()
+    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cpu)
     if launched > 1 and accelerator.num_processes != launched:
         # Each process would think itself the only one and clobber the others' checkpoints.
         raise VimiError(
-            f"Launched as {launched} processes, but accelerate sees {accelerator.num_processes}: on a CPU, "
-            'set ACCELERATE_USE_CPU=1 for torchrun (docs/scaling.md, "Two processes on one CPU machine").'
+            f"Launched as {launched} processes, but accelerate sees {accelerator.num_processes} "
+            f"({accelerator.distributed_type.value}): check the launcher's settings (docs/scaling.md, "
+            '"Training on many GPUs and nodes").'
         )
     device = accelerator.device
     task.to(device)
@@ -361,11 +443,13 @@ def train(
             batch = next(batches)
             t_compute = time.perf_counter()
             load_seconds += t_compute - t_load
-            generator = micro_generator(cfg.seed, micro, accelerator.process_index)
-            torch.manual_seed(generator.initial_seed() % (2**63))
+            torch.manual_seed(micro_generator(cfg.seed, micro, accelerator.process_index).initial_seed() % (2**63))
+            generators = sample_generators(
+                cfg.seed, micro, accelerator.process_index, cfg.batch_size, accelerator.num_processes
+            )
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    loss = task.loss(model, batch, generator)
+                    loss = task.loss(model, batch, generators)
                 if not torch.isfinite(loss.detach()):
                     where = (
                         f"; the last good checkpoint ({last_good}) is kept in {checkpoint_dir}"

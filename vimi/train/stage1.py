@@ -11,7 +11,7 @@ alone, as a subject instruction's reference image comes). DDPM loss in pixel spa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -80,17 +80,18 @@ def diffusion_loss(
     scheduler,
     clean: torch.Tensor,
     context: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     condition: torch.Tensor | None = None,
     weighting: tuple[str, float | None] = ("none", None),
 ) -> torch.Tensor:
     """DDPM training loss of clean B×3×T×H×W clips: noise at random timesteps, predict ε, v or the clean
     clip (`sample`), mean squared error. `weighting` reweights timesteps by their SNR, as a weight on
     the clean-clip error whatever is predicted: `min_snr` min(SNR, γ) (Hang et al. 2023); `truncated_v`
-    min(SNR + 1, γ) (v's own weight, capped: sharpens detail without starving the noisy steps)."""
+    min(SNR + 1, γ) (v's own weight, capped: sharpens detail without starving the noisy steps).
+    `generator`: one for the batch, or one per clip (the training loop's), each clip's noise and then
+    its timestep drawn from its own: a clip's draws do not depend on the batch it is in."""
     device = next(model.parameters()).device
-    noise = torch.randn(clean.shape, generator=generator)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator)
+    noise, timesteps = draw_noise(clean.shape, scheduler.config.num_train_timesteps, generator)
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction = scheduler.config.prediction_type
     target = {"epsilon": noise, "sample": clean}.get(prediction)
@@ -108,6 +109,28 @@ def diffusion_loss(
     factor = {"epsilon": snr, "sample": torch.ones_like(snr)}.get(prediction, snr + 1)
     wanted = torch.clamp(snr if kind == "min_snr" else snr + 1, max=float(gamma))
     return (error.mean(dim=tuple(range(1, error.ndim))) * (wanted / factor).to(device)).mean()
+
+
+def draw_noise(
+    shape: torch.Size | tuple[int, ...], num_timesteps: int, generator: torch.Generator | Sequence[torch.Generator]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise of `shape` (B×…) and B timesteps in [0, num_timesteps): from one generator for the whole
+    batch, or from each clip's own (its noise, then its timestep)."""
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(shape, generator=generator)
+        return noise, torch.randint(0, num_timesteps, (shape[0],), generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    noise, timesteps = [], []
+    for g in generator:
+        noise.append(torch.randn(tuple(shape[1:]), generator=g))
+        timesteps.append(torch.randint(0, num_timesteps, (1,), generator=g))
+    return torch.stack(noise), torch.cat(timesteps)
+
+
+def per_sample(generator: torch.Generator | Sequence[torch.Generator], i: int) -> torch.Generator:
+    """Sample i's generator: the batch's one, or its own."""
+    return generator if isinstance(generator, torch.Generator) else generator[i]
 
 
 def real_over_generated(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
@@ -197,33 +220,38 @@ class Stage1Task:
             "vision": self.vision_digest,
         }
 
-    def prompts(self, batch: ClipBatch, generator: torch.Generator | None = None) -> list[Prompt]:
-        """The conditioning of each clip; with a generator, training's random dropping applied."""
+    def prompts(
+        self, batch: ClipBatch, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> list[Prompt]:
+        """The conditioning of each clip; with a generator (one for the batch, or one per clip: clip i's
+        dropping drawn from its own), training's random dropping applied."""
         prompts = []
         for i in range(len(batch)):
-            if generator is not None and float(torch.rand(1, generator=generator)) < self.cfg_dropout:
+            g = None if generator is None else per_sample(generator, i)
+            if g is not None and float(torch.rand(1, generator=g)) < self.cfg_dropout:
                 prompts.append([])
                 continue
             if self.text_only:
                 prompts.append(stage1_prompt(batch.captions[i], [], []))
                 continue
             images, captions = batch.doc_images[i], batch.doc_captions[i]
-            if generator is not None:
-                keep = (torch.rand(len(images), generator=generator) >= self.doc_dropout).tolist()
+            if g is not None:
+                keep = (torch.rand(len(images), generator=g) >= self.doc_dropout).tolist()
                 images = [im for im, k in zip(images, keep) if k]
                 captions = [c for c, k in zip(captions, keep) if k]
                 if self.doc_text_dropout:
-                    text = (torch.rand(len(captions), generator=generator) >= self.doc_text_dropout).tolist()
+                    text = (torch.rand(len(captions), generator=g) >= self.doc_text_dropout).tolist()
                     captions = [c if t else "" for c, t in zip(captions, text)]
             prompts.append(stage1_prompt(batch.captions[i], images, captions))
         return prompts
 
-    def loss(self, model, batch: ClipBatch, generator: torch.Generator) -> torch.Tensor:
-        prompts = self.prompts(batch, generator)
+    def loss(self, model, batch: ClipBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Clip i's dropping, noise and timestep all come from generators[i] (in that order)."""
+        prompts = self.prompts(batch, generators)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
         return diffusion_loss(
-            model, self.train_scheduler, to_model_frames(batch.frames), context, generator, weighting=self.weighting
+            model, self.train_scheduler, to_model_frames(batch.frames), context, generators, weighting=self.weighting
         )
 
     def pipeline(self, model) -> ViMiPipeline:

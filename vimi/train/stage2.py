@@ -11,7 +11,7 @@ image encoder stay frozen as in stage 1; the instruction is dropped with probabi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from vimi.errors import VimiError
 from vimi.models.denoiser import add_frame_conditioning, frame_conditioning
 from vimi.models.encoder import MultimodalEncoder
 from vimi.models.pipeline import ViMiPipeline, load_pipeline, to_model_frames
-from vimi.train.stage1 import diffusion_loss, file_digest, loss_weighting, real_over_generated
+from vimi.train.stage1 import diffusion_loss, file_digest, loss_weighting, per_sample, real_over_generated
 
 TASKS = ("subject", "prediction", "text_to_video")
 
@@ -87,8 +87,9 @@ class Stage2Task:
             },
         }
 
-    def loss(self, model, batch: InstructionBatch, generator: torch.Generator) -> torch.Tensor:
-        drop = (torch.rand(len(batch), generator=generator) < self.cfg_dropout).tolist()
+    def loss(self, model, batch: InstructionBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """Clip i's instruction dropping, noise and timestep all come from generators[i] (in that order)."""
+        drop = [float(torch.rand(1, generator=per_sample(generators, i))) < self.cfg_dropout for i in range(len(batch))]
         prompts = [[] if d else p for d, p in zip(drop, batch.prompts)]
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
@@ -98,7 +99,7 @@ class Stage2Task:
             self.train_scheduler,
             clean,
             context,
-            generator,
+            generators,
             frame_conditioning(clean, batch.context_frames),
             weighting=self.weighting,
         )
