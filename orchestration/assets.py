@@ -151,15 +151,20 @@ def eval_video_corpus(vimi: VimiSettings) -> dg.MaterializeResult:
 
 @partitioned_asset
 def bm25_index(meta: dict) -> dg.MaterializeResult:
-    # The index is determined by the memory's rows and the BM25 parameters: that is its data version.
-    version = versions.digest_json([meta["memory_ids_sha256"], meta["k1"], meta["b"], len(meta["shards"])])
+    # The index is determined by the memory's rows and the BM25 parameters: that is its data version
+    # (merged or not, its hits and scores are the same).
+    version = versions.digest_json(
+        [meta["memory_ids_sha256"], meta["k1"], meta["b"], len(meta.get("partitions") or meta["shards"])]
+    )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(version),
         metadata={
             "docs": dg.MetadataValue.int(meta["docs"]),
             "memory_version": dg.MetadataValue.int(meta["memory_version"]),
             "index_id": dg.MetadataValue.text(meta["index_id"]),
+            "partitions": dg.MetadataValue.int(len(meta.get("partitions") or meta["shards"])),
             "shards": dg.MetadataValue.int(len(meta["shards"])),
+            "merged": dg.MetadataValue.bool(bool(meta.get("merged"))),
             "size_mb": dg.MetadataValue.float(round(meta["bytes"] / 2**20, 2)),
             "build_seconds": dg.MetadataValue.float(meta["seconds"]),
             "docs_per_s": dg.MetadataValue.float(meta["docs_per_s"]),

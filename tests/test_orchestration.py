@@ -94,7 +94,9 @@ def test_materialize_in_process(project):
     assert augmented["dagster/row_count"].value == 24 and augmented["coverage"].value == 1.0
     assert augmented["recall_at_k"].value >= 0.9 and "←" not in augmented["examples"].value
     assert augmented["examples"].value.startswith("**")
-    assert mats["bm25_index"]["docs"].value == 240 and mats["bm25_index"]["shards"].value == 4
+    index = mats["bm25_index"]
+    assert index["docs"].value == 240 and index["partitions"].value == 4
+    assert index["shards"].value == 1 and index["merged"].value is True  # merged at the commit
     stage1 = mats["stage1_model"]
     assert stage1["steps"].value == 6 and stage1["final_loss"].value > 0 and stage1["clips_per_s"].value > 0
     assert len(stage1["mlflow_run_id"].value) == 32 and stage1["mlflow_run"].url.endswith(stage1["mlflow_run_id"].value)

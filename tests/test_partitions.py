@@ -50,10 +50,16 @@ def test_partitions_give_the_unpartitioned_rows_and_scores(settings, tmp_path):
     for shard in (3, 1, 0, 2):  # any order: each partition is its own
         assert build_shard(memory, index, shard, 4)["reused"] is False
     assert not index.exists()  # nothing searchable before the commit
-    info = commit_index(memory, index, 4, 0.9, 0.4)
-    assert [s["docs"] for s in info.shards] == [60, 60, 60, 60] and info.docs == 240
-    # The shards are searched as one index (global BM25 statistics): the one-shard build's hits and scores.
+    # Kept as shards, they are searched as one index (global BM25 statistics); merged into one shard at
+    # the commit (the default), the same: both give the one-shard build's hits and scores.
     captions = lance.dataset(str(memory)).to_table(columns=["caption"]).column(0).to_pylist()
+    info = commit_index(memory, index, 4, 0.9, 0.4, merge=False)
+    assert [s["docs"] for s in info.shards] == [60, 60, 60, 60] and info.docs == 240 and not info.merged
+    assert _hits(index, memory, captions) == _hits(ref_index, memory, captions)
+    info = commit_index(memory, index, 4, 0.9, 0.4)
+    assert info.merged and info.shards == [{"path": "shard-000", "start": 0, "docs": 240}]
+    assert [p["docs"] for p in info.partitions] == [60, 60, 60, 60] and info.docid_is_row
+    assert sorted(p.name for p in index.iterdir()) == ["shard-000", "vimi_index.json"]
     assert _hits(index, memory, captions) == _hits(ref_index, memory, captions)
 
     for part in (3, 1, 0, 2):

@@ -158,10 +158,12 @@ def test_a_query_beyond_the_clause_limit_is_truncated_and_k_capped(five_docs):
     assert searcher.search("dravok star", k=10**9) == searcher.search("dravok star", k=5)  # k capped, no OOM
 
 
-def test_ties_are_broken_by_memory_row(tmp_path):
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "shards"])
+def test_ties_are_broken_by_memory_row(tmp_path, merge):
     memory, index = tmp_path / "m.lance", tmp_path / "bm25"
     write_memory(memory, ["same words here"] * 40 + ["other"])
-    build_index(memory, index, 0.9, 0.4, shards=4)
+    info = build_index(memory, index, 0.9, 0.4, shards=4, merge=merge)
+    assert len(info.shards) == (1 if merge else 4) and info.merged is merge
     hits = BM25Searcher(index, memory).search("same words", k=5)
     assert [h.id for h in hits] == ["d0", "d1", "d2", "d3", "d4"]
     assert len({h.score for h in hits}) == 1
@@ -472,10 +474,11 @@ def test_the_shipped_java_classes_are_built_from_their_sources():
             assert recorded == hashlib.sha256(source.read_bytes()).hexdigest(), f"{LUCENE_JAR.name} is stale"
 
 
-def test_the_java_indexer_scores_as_pyserinis(tmp_path):
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "shards"])
+def test_the_java_indexer_scores_as_pyserinis(tmp_path, merge):
     """vimi's BatchIndexer (Arrow bytes in, no JSON per document) against pyserini's LuceneIndexer fed the
-    same shards as JSON, the independent reference: the same documents (empty captions skipped by both),
-    the same hits and scores for every query."""
+    same shards as JSON (one, when vimi merges its shards), the independent reference: the same
+    documents (empty captions skipped by both), the same hits and scores for every query."""
     import dataclasses
     import json as json_module
     import random
@@ -492,7 +495,8 @@ def test_the_java_indexer_scores_as_pyserinis(tmp_path):
     captions[10], captions[20], captions[30], captions[40] = "", "   ", "the of a", 'title:"x" AND (red)^2'
     memory, index, reference = tmp_path / "m.lance", tmp_path / "bm25", tmp_path / "reference"
     write_memory(memory, captions)
-    info = build_index(memory, index, 0.9, 0.4, shards=3, batch_rows=64)
+    info = build_index(memory, index, 0.9, 0.4, shards=3, batch_rows=64, merge=merge)
+    assert len(info.shards) == (1 if merge else 3)
     assert not info.docid_is_row  # two empty captions were skipped: doc ids no longer follow the rows
 
     _, index_lucene = pyserini_lucene()

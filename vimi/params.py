@@ -66,6 +66,7 @@ class Retrieval(Section):
     k1: float = Field(0.9, gt=0)
     b: float = Field(0.4, ge=0, le=1)
     index_shards: int = Field(4, ge=1)
+    merge_shards: bool = True
     index_batch_rows: int = Field(20000, ge=1)
     search_threads: int = Field(0, ge=0)
     augment_partitions: int = Field(2, ge=1)

@@ -207,7 +207,7 @@ def generate_world(
 @locked("bm25_index")
 def _index_args(settings: Settings) -> dict[str, Any]:
     r = settings.section("retrieval")
-    return {"k1": float(r.get("k1", 0.9)), "b": float(r.get("b", 0.4))}
+    return {"k1": float(r.get("k1", 0.9)), "b": float(r.get("b", 0.4)), "merge": bool(r.get("merge_shards", True))}
 
 
 def index_partitions(settings: Settings) -> int:

@@ -110,7 +110,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _run_vimi(folder: str, k: int, threads: int, shards: int) -> dict[str, Any]:
+def _run_vimi(folder: str, k: int, threads: int, shards: int, merge: bool = True) -> dict[str, Any]:
     """vimi's path end to end: index from Lance, augmentation Lance → Lance, then search alone."""
     import lance
 
@@ -122,7 +122,7 @@ def _run_vimi(folder: str, k: int, threads: int, shards: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     start_jvm()
     jvm_s = time.perf_counter() - t0
-    info = build_index(root / "memory.lance", root / "bm25", 0.9, 0.4, shards=shards)
+    info = build_index(root / "memory.lance", root / "bm25", 0.9, 0.4, shards=shards, merge=merge)
     t0 = time.perf_counter()
     meta = augment(
         root / "videos.lance", root / "memory.lance", root / "bm25", root / "augmented.lance", k=k, threads=threads
@@ -135,12 +135,13 @@ def _run_vimi(folder: str, k: int, threads: int, shards: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     searcher.batch_search(queries, k, threads)
     search_s = time.perf_counter() - t0
-    warm = build_index(root / "memory.lance", root / "bm25_again", 0.9, 0.4, shards=shards)  # JIT-compiled JVM
+    warm = build_index(root / "memory.lance", root / "bm25_again", 0.9, 0.4, shards=shards, merge=merge)  # warm JVM
     return {
         "jvm_start_s": jvm_s,
         "index_s": info.seconds,
         "index_docs_per_s": info.docs / info.seconds,
-        "shards": len(info.shards),
+        "shards": len(info.partitions),
+        "merged": info.merged,
         "index_thread_seconds": info.timings,
         "index_again_in_warm_jvm_docs_per_s": warm.docs / warm.seconds,
         "augment_s": augment_s,
@@ -273,6 +274,7 @@ def bench_retrieval(
     seed: int = 0,
     shards: int = 4,
     threads: int = 0,
+    merge: bool = True,
     progress: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     threads = threads or os.cpu_count() or 1
@@ -283,7 +285,9 @@ def bench_retrieval(
         "bm25": {"k1": 0.9, "b": 0.4},
         "machine": machine(cpus=threads),
         "engines": {
-            "vimi": f"pyserini/Anserini Lucene, {shards} index shards, Lucene top-k search on {threads} threads",
+            "vimi": f"pyserini/Anserini Lucene, {shards} index shards"
+            + (" merged into one" if merge and shards > 1 else "")
+            + f", Lucene top-k search on {threads} threads",
             "bm25s": f"bm25s method=lucene, backend=numba, n_threads={threads}, JIT included",
             "rank_bm25": "rank-bm25 BM25Okapi (its own idf and (k1+1) factor: ranking compared, not scores)",
         },
@@ -296,7 +300,7 @@ def bench_retrieval(
         with tempfile.TemporaryDirectory(prefix="vimi-bench-retrieval-") as tmp:
             _write_inputs(Path(tmp), captions, queries)
             progress(f"{n_docs:,} documents: vimi (pyserini)")
-            ours = _in_fresh_process(_run_vimi, tmp, k, threads, shards)
+            ours = _in_fresh_process(_run_vimi, tmp, k, threads, shards, merge)
         progress(f"{n_docs:,} documents: bm25s")
         peer = _in_fresh_process(_run_bm25s, captions, queries, k, threads)
         size: dict[str, Any] = {

@@ -77,6 +77,7 @@ def bench_retrieval_cmd(
         k,
         shards=resolve_workers(int(retrieval.get("index_shards", 4))),
         threads=resolve_workers(int(retrieval.get("search_threads", 0))),
+        merge=bool(retrieval.get("merge_shards", True)),
         progress=lambda m: err_console.print(f"[dim]{escape(m)}[/]"),
     )
     if _save_benchmark(result, out, as_json):

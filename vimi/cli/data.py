@@ -290,7 +290,8 @@ def index_build(
         meta,
         as_json,
         f"Indexed {meta['docs']} captions of memory version {meta['memory_version']} in "
-        f"{meta['seconds']:.1f} s ({meta['docs_per_s']:,.0f} docs/s, {len(meta['shards'])} shards, "
+        f"{meta['seconds']:.1f} s ({meta['docs_per_s']:,.0f} docs/s, {len(meta['partitions'])} shards"
+        f"{' merged into one' if meta['merged'] else ''}, "
         f"{meta['bytes'] / 2**20:.1f} MiB) → {meta['path']}",
         markup=False,
     )

@@ -12,6 +12,7 @@ import java.util.Map;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.apache.lucene.analysis.Analyzer;
 import org.apache.lucene.analysis.TokenStream;
 import org.apache.lucene.analysis.tokenattributes.CharTermAttribute;
@@ -37,6 +38,7 @@ import org.apache.lucene.search.TopScoreDocCollector;
  * (row i's hits are docs[i*k .. i*k+counts[i]), best first; the rest is -1 and 0).
  */
 public final class BatchSearcher {
+  private static final int CHUNK = 32; // texts a thread takes at a time
   private final IndexSearcher searcher;
   private final Analyzer analyzer;
   private final String field;
@@ -57,12 +59,16 @@ public final class BatchSearcher {
     int parts = Math.max(1, Math.min(threads, n));
     ExecutorService pool = Executors.newFixedThreadPool(parts);
     try {
+      // Threads take the next chunk of texts as they finish one, so none idles while another has a slow
+      // tail (fixed halves left one core waiting at the end of every batch).
+      AtomicInteger next = new AtomicInteger();
       List<Future<?>> done = new ArrayList<>();
       for (int p = 0; p < parts; p++) {
-        final int from = (int) ((long) p * n / parts), to = (int) ((long) (p + 1) * n / parts);
         done.add(pool.submit(() -> {
-          for (int i = from; i < to; i++) {
-            searchOne(texts[i], k, i, counts, docs, scores, truncated);
+          for (int from = next.getAndAdd(CHUNK); from < n; from = next.getAndAdd(CHUNK)) {
+            for (int i = from, to = Math.min(n, from + CHUNK); i < to; i++) {
+              searchOne(texts[i], k, i, counts, docs, scores, truncated);
+            }
           }
           return null;
         }));
