@@ -175,9 +175,10 @@ def _interrupt_repro(root: Path, env: dict, stage: str, sig: signal.Signals, tim
                 if not chunk:
                     break
                 seen += chunk
-            elif b"ERROR" not in seen and time.time() - signalled > 3:
+            if b"ERROR" not in seen and time.time() - signalled > 3:
                 # A SIGINT that lands between a fork and its exec can be consumed by a handler the exec then
-                # discards; the step runs on as if none came. A person presses Ctrl-C again.
+                # discards; the step runs on as if none came (printing its progress all the while, so this
+                # does not wait for silence). A person presses Ctrl-C again.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
                 signalled = time.time()

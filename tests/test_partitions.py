@@ -154,12 +154,15 @@ def test_a_partition_killed_mid_write_leaves_nothing_visible_and_reruns(tmp_path
 
 
 def _step_spans(instance, run_id: str, prefix: str) -> list[tuple[float, float]]:
+    """Per step, from the executor launching its process to its success: the span it holds one of the
+    executor's places. (From its own start instead, a step of under a second can end before the process
+    beside it has booted on a busy machine, and the two look one after the other.)"""
     start, end = {}, {}
     for record in instance.all_logs(run_id):
         event = record.dagster_event
         if event is None or not (record.step_key or "").split(".")[-1].startswith(prefix):
             continue
-        if event.event_type_value == "STEP_START":
+        if event.event_type_value == "STEP_WORKER_STARTING":
             start[record.step_key] = record.timestamp
         elif event.event_type_value == "STEP_SUCCESS":
             end[record.step_key] = record.timestamp
