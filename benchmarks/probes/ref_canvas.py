@@ -3,7 +3,10 @@
 queries, decoded by an MLP into the clip; trained by MSE on training clips (reference = the top
 retrieved document's image), the subject's name replaced by "the subject" with probability MASK.
 Evaluated on the evaluation split's subject instructions, with the reference and with none.
-    REF=pixels|none MASK=0.5 python ref_canvas.py STEPS BATCH"""
+REF=slots adds a copy path: SLOTS learned queries attend over the reference's pixels (keys from a small
+CNN) and take their RGB as it is; the MLP then draws every clip pixel as a mix of those colours and its
+own guess, so a colour never seen in training can reach the clip unchanged.
+    REF=pixels|slots|none MASK=0.5 SLOTS=2 python ref_canvas.py STEPS BATCH"""
 
 import json
 import os
@@ -24,6 +27,7 @@ from vimi.train.stage1 import Stage1Task
 REF = os.environ.get("REF", "pixels")
 MASK = float(os.environ.get("MASK", 0.5))
 P = int(os.environ.get("PATCH", 2))
+K = int(os.environ.get("SLOTS", 2))
 torch.manual_seed(0)
 torch.set_num_threads(2)
 steps, batch_size = int(sys.argv[1]), int(sys.argv[2])
@@ -93,21 +97,48 @@ class Canvas(torch.nn.Module):
             torch.nn.GELU(),
             torch.nn.Linear(hidden, hidden),
             torch.nn.GELU(),
-            torch.nn.Linear(hidden, 3 * T * S * S),
+            torch.nn.Linear(hidden, (3 + (K + 1 if REF == "slots" else 0)) * T * S * S),
         )
+        if REF == "slots":
+            self.keys = torch.nn.Sequential(
+                torch.nn.Conv2d(5, 32, 3, padding=1),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=1),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, width, 1),
+            )
+            self.slot_q = torch.nn.Parameter(torch.randn(K, width) * 0.02)
+            self.slot_in = torch.nn.Linear(3, width)
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+            self.register_buffer("xy", torch.stack([xx, yy])[None])
 
     def forward(self, c, r, has_ref):
         pad_mask = c.abs().sum(-1) == 0
         kv = self.inp(self.norm(c))
-        if REF == "pixels":
-            B = c.shape[0]
+        B = c.shape[0]
+        if REF == "slots":
+            img = r.permute(0, 3, 1, 2)
+            keys = self.keys(torch.cat([img, self.xy.expand(B, -1, -1, -1)], 1)).flatten(2).transpose(1, 2)
+            weights = torch.softmax(self.slot_q @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5, -1)  # B×K×HW
+            slots = weights @ img.flatten(2).transpose(1, 2)  # B×K×3: colours taken as they are
+            slots = torch.where(has_ref[:, None, None], slots, torch.zeros_like(slots))
+            st = self.slot_in(slots)
+            st = torch.where(has_ref[:, None, None], st, self.noref.expand_as(st))
+            kv = torch.cat([kv, st], 1)
+            pad_mask = torch.cat([pad_mask, torch.zeros(B, K, dtype=torch.bool)], 1)
+        if REF in ("pixels", "slots"):
             patches = r.reshape(B, S // P, P, S // P, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B, -1, 3 * P * P)
             rt = self.pix(patches) + self.pos
             rt = torch.where(has_ref[:, None, None], rt, self.noref.expand_as(rt))
             kv = torch.cat([kv, rt], 1)
             pad_mask = torch.cat([pad_mask, torch.zeros(B, rt.shape[1], dtype=torch.bool)], 1)
         pooled = self.attn(self.q.expand(c.shape[0], -1, -1), kv, kv, key_padding_mask=pad_mask, need_weights=False)[0]
-        return self.mlp(pooled.flatten(1)).reshape(-1, 3, T, S, S)
+        out = self.mlp(pooled.flatten(1))
+        if REF != "slots":
+            return out.reshape(-1, 3, T, S, S)
+        out = out.reshape(B, 3 + K + 1, T, S, S)
+        mix = torch.softmax(out[:, 3:], 1)  # per pixel: the K reference colours and the MLP's own
+        return mix[:, K : K + 1] * out[:, :3] + torch.einsum("bktyx,bkc->bctyx", mix[:, :K], slots)
 
 
 net = Canvas()
@@ -178,4 +209,6 @@ img = np.concatenate(
         for i in unseen
     ]
 )
-Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(f"ref_canvas_{REF}_{MASK}.png")
+Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(
+    f"/tmp/ref_canvas_{REF}_{MASK}.png"
+)
