@@ -158,6 +158,9 @@ def _interrupt_repro(root: Path, env: dict, stage: str, sig: signal.Signals, tim
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # A test run started in the background by a shell inherits SIGINT ignored, and so would DVC (Python
+        # then installs no KeyboardInterrupt handler): give it Ctrl-C as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     fd, seen, deadline = proc.stdout.fileno(), b"", time.time() + timeout
     try:
@@ -175,10 +178,9 @@ def _interrupt_repro(root: Path, env: dict, stage: str, sig: signal.Signals, tim
                 if not chunk:
                     break
                 seen += chunk
-            if b"ERROR" not in seen and time.time() - signalled > 3:
+            elif b"ERROR" not in seen and time.time() - signalled > 3:
                 # A SIGINT that lands between a fork and its exec can be consumed by a handler the exec then
-                # discards; the step runs on as if none came (printing its progress all the while, so this
-                # does not wait for silence). A person presses Ctrl-C again.
+                # discards; the step runs on as if none came. A person presses Ctrl-C again.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, sig)
                 signalled = time.time()
