@@ -6,6 +6,7 @@ Evaluated on the evaluation split's subject instructions, with the reference and
 REF=slots adds a copy path: SLOTS learned queries attend over the reference's pixels (keys from a small
 CNN) and take their RGB as it is; the MLP then draws every clip pixel as a mix of those colours and its
 own guess, so a colour never seen in training can reach the clip unchanged.
+Writes /tmp/ref_canvas_<REF>_<MASK>.png (reference | real | with reference | caption alone, unseen subjects).
     REF=pixels|slots|none MASK=0.5 SLOTS=2 python ref_canvas.py STEPS BATCH"""
 
 import json
