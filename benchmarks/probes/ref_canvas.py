@@ -5,9 +5,13 @@ retrieved document's image), the subject's name replaced by "the subject" with p
 Evaluated on the evaluation split's subject instructions, with the reference and with none.
 REF=slots adds a copy path: SLOTS learned queries attend over the reference's pixels (keys from a small
 CNN) and take their RGB as it is; the MLP then draws every clip pixel as a mix of those colours and its
-own guess, so a colour never seen in training can reach the clip unchanged.
-Writes /tmp/ref_canvas_<REF>_<MASK>.png (reference | real | with reference | caption alone, unseen subjects).
-    REF=pixels|slots|none MASK=0.5 SLOTS=2 python ref_canvas.py STEPS BATCH"""
+own guess, so a colour never seen in training can reach the clip unchanged. REF=copy lets every clip
+pixel copy: the MLP gives each pixel a DQ-dimensional query and a gate, the pixel attends over the
+reference's pixels (keys from a dilated CNN; FG=1 adds each pixel's distance from the border's median
+colour as a cue) and mixes the colour it finds with its own guess. HARD=1 takes the single most
+attended pixel (gradient through the soft weights).
+Writes /tmp/ref_canvas_<REF>_<MASK>_<SLOTS>[h][f].png (reference | real | with reference | caption alone, unseen subjects).
+    REF=pixels|slots|copy|none MASK=0.5 SLOTS=2 HARD=0|1 DQ=16 FG=0|1 THREADS=2 python ref_canvas.py STEPS BATCH"""
 
 import json
 import os
@@ -29,8 +33,11 @@ REF = os.environ.get("REF", "pixels")
 MASK = float(os.environ.get("MASK", 0.5))
 P = int(os.environ.get("PATCH", 2))
 K = int(os.environ.get("SLOTS", 2))
+HARD = os.environ.get("HARD", "0") == "1"
+DQ = int(os.environ.get("DQ", 16))
+FG = os.environ.get("FG", "0") == "1"
 torch.manual_seed(0)
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", 2)))
 steps, batch_size = int(sys.argv[1]), int(sys.argv[2])
 settings = Settings.load()
 task = Stage1Task(settings.params, settings.path("augmented"), settings.path("videos"), settings.model_path("encoder"))
@@ -82,6 +89,13 @@ print(
 D = ctx.shape[-1]
 
 
+def foreground(img):
+    """How far each pixel's colour is from the median of the image's border ring: a subject photographed
+    on a plain ground stands out; B×1×H×W."""
+    ring = torch.cat([img[..., 0, :], img[..., -1, :], img[..., 1:-1, 0], img[..., 1:-1, -1]], -1)
+    return (img - ring.median(-1).values[..., None, None]).abs().sum(1, keepdim=True)
+
+
 class Canvas(torch.nn.Module):
     def __init__(self, queries=8, width=128, hidden=1024):
         super().__init__()
@@ -98,8 +112,21 @@ class Canvas(torch.nn.Module):
             torch.nn.GELU(),
             torch.nn.Linear(hidden, hidden),
             torch.nn.GELU(),
-            torch.nn.Linear(hidden, (3 + (K + 1 if REF == "slots" else 0)) * T * S * S),
+            torch.nn.Linear(hidden, (3 + {"slots": K + 1, "copy": 1 + DQ}.get(REF, 0)) * T * S * S),
         )
+        if REF == "copy":
+            self.keys = torch.nn.Sequential(
+                torch.nn.Conv2d(6 if FG else 5, 32, 3, padding=1),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=4, dilation=4),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, DQ, 1),
+            )
+            self.scale = torch.nn.Parameter(torch.tensor(1.0))
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+            self.register_buffer("xy", torch.stack([xx, yy])[None])
         if REF == "slots":
             self.keys = torch.nn.Sequential(
                 torch.nn.Conv2d(5, 32, 3, padding=1),
@@ -121,13 +148,16 @@ class Canvas(torch.nn.Module):
             img = r.permute(0, 3, 1, 2)
             keys = self.keys(torch.cat([img, self.xy.expand(B, -1, -1, -1)], 1)).flatten(2).transpose(1, 2)
             weights = torch.softmax(self.slot_q @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5, -1)  # B×K×HW
+            if HARD:  # the one pixel each slot attends to most, its gradient through the soft weights
+                hard = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
+                weights = hard + weights - weights.detach()
             slots = weights @ img.flatten(2).transpose(1, 2)  # B×K×3: colours taken as they are
             slots = torch.where(has_ref[:, None, None], slots, torch.zeros_like(slots))
             st = self.slot_in(slots)
             st = torch.where(has_ref[:, None, None], st, self.noref.expand_as(st))
             kv = torch.cat([kv, st], 1)
             pad_mask = torch.cat([pad_mask, torch.zeros(B, K, dtype=torch.bool)], 1)
-        if REF in ("pixels", "slots"):
+        if REF in ("pixels", "slots", "copy"):
             patches = r.reshape(B, S // P, P, S // P, P, 3).permute(0, 1, 3, 2, 4, 5).reshape(B, -1, 3 * P * P)
             rt = self.pix(patches) + self.pos
             rt = torch.where(has_ref[:, None, None], rt, self.noref.expand_as(rt))
@@ -135,6 +165,19 @@ class Canvas(torch.nn.Module):
             pad_mask = torch.cat([pad_mask, torch.zeros(B, rt.shape[1], dtype=torch.bool)], 1)
         pooled = self.attn(self.q.expand(c.shape[0], -1, -1), kv, kv, key_padding_mask=pad_mask, need_weights=False)[0]
         out = self.mlp(pooled.flatten(1))
+        if REF == "copy":  # every clip pixel asks which reference pixel it is and may take its colour
+            out = out.reshape(B, 4 + DQ, T * S * S)
+            img = r.permute(0, 3, 1, 2)
+            cues = [img, self.xy.expand(B, -1, -1, -1)] + ([foreground(img)] if FG else [])
+            keys = self.keys(torch.cat(cues, 1)).flatten(2)  # B×DQ×HW
+            logits = out[:, 4:].transpose(1, 2) @ keys * (self.scale / DQ**0.5)  # B×TSS×HW
+            weights = torch.softmax(logits, -1)
+            if HARD:
+                hard = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
+                weights = hard + weights - weights.detach()
+            copied = (weights @ img.flatten(2).transpose(1, 2)).transpose(1, 2)  # B×3×TSS
+            gate = torch.sigmoid(out[:, 3:4]) * has_ref[:, None, None]
+            return (gate * copied + (1 - gate) * out[:, :3]).reshape(B, 3, T, S, S)
         if REF != "slots":
             return out.reshape(-1, 3, T, S, S)
         out = out.reshape(B, 3 + K + 1, T, S, S)
@@ -178,6 +221,9 @@ ec = pad(encode(batch.captions), L)
 result = {
     "ref": REF,
     "mask": MASK,
+    "hard": HARD,
+    "slots": K,
+    "foreground": FG,
     "steps": steps,
     "batch": batch_size,
     "train_s": round(train_s),
@@ -211,5 +257,5 @@ img = np.concatenate(
     ]
 )
 Image.fromarray(img).resize((img.shape[1] * 4, img.shape[0] * 4), Image.NEAREST).save(
-    f"/tmp/ref_canvas_{REF}_{MASK}.png"
+    f"/tmp/ref_canvas_{REF}_{MASK}_{K}{'h' if HARD else ''}{'f' if FG else ''}.png"
 )
