@@ -164,6 +164,69 @@ def test_a_canvas_denoiser_widens_for_given_frames_and_reloads(tmp_path):
         assert torch.equal(denoise(again, sample, t, context, given), widened)
 
 
+def test_a_reference_canvas_copies_the_reference_colours_exactly(tmp_path):
+    from vimi.errors import VimiError
+    from vimi.models.denoiser import FrameStackUNet, denoise
+    from vimi.models.pipeline import reference_pixels
+
+    torch.manual_seed(0)
+    model = build_denoiser({**CANVAS_DENOISER, "canvas_reference": True}, 8, 16, 32).eval()
+    canvas = model.context_canvas
+    sample, t, context = torch.randn(2, 3, 8, 16, 16), torch.tensor([3, 900]), torch.randn(2, 5, 32)
+    # A reference of colours no clip has: magenta on the left, orange on the right.
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[:, :8], image[:, 8:] = (255, 0, 255), (255, 127, 0)
+    reference = reference_pixels([["a", image, "b"], ["no image"]], 16)
+    assert reference[1].abs().sum() == 0 and torch.equal(reference[0, 3], torch.ones(16, 16))
+    assert torch.equal(reference[0, :3, 0, 0], torch.tensor([1.0, -1.0, 1.0]))
+    with torch.no_grad():
+        # The gate fully open: every pixel of the guess is one of the reference's colours, unchanged.
+        gate_rows = slice(3 * 8 * 16 * 16, 4 * 8 * 16 * 16)
+        canvas.mlp[-1].weight[gate_rows] = 0
+        canvas.mlp[-1].bias[gate_rows] = 50.0
+        guess = denoise(model, sample, t, context, None, reference)  # untrained UNet: its correction is 0
+        colours = {
+            tuple(round(v, 4) for v in guess[0, :, f, y, x].tolist())
+            for f in range(8)
+            for y in range(16)
+            for x in range(16)
+        }
+        assert colours <= {(1.0, -1.0, 1.0), (1.0, round(127 / 127.5 - 1, 4), -1.0)}
+        # A prompt without an image draws what it draws with no reference given at all.
+        alone = denoise(model, sample, t, context, None, None)
+        assert torch.equal(guess[1], alone[1])
+        assert not torch.allclose(guess[0], alone[0])
+        model.save_pretrained(tmp_path)
+        again = FrameStackUNet.from_pretrained(tmp_path).eval()
+        assert torch.equal(denoise(again, sample, t, context, None, reference), guess)
+        with pytest.raises(VimiError, match="B×4×H×W for 2 prompts"):
+            denoise(model, sample, t, context, None, reference[:, :3])
+    with pytest.raises(VimiError, match="canvas_reference copies into the canvas"):
+        build_denoiser({**CANVAS_DENOISER, "canvas": False, "canvas_reference": True}, 8, 16, 32)
+
+
+def test_canvas_loss_adds_the_canvas_s_own_error_on_the_clip(clips):
+    """diffusion_loss with canvas_loss w is the diffusion loss plus w × the canvas's squared error on
+    the clean clip, the canvas called on its own; a denoiser without a canvas is refused."""
+    from vimi.errors import VimiError
+
+    frames, _, params, _ = clips
+    torch.manual_seed(0)
+    model = build_denoiser(CANVAS_DENOISER, 8, 16, 32)
+    ddpm, _ = noise_schedulers({**params["diffusion"], "prediction_type": "sample"})
+    clean, context = to_model_frames(frames), torch.randn(CLIPS, 5, 32)
+
+    def loss(weight):
+        return diffusion_loss(model, ddpm, clean, context, torch.Generator().manual_seed(3), canvas_loss=weight)
+
+    with torch.no_grad():
+        own = ((model.context_canvas(context) - clean) ** 2).mean()
+        assert float(loss(0.5)) == pytest.approx(float(loss(0.0)) + 0.5 * float(own), rel=1e-5)
+    plain = build_denoiser({**CANVAS_DENOISER, "canvas": False}, 8, 16, 32)
+    with pytest.raises(VimiError, match="canvas_loss trains the denoiser's canvas"):
+        diffusion_loss(plain, ddpm, clean, context, torch.Generator().manual_seed(3), canvas_loss=0.5)
+
+
 def test_the_canvas_needs_clean_clip_prediction():
     from vimi.errors import VimiError
     from vimi.train.stage1 import Stage1Task

@@ -131,6 +131,36 @@ def test_document_text_dropout_keeps_the_image_alone(trained):
         Stage1Task(bad, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
 
 
+def test_name_dropout_leaves_the_look_to_the_documents_images(trained):
+    """With stage1.name_dropout, the clip's subject's name is "the subject" in all of a prompt's text
+    (its caption and its documents'), in about that share of the prompts; the images are all kept."""
+    from vimi.train.stage1 import Stage1Task
+
+    s = trained
+    params = {**s.params, "stage1": {**s.params["stage1"], "doc_dropout": 0.0, "name_dropout": 0.5}}
+    task = Stage1Task(params, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
+    n = len(task.dataset)
+    batch = task.dataset.__getitems__(list(range(n)))
+    assert n >= 16 and all(batch.subject_names) and batch.subject_names[0] in batch.captions[0]
+    generators = [torch.Generator().manual_seed(i) for i in range(n)]
+    masked = named = 0
+    for i, prompt in enumerate(task.prompts(batch, generators)):
+        if not prompt:
+            continue
+        texts = " ".join(x for x in prompt if isinstance(x, str)).lower()
+        assert sum(not isinstance(x, str) for x in prompt) == len(batch.doc_images[i])
+        if batch.subject_names[i].lower() in texts:
+            named += 1
+            assert prompt[-1] == batch.captions[i].strip()
+        else:
+            masked += 1
+            assert "the subject" in prompt[-1]
+    assert masked >= n // 4 and named >= n // 4
+    bad = {**s.params, "stage1": {**s.params["stage1"], "name_dropout": 1.0}}
+    with pytest.raises(VimiError, match=r"stage1\.name_dropout must be in \[0, 1\)"):
+        Stage1Task(bad, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
+
+
 def test_real_clips_are_fitted_to_the_training_shape():
     from tests.conftest import real_clip_frames
     from vimi.data.clips import fit_clip

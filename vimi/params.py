@@ -141,6 +141,8 @@ class Stage1(Loop):
     cfg_dropout: float = Field(0.1, ge=0, le=1)
     doc_dropout: float = Field(0.3, ge=0, le=1)
     doc_text_dropout: float = Field(0.0, ge=0, le=1)  # a kept document's caption dropped: its image alone
+    name_dropout: float = Field(0.0, ge=0, le=1)  # the subject's name replaced by "the subject" in the prompt's text
+    canvas_loss: float = Field(0.0, ge=0)  # weight of the canvas's own error on the clip
     max_docs: Optional[int] = Field(4, ge=0)  # retrieved documents in a prompt; null: retrieval.k
     sample_prompts: int = Field(4, ge=1)
     sample_steps: int = Field(10, ge=1)
@@ -167,6 +169,7 @@ class Stage2(Loop):
     warmup_steps: int = 10
     ema_decay: float = 0.995
     cfg_dropout: float = Field(0.1, ge=0, le=1)
+    canvas_loss: float = Field(0.0, ge=0)  # weight of the canvas's own error on the clip
     sample_every: int = 0
     sample_steps: int = Field(10, ge=1)
 

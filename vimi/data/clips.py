@@ -84,6 +84,7 @@ class ClipBatch:
     doc_images: list[list[np.ndarray]] = field(default_factory=list)   # per clip, best first
     doc_captions: list[list[str]] = field(default_factory=list)
     doc_ids: list[list[str]] = field(default_factory=list)
+    subject_names: list[str | None] = field(default_factory=list)   # the clip's subject, where the corpus names it
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -118,6 +119,9 @@ class AugmentedClips:
             raise VimiError(f"{len(missing)} clip(s) of the augmented dataset are not in the video corpus "
                             f"version {self.videos_version}, e.g. {missing[0]!r}. Rerun `vimi augment`.")
         self.video_rows = [position[c] for c in self.clip_ids]
+        names = (self.videos.to_table(columns=["subject_name"]).column("subject_name").to_pylist()
+                 if "subject_name" in self.videos.schema.names else [None] * len(video_ids))
+        self.subject_names = [names[r] for r in self.video_rows]
         self.images = MemoryDocuments(self.memory, self.memory_path, self.memory_version, self.image_size,
                                    image_cache) if with_docs else None
 
@@ -136,7 +140,8 @@ class AugmentedClips:
         indices = [int(i) for i in indices]
         rows = self.videos.take([self.video_rows[i] for i in indices], columns=VIDEO_COLUMNS).to_pylist()
         frames = [decode_clip(row, self.num_frames, self.frame_size, self.clip_ids[i]) for i, row in zip(indices, rows)]
-        batch = ClipBatch([self.clip_ids[i] for i in indices], np.stack(frames), [self.captions[i] for i in indices])
+        batch = ClipBatch([self.clip_ids[i] for i in indices], np.stack(frames), [self.captions[i] for i in indices],
+                          subject_names=[self.subject_names[i] for i in indices])
         if self.with_docs:
             self._add_documents(batch, indices)
         return batch

@@ -41,7 +41,8 @@ class ContextCanvas(torch.nn.Module):
     (its zero rows are padding), an MLP decodes what they read into RGB frames of `size`×`size`, scaled up
     to the clip. Cross-attention at a UNet's low resolutions learns slowly to turn a handful of prompt
     tokens into a sprite's exact shape; an MLP from the same tokens to the pixels learns it in a few
-    hundred steps."""
+    hundred steps. With `reference`, a reference image's pixels are read too, and every pixel of the
+    guess may copy one of them (`_copy`)."""
 
     def __init__(
         self,
@@ -53,9 +54,12 @@ class ContextCanvas(torch.nn.Module):
         hidden: int = 1024,
         size: int = 16,
         heads: int = 4,
+        reference: bool = False,
+        reference_dim: int = 16,
     ):
         super().__init__()
         self.num_frames, self.frame_size, self.size = int(num_frames), int(frame_size), int(size)
+        self.reference_dim = int(reference_dim) if reference else 0
         self.norm = torch.nn.LayerNorm(context_dim)
         self.proj = torch.nn.Linear(context_dim, width)
         self.queries = torch.nn.Parameter(torch.randn(queries, width) * 0.02)
@@ -66,21 +70,78 @@ class ContextCanvas(torch.nn.Module):
             torch.nn.GELU(),
             torch.nn.Linear(hidden, hidden),
             torch.nn.GELU(),
-            torch.nn.Linear(hidden, 3 * num_frames * size * size),
+            torch.nn.Linear(hidden, (3 + (1 + self.reference_dim if reference else 0)) * num_frames * size * size),
         )
+        if reference:
+            # The reference image as 2×2-patch tokens beside the prompt's, and as keys a clip pixel copies by.
+            self.patches = torch.nn.Linear(3 * 4, width)
+            self.patch_position = torch.nn.Parameter(torch.randn((size // 2) ** 2, width) * 0.02)
+            self.no_reference = torch.nn.Parameter(torch.zeros(1, width))
+            self.keys = torch.nn.Sequential(   # dilations 1, 2, 4: each key sees its pixel's neighbourhood
+                torch.nn.Conv2d(6, 32, 3, padding=1), torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2), torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=4, dilation=4), torch.nn.GELU(),
+                torch.nn.Conv2d(32, self.reference_dim, 1))
+            self.key_scale = torch.nn.Parameter(torch.tensor(1.0))
+            yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+            self.register_buffer("coords", torch.stack([xx, yy])[None], persistent=False)
 
-    def forward(self, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, context: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """`reference` (a canvas with `reference`): B×4×H×W, a reference image's RGB in [-1, 1] and a
+        channel of ones where the prompt has one (zeros where not); None = no prompt has one."""
         b = context.shape[0]
         padding = context.abs().sum(-1) == 0
         padding[:, 0] = False  # an all-padding row would attend to nothing (NaN)
         keys = self.proj(self.norm(context))
+        image = present = None
+        if self.reference_dim:
+            image, present = self._reference(reference, b, keys)
+            patches = image.reshape(b, 3, self.size // 2, 2, self.size // 2, 2).permute(0, 2, 4, 1, 3, 5)
+            tokens = self.patches(patches.reshape(b, -1, 12)) + self.patch_position.to(keys.dtype)
+            tokens = torch.where(present[:, None, None], tokens, self.no_reference.to(keys.dtype).expand_as(tokens))
+            keys = torch.cat([keys, tokens], 1)
+            padding = torch.cat([padding, padding.new_zeros(b, tokens.shape[1])], 1)
         read = self.attn(
             self.queries.to(keys.dtype).expand(b, -1, -1), keys, keys, key_padding_mask=padding, need_weights=False
         )[0]
-        guess = self.mlp(read.flatten(1)).reshape(b, 3 * self.num_frames, self.size, self.size)
+        out = self.mlp(read.flatten(1))
+        guess = self._copy(out, image, present) if self.reference_dim else out
+        guess = guess.reshape(b, 3 * self.num_frames, self.size, self.size)
         if self.size != self.frame_size:
             guess = torch.nn.functional.interpolate(guess, size=(self.frame_size,) * 2, mode="bilinear")
         return guess.reshape(b, 3, self.num_frames, self.frame_size, self.frame_size)
+
+    def _reference(self, reference: torch.Tensor | None, b: int, like: torch.Tensor):
+        if reference is None:
+            return like.new_zeros(b, 3, self.size, self.size), torch.zeros(b, dtype=torch.bool, device=like.device)
+        if reference.ndim != 4 or reference.shape[:2] != (b, 4):
+            raise VimiError(f"A canvas reference is B×4×H×W for {b} prompts, got {tuple(reference.shape)}.")
+        reference = reference.to(like.dtype)
+        if reference.shape[-1] != self.size or reference.shape[-2] != self.size:
+            reference = torch.nn.functional.interpolate(reference, size=(self.size,) * 2, mode="area")
+        return reference[:, :3], reference[:, 3].flatten(1).amax(1) > 0.5
+
+    def _copy(self, out: torch.Tensor, image: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Each clip pixel's own colour, or the reference pixel its query finds most like it (the single
+        best one, its gradient through the soft weights), mixed by a gate that is 0 without a
+        reference: a colour never seen in a training clip reaches the clip unchanged."""
+        b, pixels = out.shape[0], self.num_frames * self.size * self.size
+        out = out.reshape(b, 4 + self.reference_dim, pixels)
+        cues = torch.cat([image, self.coords.to(image.dtype).expand(b, -1, -1, -1), foreground(image)], 1)
+        keys = self.keys(cues).flatten(2)   # B×D×HW
+        weights = torch.softmax(out[:, 4:].transpose(1, 2) @ keys * (self.key_scale / self.reference_dim**0.5), -1)
+        hard = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
+        weights = hard + weights - weights.detach()
+        copied = (weights @ image.flatten(2).transpose(1, 2)).transpose(1, 2)   # B×3×pixels
+        gate = torch.sigmoid(out[:, 3:4]) * present[:, None, None].to(out.dtype)
+        return gate * copied + (1 - gate) * out[:, :3]
+
+
+def foreground(image: torch.Tensor) -> torch.Tensor:
+    """B×3×H×W → B×1×H×W: each pixel's colour distance from the median of the image's border ring; a
+    subject pictured on a plain ground stands out."""
+    ring = torch.cat([image[..., 0, :], image[..., -1, :], image[..., 1:-1, 0], image[..., 1:-1, -1]], -1)
+    return (image - ring.median(-1).values[..., None, None]).abs().sum(1, keepdim=True)
 
 
 class FrameStackUNet(ModelMixin, ConfigMixin):
@@ -98,7 +159,8 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
                  context_dim: int = 384, block_out_channels: tuple[int, ...] = (64, 128, 128),
                  cross_attention: tuple[bool, ...] = (False, True, True), layers_per_block: int = 1,
                  attention_heads: int = 4, norm_groups: int = 8, canvas: bool = False, canvas_queries: int = 8,
-                 canvas_width: int = 128, canvas_hidden: int = 1024, canvas_size: int = 16):
+                 canvas_width: int = 128, canvas_hidden: int = 1024, canvas_size: int = 16,
+                 canvas_reference: bool = False, canvas_reference_dim: int = 16):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
@@ -114,18 +176,21 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
         self.context_canvas = None
         if canvas:
             self.context_canvas = ContextCanvas(context_dim, num_frames, frame_size, canvas_queries, canvas_width,
-                                                canvas_hidden, min(int(canvas_size), int(frame_size)))
+                                                canvas_hidden, min(int(canvas_size), int(frame_size)),
+                                                reference=bool(canvas_reference),
+                                                reference_dim=int(canvas_reference_dim))
             torch.nn.init.zeros_(self.unet.conv_out.weight)  # at the start the prediction is the guess
             torch.nn.init.zeros_(self.unet.conv_out.bias)
 
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, return_dict: bool = False):
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                reference: torch.Tensor | None = None, return_dict: bool = False):
         b, c, t, h, w = sample.shape
         if t != self.config.num_frames:
             raise VimiError(f"This denoiser generates clips of {self.config.num_frames} frames, not {t}.")
         x = sample.reshape(b, c * t, h, w)
         guess = None
         if self.context_canvas is not None:
-            guess = self.context_canvas(encoder_hidden_states).to(sample.dtype)
+            guess = self.context_canvas(encoder_hidden_states, reference).to(sample.dtype)
             x = torch.cat([x, guess.reshape(b, -1, h, w)], dim=1)
         # The cross-attention skips the context's padding (its zero rows), as the canvas does: a clip's
         # prediction does not depend on how long the other prompts of its batch are (so 2 processes ×
@@ -134,7 +199,8 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
         tokens[:, 0] = True  # an all-padding row attends to its first position rather than to nothing
         out = self.unet(x, timestep, encoder_hidden_states, encoder_attention_mask=tokens.to(x.dtype),
                         return_dict=False)[0].reshape(b, -1, t, h, w)
-        return (out if guess is None else out + guess.to(out.dtype),)
+        # The guess comes second, for a loss of its own on the clip (`stage1.canvas_loss`).
+        return (out,) if guess is None else (out + guess.to(out.dtype), guess)
 
     def widen_input(self, extra: int) -> None:
         """Add `extra` zero-initialised input channels per frame (the model computes what it did before)."""
@@ -158,7 +224,7 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
 FRAME_STACK_DEFAULTS: dict[str, Any] = {
     "block_out_channels": [64, 128, 128], "cross_attention": [False, True, True], "layers_per_block": 1,
     "attention_heads": 4, "norm_groups": 8, "canvas": False, "canvas_queries": 8, "canvas_width": 128,
-    "canvas_hidden": 1024, "canvas_size": 16,
+    "canvas_hidden": 1024, "canvas_size": 16, "canvas_reference": False, "canvas_reference_dim": 16,
 }
 
 
@@ -172,6 +238,9 @@ def build_denoiser(params: dict[str, Any], num_frames: int, frame_size: int, con
             raise VimiError(f"params.yaml model.denoiser: cross_attention needs one entry per block_out_channels "
                             f"entry, and the frame size ({frame_size}) must be divisible by {2 ** (levels - 1)} "
                             f"({levels} blocks); got {cfg}.")
+        if cfg["canvas_reference"] and (not cfg["canvas"] or min(int(cfg["canvas_size"]), frame_size) % 2):
+            raise VimiError(f"params.yaml model.denoiser.canvas_reference copies into the canvas: it needs canvas: true "
+                            f"and an even canvas size, got {cfg}.")
         return FrameStackUNet(num_frames=num_frames, frame_size=frame_size, context_dim=context_dim,
                               block_out_channels=tuple(int(c) for c in cfg["block_out_channels"]),
                               cross_attention=tuple(bool(a) for a in cfg["cross_attention"]),
@@ -179,7 +248,8 @@ def build_denoiser(params: dict[str, Any], num_frames: int, frame_size: int, con
                               attention_heads=int(cfg["attention_heads"]), norm_groups=int(cfg["norm_groups"]),
                               canvas=bool(cfg["canvas"]), canvas_queries=int(cfg["canvas_queries"]),
                               canvas_width=int(cfg["canvas_width"]), canvas_hidden=int(cfg["canvas_hidden"]),
-                              canvas_size=int(cfg["canvas_size"]))
+                              canvas_size=int(cfg["canvas_size"]), canvas_reference=bool(cfg["canvas_reference"]),
+                              canvas_reference_dim=int(cfg["canvas_reference_dim"]))
     if kind != "wan":
         raise VimiError(f"params.yaml model.denoiser.type must be wan or frame_stack_unet, got {kind!r}.")
     from diffusers import WanTransformer3DModel
@@ -244,9 +314,17 @@ def frame_conditioning(frames, given: list[int]):
     return torch.cat([frames * mask, mask], dim=1)
 
 
-def denoise(model, sample, timesteps, context, condition=None):
+def reads_reference(model) -> bool:
+    """Whether the denoiser's canvas copies from a reference image's pixels (`canvas_reference`)."""
+    return bool(getattr(getattr(model, "module", model).config, "canvas_reference", False))
+
+
+def denoise(model, sample, timesteps, context, condition=None, reference=None, with_guess=False):
     """One call convention for both backbones: predicted noise (or v) for B×3×F×H×W samples.
-    A frame-conditioned denoiser gets `condition` (frame_conditioning; none given = zeros)."""
+    A frame-conditioned denoiser gets `condition` (frame_conditioning; none given = zeros), one whose
+    canvas reads a reference image `reference` (B×4×H×W, `reference_pixels`); other denoisers see the
+    reference only through the prompt's context. `with_guess`: (prediction, the canvas's guess of the
+    clean clip), the guess None for a denoiser without a canvas."""
     extra = condition_channels(model)
     if extra:
         if condition is None:
@@ -255,4 +333,6 @@ def denoise(model, sample, timesteps, context, condition=None):
     elif condition is not None:
         raise VimiError("This denoiser takes no given frames (a stage-1 model): video prediction needs a "
                         "stage-2 model.")
-    return model(sample, timesteps, encoder_hidden_states=context, return_dict=False)[0]
+    extra = {"reference": reference} if reads_reference(model) else {}
+    out = model(sample, timesteps, encoder_hidden_states=context, return_dict=False, **extra)
+    return (out[0], out[1] if len(out) > 1 else None) if with_guess else out[0]

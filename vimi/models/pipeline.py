@@ -21,8 +21,8 @@ from diffusers.utils import BaseOutput
 
 from vimi.errors import VimiError
 from vimi.io.files import recover_dir
-from vimi.models.denoiser import condition_channels, denoise, frame_conditioning
-from vimi.models.encoder import MultimodalEncoder, Prompt, interleave
+from vimi.models.denoiser import condition_channels, denoise, frame_conditioning, reads_reference
+from vimi.models.encoder import MultimodalEncoder, Prompt, interleave, to_image_array
 
 
 @dataclass
@@ -134,11 +134,14 @@ class ViMiPipeline(DiffusionPipeline):
         given, condition = self._given_frames(context_frames, len(prompts), num_frames, size, wanted)
         condition = None if condition is None else condition.to(device, dtype)
         context = self.encode(prompts).to(dtype)
+        reference = reference_pixels(prompts, size).to(device, dtype) if reads_reference(self.transformer) else None
         use_cfg = scale > 1.0
         if use_cfg:  # the unconditional context: the empty prompt, as dropped in training
             uncond = self.encode([[]] * len(prompts)).to(dtype)
             length = max(context.shape[1], uncond.shape[1])
             context = torch.cat([_pad(uncond, length), _pad(context, length)])
+            if reference is not None:   # the empty prompt has no reference
+                reference = torch.cat([torch.zeros_like(reference), reference])
         shape = (len(prompts), 3, num_frames, size, size)
         sample = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu",
                              dtype=torch.float32).to(device)
@@ -149,7 +152,7 @@ class ViMiPipeline(DiffusionPipeline):
             model_in = self.scheduler.scale_model_input(model_in, t)
             timesteps = t.expand(model_in.shape[0]).to(device)
             cond_in = None if condition is None else (torch.cat([condition, condition]) if use_cfg else condition)
-            pred = denoise(self.transformer, model_in.to(dtype), timesteps, context, cond_in).float()
+            pred = denoise(self.transformer, model_in.to(dtype), timesteps, context, cond_in, reference).float()
             if use_cfg:
                 uncond_pred, cond_pred = pred.chunk(2)
                 pred = uncond_pred + scale * (cond_pred - uncond_pred)
@@ -191,6 +194,20 @@ class ViMiPipeline(DiffusionPipeline):
             if clip is not None:
                 frames[b, :, : clip.shape[1]] = clip
         return given, frame_conditioning(frames, counts)
+
+
+def reference_pixels(prompts: Sequence[Prompt], size: int) -> torch.Tensor:
+    """Each prompt's first image (the top retrieved document's, a subject instruction's reference) as
+    size×size RGB in [-1, 1] and a channel of ones, all zeros for a prompt without one: B×4×size×size,
+    what a canvas with `canvas_reference` copies from."""
+    out = torch.zeros(len(prompts), 4, size, size)
+    for i, prompt in enumerate(prompts):
+        image = next((item for item in prompt if not isinstance(item, str)), None)
+        if image is not None:
+            pixels = torch.from_numpy(to_image_array(image, size).copy()).permute(2, 0, 1).float()
+            out[i, :3] = pixels.div(127.5).sub(1.0)
+            out[i, 3] = 1.0
+    return out
 
 
 def _pad(context: torch.Tensor, length: int) -> torch.Tensor:

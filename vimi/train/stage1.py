@@ -5,11 +5,15 @@ first) with its own caption; the frozen multimodal encoder turns it into the cro
 context. Conditioning is dropped entirely with probability `cfg_dropout` (classifier-free
 guidance), each retrieved document with probability `doc_dropout` (so the model also works
 with fewer documents, or none) and a kept document's caption with `doc_text_dropout` (its image
-alone, as a subject instruction's reference image comes). DDPM loss in pixel space.
+alone, as a subject instruction's reference image comes) and the clip's subject's name, where the
+corpus names it, with `name_dropout` (replaced by "the subject" in all the prompt's text, so its look
+must come from the documents' images). DDPM loss in pixel space, plus `canvas_loss` × the canvas's
+own error on the clip.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,9 +22,9 @@ import torch
 
 from vimi.data.clips import AugmentedClips, ClipBatch
 from vimi.errors import VimiError
-from vimi.models.denoiser import build_denoiser, denoise
+from vimi.models.denoiser import build_denoiser, denoise, reads_reference
 from vimi.models.encoder import MultimodalEncoder, Prompt, load_language_model, stage1_prompt
-from vimi.models.pipeline import ViMiPipeline, to_model_frames
+from vimi.models.pipeline import ViMiPipeline, reference_pixels, to_model_frames
 from vimi.models.vision import load_vision
 
 
@@ -83,13 +87,18 @@ def diffusion_loss(
     generator: torch.Generator | Sequence[torch.Generator],
     condition: torch.Tensor | None = None,
     weighting: tuple[str, float | None] = ("none", None),
+    reference: torch.Tensor | None = None,
+    canvas_loss: float = 0.0,
 ) -> torch.Tensor:
     """DDPM training loss of clean B×3×T×H×W clips: noise at random timesteps, predict ε, v or the clean
     clip (`sample`), mean squared error. `weighting` reweights timesteps by their SNR, as a weight on
     the clean-clip error whatever is predicted: `min_snr` min(SNR, γ) (Hang et al. 2023); `truncated_v`
     min(SNR + 1, γ) (v's own weight, capped: sharpens detail without starving the noisy steps).
     `generator`: one for the batch, or one per clip (the training loop's), each clip's noise and then
-    its timestep drawn from its own: a clip's draws do not depend on the batch it is in."""
+    its timestep drawn from its own: a clip's draws do not depend on the batch it is in. `reference`:
+    the prompts' reference images for a canvas that copies from them (`reference_pixels`).
+    `canvas_loss`: weight of the canvas's own error on the clean clip, added (its guess is read from
+    the prompt alone, so this trains it as a regression from the prompt to the clip)."""
     device = next(model.parameters()).device
     noise, timesteps = draw_noise(clean.shape, scheduler.config.num_train_timesteps, generator)
     noisy = scheduler.add_noise(clean, noise, timesteps)
@@ -98,17 +107,23 @@ def diffusion_loss(
     if target is None:
         target = scheduler.get_velocity(clean, noise, timesteps)
     condition = None if condition is None else condition.to(device)
-    pred = denoise(model, noisy.to(device), timesteps.to(device), context, condition)
+    reference = None if reference is None else reference.to(device)
+    pred, guess = denoise(model, noisy.to(device), timesteps.to(device), context, condition, reference, True)
     error = (pred.float() - target.to(device)) ** 2
+    own = 0.0
+    if canvas_loss:
+        if guess is None:
+            raise VimiError("canvas_loss trains the denoiser's canvas: it needs model.denoiser.canvas: true.")
+        own = canvas_loss * ((guess.float() - clean.to(device)) ** 2).mean()
     kind, gamma = weighting
     if kind == "none":
-        return error.mean()
+        return error.mean() + own
     alphas = scheduler.alphas_cumprod[timesteps]
     snr = alphas / (1 - alphas)
     # A target's squared error is the clean-clip error times: ε SNR, v SNR + 1, the clip itself 1.
     factor = {"epsilon": snr, "sample": torch.ones_like(snr)}.get(prediction, snr + 1)
     wanted = torch.clamp(snr if kind == "min_snr" else snr + 1, max=float(gamma))
-    return (error.mean(dim=tuple(range(1, error.ndim))) * (wanted / factor).to(device)).mean()
+    return (error.mean(dim=tuple(range(1, error.ndim))) * (wanted / factor).to(device)).mean() + own
 
 
 def draw_noise(
@@ -133,6 +148,11 @@ def per_sample(generator: torch.Generator | Sequence[torch.Generator], i: int) -
     return generator if isinstance(generator, torch.Generator) else generator[i]
 
 
+def without_name(text: str, name: str) -> str:
+    """`text` with every mention of the subject's `name` (any case) as "the subject"."""
+    return re.sub(rf"\b{re.escape(name)}\b", "the subject", text, flags=re.IGNORECASE)
+
+
 def real_over_generated(real: np.ndarray, generated: np.ndarray) -> np.ndarray:
     """B clips, real and generated (B×T×H×W×3) → one T×2H×BW×3 grid: real above generated, clips side by side."""
     stacked = np.concatenate([real, generated], axis=2)
@@ -149,10 +169,13 @@ class Stage1Task:
         self.cfg_dropout = stage["cfg_dropout"]
         self.doc_dropout = stage["doc_dropout"]
         self.doc_text_dropout = stage.get("doc_text_dropout", 0.0)
+        self.name_dropout = stage.get("name_dropout", 0.0)
+        self.canvas_loss = float(stage.get("canvas_loss", 0.0))
         for name, value in (
             ("cfg_dropout", self.cfg_dropout),
             ("doc_dropout", self.doc_dropout),
             ("doc_text_dropout", self.doc_text_dropout),
+            ("name_dropout", self.name_dropout),
         ):
             if not 0 <= value < 1:
                 raise VimiError(f"params.yaml stage1.{name} must be in [0, 1), got {value}.")
@@ -177,6 +200,10 @@ class Stage1Task:
         )
         self.diffusion = params.get("diffusion", {})
         self._check_canvas(self.model, self.diffusion)
+        if self.canvas_loss and getattr(self.model, "context_canvas", None) is None:
+            raise VimiError(
+                "params.yaml stage1.canvas_loss trains the denoiser's canvas: it needs model.denoiser.canvas: true."
+            )
         self.train_scheduler, self.sample_scheduler = noise_schedulers(self.diffusion)
         self.guidance_scale = float(self.diffusion.get("guidance_scale", 3.0))
         self.weighting = loss_weighting(self.diffusion)
@@ -209,7 +236,9 @@ class Stage1Task:
             "model": self._model_params,
             "diffusion": self.diffusion,
             "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs]
-            + ([self.doc_text_dropout] if self.doc_text_dropout else []),
+            + ([self.doc_text_dropout] if self.doc_text_dropout else [])
+            + ([{"names": self.name_dropout}] if self.name_dropout else []),
+            **({"canvas_loss": self.canvas_loss} if self.canvas_loss else {}),
             "data": [
                 str(self.dataset.videos_uri),
                 self.dataset.augmented_version,
@@ -234,7 +263,8 @@ class Stage1Task:
             if self.text_only:
                 prompts.append(stage1_prompt(batch.captions[i], [], []))
                 continue
-            images, captions = batch.doc_images[i], batch.doc_captions[i]
+            images, captions, caption = batch.doc_images[i], batch.doc_captions[i], batch.captions[i]
+            name = batch.subject_names[i] if batch.subject_names else None
             if g is not None:
                 keep = (torch.rand(len(images), generator=g) >= self.doc_dropout).tolist()
                 images = [im for im, k in zip(images, keep) if k]
@@ -242,7 +272,9 @@ class Stage1Task:
                 if self.doc_text_dropout:
                     text = (torch.rand(len(captions), generator=g) >= self.doc_text_dropout).tolist()
                     captions = [c if t else "" for c, t in zip(captions, text)]
-            prompts.append(stage1_prompt(batch.captions[i], images, captions))
+                if self.name_dropout and name and float(torch.rand(1, generator=g)) < self.name_dropout:
+                    caption, captions = without_name(caption, name), [without_name(c, name) for c in captions]
+            prompts.append(stage1_prompt(caption, images, captions))
         return prompts
 
     def loss(self, model, batch: ClipBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
@@ -250,8 +282,16 @@ class Stage1Task:
         prompts = self.prompts(batch, generators)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
+        reference = reference_pixels(prompts, self.frame_size) if reads_reference(model) else None
         return diffusion_loss(
-            model, self.train_scheduler, to_model_frames(batch.frames), context, generators, weighting=self.weighting
+            model,
+            self.train_scheduler,
+            to_model_frames(batch.frames),
+            context,
+            generators,
+            weighting=self.weighting,
+            reference=reference,
+            canvas_loss=self.canvas_loss,
         )
 
     def pipeline(self, model) -> ViMiPipeline:

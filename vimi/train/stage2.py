@@ -18,9 +18,9 @@ import torch
 
 from vimi.data.clips import InstructionBatch, InstructionClips
 from vimi.errors import VimiError
-from vimi.models.denoiser import add_frame_conditioning, frame_conditioning
+from vimi.models.denoiser import add_frame_conditioning, frame_conditioning, reads_reference
 from vimi.models.encoder import MultimodalEncoder
-from vimi.models.pipeline import ViMiPipeline, load_pipeline, to_model_frames
+from vimi.models.pipeline import ViMiPipeline, load_pipeline, reference_pixels, to_model_frames
 from vimi.train.stage1 import diffusion_loss, file_digest, loss_weighting, per_sample, real_over_generated
 
 TASKS = ("subject", "prediction", "text_to_video")
@@ -42,6 +42,7 @@ class Stage2Task:
         self.cfg_dropout = stage["cfg_dropout"]
         if not 0 <= self.cfg_dropout < 1:
             raise VimiError(f"params.yaml stage2.cfg_dropout must be in [0, 1), got {self.cfg_dropout}.")
+        self.canvas_loss = float(stage.get("canvas_loss", 0.0))
         self.sample_steps = stage["sample_steps"]
         self.weighting = loss_weighting(params.get("diffusion", {}))
         init = load_pipeline(init_dir)
@@ -59,6 +60,11 @@ class Stage2Task:
         )
         self.model = init.transformer
         self.model.requires_grad_(True)
+        if self.canvas_loss and getattr(self.model, "context_canvas", None) is None:
+            raise VimiError(
+                "params.yaml stage2.canvas_loss trains the denoiser's canvas: the stage-1 model has none "
+                "(model.denoiser.canvas: true)."
+            )
         self.widened = add_frame_conditioning(self.model)
         self.sample_scheduler = init.scheduler
         self.train_scheduler = training_scheduler(init.scheduler.config)
@@ -80,6 +86,7 @@ class Stage2Task:
             "name": self.name,
             "init": self.init_digest,
             "cfg_dropout": self.cfg_dropout,
+            **({"canvas_loss": self.canvas_loss} if self.canvas_loss else {}),
             "weighting": list(self.weighting),
             "data": self.dataset.versions(),
             "pipeline": {
@@ -102,6 +109,8 @@ class Stage2Task:
             generators,
             frame_conditioning(clean, batch.context_frames),
             weighting=self.weighting,
+            reference=reference_pixels(prompts, clean.shape[-1]) if reads_reference(model) else None,
+            canvas_loss=self.canvas_loss,
         )
 
     def pipeline(self, model) -> ViMiPipeline:
