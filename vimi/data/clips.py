@@ -18,9 +18,9 @@ from typing import Any
 import lance
 import numpy as np
 
-from vimi.io import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.io.video import VideoDecodeError, decode_video, even_frames
 
 VIDEO_COLUMNS = ["id", "video", "video_format", "num_frames", "height", "width"]
@@ -79,12 +79,12 @@ def decode_clip(row: dict[str, Any], num_frames: int, frame_size: int, clip_id: 
 @dataclass
 class ClipBatch:
     clip_ids: list[str]
-    frames: np.ndarray                       # B×T×H×W×3 uint8
+    frames: np.ndarray  # B×T×H×W×3 uint8
     captions: list[str]
-    doc_images: list[list[np.ndarray]] = field(default_factory=list)   # per clip, best first
+    doc_images: list[list[np.ndarray]] = field(default_factory=list)  # per clip, best first
     doc_captions: list[list[str]] = field(default_factory=list)
     doc_ids: list[list[str]] = field(default_factory=list)
-    subject_names: list[str | None] = field(default_factory=list)   # the clip's subject, where the corpus names it
+    subject_names: list[str | None] = field(default_factory=list)  # the clip's subject, where the corpus names it
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -93,11 +93,29 @@ class ClipBatch:
 class AugmentedClips:
     """Map-style dataset (torch DataLoader compatible) of the retrieval-augmented training set."""
 
-    def __init__(self, augmented_uri: Path, videos_uri: Path, num_frames: int, frame_size: int, image_size: int,
-                 max_docs: int | None = None, with_docs: bool = True, image_cache: int = 50_000):
+    def __init__(
+        self,
+        augmented_uri: Path,
+        videos_uri: Path,
+        num_frames: int,
+        frame_size: int,
+        image_size: int,
+        max_docs: int | None = None,
+        with_docs: bool = True,
+        image_cache: int = 50_000,
+    ):
         aug = lance_io.open_dataset(augmented_uri, "augmented video dataset", "Run `vimi augment` first.")
-        table = aug.to_table(columns=["clip_id", "caption", "memory_ids", "memory_rows", "memory_path",
-                                      "memory_version", "videos_version"])
+        table = aug.to_table(
+            columns=[
+                "clip_id",
+                "caption",
+                "memory_ids",
+                "memory_rows",
+                "memory_path",
+                "memory_version",
+                "videos_version",
+            ]
+        )
         if table.num_rows == 0:
             raise VimiError(f"The augmented video dataset at {augmented_uri} has no rows.")
         self.clip_ids = table.column("clip_id").to_pylist()
@@ -107,28 +125,46 @@ class AugmentedClips:
         self.num_frames, self.frame_size, self.image_size = int(num_frames), int(frame_size), int(image_size)
         self.max_docs, self.with_docs = max_docs, with_docs
         self.augmented_version = aug.version
-        self.memory_path, self.memory_version = table.column("memory_path")[0].as_py(), table.column("memory_version")[0].as_py()
+        self.memory_path, self.memory_version = (
+            table.column("memory_path")[0].as_py(),
+            table.column("memory_version")[0].as_py(),
+        )
         self.videos_version = table.column("videos_version")[0].as_py()
         self.videos_uri = dataset_location(videos_uri)
         self.videos = self._open_version(self.videos_uri, self.videos_version, "video corpus")
-        self.memory = self._open_version(dataset_location(self.memory_path), self.memory_version, "memory") if with_docs else None
+        self.memory = (
+            self._open_version(dataset_location(self.memory_path), self.memory_version, "memory") if with_docs else None
+        )
         video_ids = self.videos.to_table(columns=["id"]).column("id").to_pylist()
         position = {cid: i for i, cid in enumerate(video_ids)}
         missing = [c for c in self.clip_ids if c not in position]
         if missing:
-            raise VimiError(f"{len(missing)} clip(s) of the augmented dataset are not in the video corpus "
-                            f"version {self.videos_version}, e.g. {missing[0]!r}. Rerun `vimi augment`.")
+            raise VimiError(
+                f"{len(missing)} clip(s) of the augmented dataset are not in the video corpus "
+                f"version {self.videos_version}, e.g. {missing[0]!r}. Rerun `vimi augment`."
+            )
         self.video_rows = [position[c] for c in self.clip_ids]
-        names = (self.videos.to_table(columns=["subject_name"]).column("subject_name").to_pylist()
-                 if "subject_name" in self.videos.schema.names else [None] * len(video_ids))
+        names = (
+            self.videos.to_table(columns=["subject_name"]).column("subject_name").to_pylist()
+            if "subject_name" in self.videos.schema.names
+            else [None] * len(video_ids)
+        )
         self.subject_names = [names[r] for r in self.video_rows]
-        self.images = MemoryDocuments(self.memory, self.memory_path, self.memory_version, self.image_size,
-                                   image_cache) if with_docs else None
+        self.images = (
+            MemoryDocuments(self.memory, self.memory_path, self.memory_version, self.image_size, image_cache)
+            if with_docs
+            else None
+        )
 
     @staticmethod
     def _open_version(uri: Path, version: int, what: str) -> lance.LanceDataset:
-        return open_version(uri, version, what, "The augmented dataset was retrieved against",
-                            "Rerun `vimi index build` and `vimi augment`.")
+        return open_version(
+            uri,
+            version,
+            what,
+            "The augmented dataset was retrieved against",
+            "Rerun `vimi index build` and `vimi augment`.",
+        )
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -140,15 +176,22 @@ class AugmentedClips:
         indices = [int(i) for i in indices]
         rows = self.videos.take([self.video_rows[i] for i in indices], columns=VIDEO_COLUMNS).to_pylist()
         frames = [decode_clip(row, self.num_frames, self.frame_size, self.clip_ids[i]) for i, row in zip(indices, rows)]
-        batch = ClipBatch([self.clip_ids[i] for i in indices], np.stack(frames), [self.captions[i] for i in indices],
-                          subject_names=[self.subject_names[i] for i in indices])
+        batch = ClipBatch(
+            [self.clip_ids[i] for i in indices],
+            np.stack(frames),
+            [self.captions[i] for i in indices],
+            subject_names=[self.subject_names[i] for i in indices],
+        )
         if self.with_docs:
             self._add_documents(batch, indices)
         return batch
 
     def _add_documents(self, batch: ClipBatch, indices: list[int]) -> None:
-        wanted = [(p, i, r, d) for p, i in enumerate(indices)
-                  for r, d in list(zip(self.memory_rows[i], self.memory_ids[i]))[: self.max_docs]]
+        wanted = [
+            (p, i, r, d)
+            for p, i in enumerate(indices)
+            for r, d in list(zip(self.memory_rows[i], self.memory_ids[i]))[: self.max_docs]
+        ]
         docs = self.images.fetch([(r, d, self.clip_ids[i]) for _, i, r, d in wanted])
         per_clip: list[list[tuple[str, np.ndarray, str]]] = [[] for _ in indices]
         for (p, _, _, doc_id), (image, caption) in zip(wanted, docs):
@@ -177,13 +220,18 @@ class MemoryDocuments:
             beyond = [r for r in need if r >= n]
             if beyond:
                 r, d, clip = next(w for w in wanted if w[0] == beyond[0])
-                raise VimiError(f"Clip {clip!r} retrieved memory document {d!r} (row {r}), which is "
-                                f"missing from the memory ({self.path} version {self.version} has "
-                                f"{n} rows). Rerun `vimi augment`.")
+                raise VimiError(
+                    f"Clip {clip!r} retrieved memory document {d!r} (row {r}), which is "
+                    f"missing from the memory ({self.path} version {self.version} has "
+                    f"{n} rows). Rerun `vimi augment`."
+                )
             table = self.memory.take(need, columns=["id", "image", "caption"])
-            for r, doc_id, image, caption in zip(need, table.column("id").to_pylist(),
-                                                 table.column("image").to_pylist(),
-                                                 table.column("caption").to_pylist()):
+            for r, doc_id, image, caption in zip(
+                need,
+                table.column("id").to_pylist(),
+                table.column("image").to_pylist(),
+                table.column("caption").to_pylist(),
+            ):
                 self._cache[r] = (doc_id, decode_image(image, self.image_size), caption)
                 if len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
@@ -191,9 +239,11 @@ class MemoryDocuments:
         for r, expected, clip in wanted:
             doc_id, image, caption = self._cache[r]
             if doc_id != expected:
-                raise VimiError(f"Clip {clip!r} retrieved memory document {expected!r} (row {r}), "
-                                f"which is missing from the memory ({self.path} version "
-                                f"{self.version} holds {doc_id!r} at that row). Rerun `vimi augment`.")
+                raise VimiError(
+                    f"Clip {clip!r} retrieved memory document {expected!r} (row {r}), "
+                    f"which is missing from the memory ({self.path} version "
+                    f"{self.version} holds {doc_id!r} at that row). Rerun `vimi augment`."
+                )
             out.append((image, caption))
         return out
 
@@ -202,18 +252,30 @@ class MemoryDocuments:
 class InstructionBatch:
     ids: list[str]
     tasks: list[str]
-    frames: np.ndarray                  # B×T×H×W×3 uint8, the target clips
-    prompts: list[list[Any]]            # interleaved text and images, as the encoder reads them
-    context_frames: list[int]           # leading frames given (video prediction), 0 otherwise
+    frames: np.ndarray  # B×T×H×W×3 uint8, the target clips
+    prompts: list[list[Any]]  # interleaved text and images, as the encoder reads them
+    context_frames: list[int]  # leading frames given (video prediction), 0 otherwise
     instructions: list[str]
-    captions: list[str]                 # the clips' captions: a text-only model's prompts
+    captions: list[str]  # the clips' captions: a text-only model's prompts
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-INSTRUCTION_COLUMNS = ["id", "task", "instruction", "caption", "clip_id", "clip_row", "videos_path", "videos_version",
-                       "image_sources", "context_frames", "memory_path", "memory_version"]
+INSTRUCTION_COLUMNS = [
+    "id",
+    "task",
+    "instruction",
+    "caption",
+    "clip_id",
+    "clip_row",
+    "videos_path",
+    "videos_version",
+    "image_sources",
+    "context_frames",
+    "memory_path",
+    "memory_version",
+]
 
 
 class InstructionClips:
@@ -221,8 +283,15 @@ class InstructionClips:
     its instruction with the images filled in — memory documents (subject references) and frames of
     the clip itself (video prediction) — all read at the versions the instruction dataset recorded."""
 
-    def __init__(self, instructions_uri: Path, split: str, num_frames: int, frame_size: int, image_size: int,
-                 image_cache: int = 50_000):
+    def __init__(
+        self,
+        instructions_uri: Path,
+        split: str,
+        num_frames: int,
+        frame_size: int,
+        image_size: int,
+        image_cache: int = 50_000,
+    ):
         ds = lance_io.open_dataset(instructions_uri, "instruction dataset", "Run `vimi instructions build` first.")
         table = ds.to_table(columns=INSTRUCTION_COLUMNS, filter=f"split = '{split}'")
         if table.num_rows == 0:
@@ -231,15 +300,24 @@ class InstructionClips:
         self.version = ds.version
         self.num_frames, self.frame_size, self.image_size = int(num_frames), int(frame_size), int(image_size)
         who, hint = "The instruction dataset was built from", "Rerun `vimi instructions build`."
-        self.videos = {key: open_version(key[0], key[1], "video corpus", who, hint)
-                       for key in {(r["videos_path"], r["videos_version"]) for r in self.rows}}
+        self.videos = {
+            key: open_version(key[0], key[1], "video corpus", who, hint)
+            for key in {(r["videos_path"], r["videos_version"]) for r in self.rows}
+        }
         memory_keys = {(r["memory_path"], r["memory_version"]) for r in self.rows}
-        self.memory = {key: MemoryDocuments(open_version(key[0], key[1], "memory", who, hint), key[0], key[1],
-                                         self.image_size, image_cache) for key in memory_keys}
+        self.memory = {
+            key: MemoryDocuments(
+                open_version(key[0], key[1], "memory", who, hint), key[0], key[1], self.image_size, image_cache
+            )
+            for key in memory_keys
+        }
 
     def versions(self) -> dict[str, Any]:
-        return {"instructions": self.version, "videos": sorted(f"{p}@v{v}" for p, v in self.videos),
-                "memory": sorted(f"{p}@v{v}" for p, v in self.memory)}
+        return {
+            "instructions": self.version,
+            "videos": sorted(f"{p}@v{v}" for p, v in self.videos),
+            "memory": sorted(f"{p}@v{v}" for p, v in self.memory),
+        }
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -259,9 +337,11 @@ class InstructionClips:
             clips = ds.take([rows[p]["clip_row"] for p in mine], columns=VIDEO_COLUMNS).to_pylist()
             for p, clip in zip(mine, clips):
                 if clip["id"] != rows[p]["clip_id"]:
-                    raise VimiError(f"Instruction {rows[p]['id']!r} names clip {rows[p]['clip_id']!r} at row "
-                                    f"{rows[p]['clip_row']}, but the video corpus holds {clip['id']!r} there. "
-                                    "Rerun `vimi instructions build`.")
+                    raise VimiError(
+                        f"Instruction {rows[p]['id']!r} names clip {rows[p]['clip_id']!r} at row "
+                        f"{rows[p]['clip_row']}, but the video corpus holds {clip['id']!r} there. "
+                        "Rerun `vimi instructions build`."
+                    )
                 frames[p] = decode_clip(clip, self.num_frames, self.frame_size, clip["id"])
         prompts = []
         for p, row in enumerate(rows):
@@ -272,15 +352,24 @@ class InstructionClips:
             for source in sources:
                 if source["kind"] == "memory":
                     images.append(next(docs)[0])
-                elif source["kind"] == "frame" and source["id"] == row["clip_id"] and \
-                        0 <= source["frame"] < self.num_frames:
+                elif (
+                    source["kind"] == "frame"
+                    and source["id"] == row["clip_id"]
+                    and 0 <= source["frame"] < self.num_frames
+                ):
                     images.append(to_image_array(frames[p][source["frame"]], self.image_size))
                 else:
                     raise VimiError(f"Instruction {row['id']!r} has an image source the loader cannot read: {source}.")
             prompts.append(interleave(row["instruction"], images))
-        return InstructionBatch([r["id"] for r in rows], [r["task"] for r in rows], np.stack(frames), prompts,
-                                [int(r["context_frames"]) for r in rows], [r["instruction"] for r in rows],
-                                [r["caption"] for r in rows])
+        return InstructionBatch(
+            [r["id"] for r in rows],
+            [r["task"] for r in rows],
+            np.stack(frames),
+            prompts,
+            [int(r["context_frames"]) for r in rows],
+            [r["instruction"] for r in rows],
+            [r["caption"] for r in rows],
+        )
 
 
 def collate_batch(batch: Any) -> Any:

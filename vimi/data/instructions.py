@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vimi.io import lance_io
 from vimi.config import dataset_location
 from vimi.errors import VimiError
+from vimi.io import lance_io
 from vimi.progress import progress
 
 TASKS = ("subject", "prediction", "text_to_video")
@@ -41,27 +41,29 @@ TRUTH_COLUMNS = ("subject_id", "subject_name", "subject_split", "action", "scene
 # SpriteWorld's streams are 1-4 (vimi.world.catalog); these keep instruction draws apart from them.
 STREAM_TRAIN_INSTRUCTIONS, STREAM_EVAL_INSTRUCTIONS = 5, 6
 
-IMAGE_SOURCE = pa.struct([
-    pa.field("kind", pa.string()),    # "memory" | "frame"
-    pa.field("id", pa.string()),      # memory id, or the clip id for a frame
-    pa.field("row", pa.int64()),      # memory row at memory_version, or clip row at videos_version
-    pa.field("frame", pa.int32()),    # frame of the clip fitted to world.num_frames; -1 for memory
-])
+IMAGE_SOURCE = pa.struct(
+    [
+        pa.field("kind", pa.string()),  # "memory" | "frame"
+        pa.field("id", pa.string()),  # memory id, or the clip id for a frame
+        pa.field("row", pa.int64()),  # memory row at memory_version, or clip row at videos_version
+        pa.field("frame", pa.int32()),  # frame of the clip fitted to world.num_frames; -1 for memory
+    ]
+)
 
 INSTRUCTION_SCHEMA = pa.schema(
     [
-        pa.field("id", pa.string(), nullable=False),               # ins-<split>-<clip index>-<task>
-        pa.field("split", pa.string(), nullable=False),            # train | eval
-        pa.field("task", pa.string(), nullable=False),             # subject | prediction | text_to_video
-        pa.field("instruction", pa.string(), nullable=False),      # one <image> per image source, in order
-        pa.field("caption", pa.string(), nullable=False),          # the clip's caption, as in the corpus
-        pa.field("template", pa.int32(), nullable=False),          # index into instructions.templates[task]
+        pa.field("id", pa.string(), nullable=False),  # ins-<split>-<clip index>-<task>
+        pa.field("split", pa.string(), nullable=False),  # train | eval
+        pa.field("task", pa.string(), nullable=False),  # subject | prediction | text_to_video
+        pa.field("instruction", pa.string(), nullable=False),  # one <image> per image source, in order
+        pa.field("caption", pa.string(), nullable=False),  # the clip's caption, as in the corpus
+        pa.field("template", pa.int32(), nullable=False),  # index into instructions.templates[task]
         pa.field("clip_id", pa.string(), nullable=False),
-        pa.field("clip_row", pa.int64(), nullable=False),          # row of the clip at videos_version
+        pa.field("clip_row", pa.int64(), nullable=False),  # row of the clip at videos_version
         pa.field("videos_path", pa.string(), nullable=False),
         pa.field("videos_version", pa.int64(), nullable=False),
         pa.field("image_sources", pa.list_(IMAGE_SOURCE), nullable=False),
-        pa.field("context_frames", pa.int32(), nullable=False),    # m for prediction rows, 0 otherwise
+        pa.field("context_frames", pa.int32(), nullable=False),  # m for prediction rows, 0 otherwise
         pa.field("reference_source", pa.string(), nullable=False),  # ground_truth | retrieval | "" (not subject)
         pa.field("memory_path", pa.string(), nullable=False),
         pa.field("memory_version", pa.int64(), nullable=False),
@@ -118,17 +120,29 @@ class InstructionParams:
         if not _is_int(samples) or not 1 <= samples <= len(TASKS):
             raise _bad("samples_per_clip", samples, f"be an integer in 1..{len(TASKS)} (distinct tasks per clip)")
         if samples > len(weighted):
-            raise _bad("samples_per_clip", samples, f"be at most the number of tasks with weight > 0 in "
-                       f"instructions.mixture ({len(weighted)}), since a clip's tasks are distinct")
+            raise _bad(
+                "samples_per_clip",
+                samples,
+                f"be at most the number of tasks with weight > 0 in "
+                f"instructions.mixture ({len(weighted)}), since a clip's tasks are distinct",
+            )
 
         context = section.get("context_frames")
         if not _is_int(context) or not 1 <= context <= num_frames - 1:
-            raise _bad("context_frames", context, f"be an integer in 1..{num_frames - 1} (fewer than "
-                       f"world.num_frames = {num_frames}, so something is left to predict)")
+            raise _bad(
+                "context_frames",
+                context,
+                f"be an integer in 1..{num_frames - 1} (fewer than "
+                f"world.num_frames = {num_frames}, so something is left to predict)",
+            )
 
         refs = section.get("reference_images")
-        if (not isinstance(refs, (list, tuple)) or len(refs) != 2 or not all(_is_int(r) for r in refs)
-                or not 1 <= refs[0] <= refs[1]):
+        if (
+            not isinstance(refs, (list, tuple))
+            or len(refs) != 2
+            or not all(_is_int(r) for r in refs)
+            or not 1 <= refs[0] <= refs[1]
+        ):
             raise _bad("reference_images", refs, "be [min, max] integers with 1 <= min <= max")
 
         raw_templates = section.get("templates") or {}
@@ -145,16 +159,26 @@ class InstructionParams:
                     raise _bad(key, template, "contain {caption}")
                 if task == "text_to_video":
                     if "{images}" in template or IMAGE_TOKEN in template:
-                        raise _bad(key, template, f"contain neither {{images}} nor {IMAGE_TOKEN} (text-to-video "
-                                   "has no images)")
+                        raise _bad(
+                            key, template, f"contain neither {{images}} nor {IMAGE_TOKEN} (text-to-video has no images)"
+                        )
                 elif template.count("{images}") != 1 or IMAGE_TOKEN in template:
                     raise _bad(key, template, f"contain {{images}} exactly once and no literal {IMAGE_TOKEN}")
             if mixture[task] > 0 and not listed:
-                raise _bad(f"templates.{task}", listed, f"hold at least one template, since instructions.mixture."
-                           f"{task} is {mixture[task]}")
+                raise _bad(
+                    f"templates.{task}",
+                    listed,
+                    f"hold at least one template, since instructions.mixture.{task} is {mixture[task]}",
+                )
             templates[task] = tuple(listed)
-        return cls(samples_per_clip=samples, mixture={t: float(mixture[t]) for t in TASKS}, context_frames=context,
-                   reference_images=(int(refs[0]), int(refs[1])), templates=templates, num_frames=num_frames)
+        return cls(
+            samples_per_clip=samples,
+            mixture={t: float(mixture[t]) for t in TASKS},
+            context_frames=context,
+            reference_images=(int(refs[0]), int(refs[1])),
+            templates=templates,
+            num_frames=num_frames,
+        )
 
 
 def render_instruction(template: str, caption: str, n_images: int) -> str:
@@ -207,8 +231,9 @@ class _SubjectDocs:
     @classmethod
     def from_memory(cls, memory: lance.LanceDataset) -> "_SubjectDocs":
         table = memory.to_table(columns=["id", "doc_type", "subject_id"])
-        is_subject = pc.fill_null(pc.and_(pc.equal(table["doc_type"], "subject"), pc.is_valid(table["subject_id"])),
-                                  False)
+        is_subject = pc.fill_null(
+            pc.and_(pc.equal(table["doc_type"], "subject"), pc.is_valid(table["subject_id"])), False
+        )
         rows = np.flatnonzero(is_subject.to_numpy(zero_copy_only=False))
         if not len(rows):
             return cls({})
@@ -218,8 +243,12 @@ class _SubjectDocs:
         bounds = np.searchsorted(codes[order], np.arange(len(encoded.dictionary) + 1))
         sorted_rows = rows[order]
         sorted_ids = np.array(table["id"].take(pa.array(sorted_rows)).to_pylist(), dtype=object)
-        return cls({name: (sorted_rows[bounds[i]:bounds[i + 1]], sorted_ids[bounds[i]:bounds[i + 1]])
-                    for i, name in enumerate(encoded.dictionary.to_pylist())})
+        return cls(
+            {
+                name: (sorted_rows[bounds[i] : bounds[i + 1]], sorted_ids[bounds[i] : bounds[i + 1]])
+                for i, name in enumerate(encoded.dictionary.to_pylist())
+            }
+        )
 
 
 @dataclass
@@ -229,7 +258,7 @@ class _Clip:
     row: int
     id: str
     caption: str
-    truth: dict[str, Any]          # TRUTH_COLUMNS of the clip
+    truth: dict[str, Any]  # TRUTH_COLUMNS of the clip
     retrieved_ids: list[str]
     retrieved_rows: list[int]
 
@@ -272,8 +301,9 @@ class _Planner:
             tasks = [t for t in self.eval_tasks if t != "subject" or pool is not None]
         return [self._row(clip, task, rng, pool) for task in tasks]
 
-    def _row(self, clip: _Clip, task: str, rng: np.random.Generator,
-             pool: tuple[Sequence[int], Sequence[str], str] | None) -> dict[str, Any]:
+    def _row(
+        self, clip: _Clip, task: str, rng: np.random.Generator, pool: tuple[Sequence[int], Sequence[str], str] | None
+    ) -> dict[str, Any]:
         templates = self.cfg.templates[task]
         template = _below(rng, len(templates))
         sources: list[dict[str, Any]] = []
@@ -288,15 +318,23 @@ class _Planner:
             sources = [{"kind": "memory", "id": str(ids[p]), "row": int(rows[p]), "frame": -1} for p in picks]
             self.reference_sources[reference_source] += 1
         elif task == "prediction":
-            sources = [{"kind": "frame", "id": clip.id, "row": clip.row, "frame": f}
-                       for f in range(self.cfg.context_frames)]
+            sources = [
+                {"kind": "frame", "id": clip.id, "row": clip.row, "frame": f} for f in range(self.cfg.context_frames)
+            ]
         self.tasks[clip.split][task] += 1
         return {
-            "id": f"ins-{clip.split}-{clip.index:07d}-{task}", "split": clip.split, "task": task,
+            "id": f"ins-{clip.split}-{clip.index:07d}-{task}",
+            "split": clip.split,
+            "task": task,
             "instruction": render_instruction(templates[template], clip.caption, len(sources)),
-            "caption": clip.caption, "template": template, "clip_id": clip.id, "clip_row": clip.row,
-            "image_sources": sources, "context_frames": self.cfg.context_frames if task == "prediction" else 0,
-            "reference_source": reference_source, **self.provenance[clip.split],
+            "caption": clip.caption,
+            "template": template,
+            "clip_id": clip.id,
+            "clip_row": clip.row,
+            "image_sources": sources,
+            "context_frames": self.cfg.context_frames if task == "prediction" else 0,
+            "reference_source": reference_source,
+            **self.provenance[clip.split],
             **clip.truth,
         }
 
@@ -306,8 +344,10 @@ def _open_at(uri: Path, version: int, what: str) -> lance.LanceDataset:
     try:
         return ds if ds.version == int(version) else ds.checkout_version(int(version))
     except Exception as exc:  # lance raises ValueError/OSError for a cleaned-up version
-        raise VimiError(f"The augmented dataset was built against {what} version {version} at {uri}, which is "
-                        f"gone ({exc}); rerun `vimi index build` and `vimi augment`.") from None
+        raise VimiError(
+            f"The augmented dataset was built against {what} version {version} at {uri}, which is "
+            f"gone ({exc}); rerun `vimi index build` and `vimi augment`."
+        ) from None
 
 
 def _single(table: pa.Table, column: str, uri: Path) -> int:
@@ -333,29 +373,46 @@ def _train_clips(augmented: pa.Table, videos: pa.Table, videos_uri: Path, videos
     positions = pc.index_in(augmented["clip_id"], value_set=videos["id"])
     if positions.null_count:
         missing = augmented["clip_id"].filter(pc.is_null(positions))[0].as_py()
-        raise VimiError(f"{positions.null_count} clip(s) of the augmented dataset are not in the video corpus at "
-                        f"{videos_uri} version {videos_version}, e.g. {missing!r}; rerun `vimi augment`.")
+        raise VimiError(
+            f"{positions.null_count} clip(s) of the augmented dataset are not in the video corpus at "
+            f"{videos_uri} version {videos_version}, e.g. {missing!r}; rerun `vimi augment`."
+        )
     for start in range(0, augmented.num_rows, CHUNK):
         rows = positions.slice(start, CHUNK)
         clips = videos.take(rows)
         part = augmented.slice(start, CHUNK)
-        for i, (row, clip_id, caption, truth, ids, mem_rows) in enumerate(zip(
-                rows.to_pylist(), clips["id"].to_pylist(), clips["caption"].to_pylist(),
-                clips.select(list(TRUTH_COLUMNS)).to_pylist(), part["memory_ids"].to_pylist(),
-                part["memory_rows"].to_pylist())):
+        for i, (row, clip_id, caption, truth, ids, mem_rows) in enumerate(
+            zip(
+                rows.to_pylist(),
+                clips["id"].to_pylist(),
+                clips["caption"].to_pylist(),
+                clips.select(list(TRUTH_COLUMNS)).to_pylist(),
+                part["memory_ids"].to_pylist(),
+                part["memory_rows"].to_pylist(),
+            )
+        ):
             yield _Clip("train", start + i, row, clip_id, caption, truth, ids, mem_rows)
 
 
 def _eval_clips(videos: pa.Table) -> Iterator[_Clip]:
     for start in range(0, videos.num_rows, CHUNK):
         clips = videos.slice(start, CHUNK)
-        for i, (clip_id, caption, truth) in enumerate(zip(clips["id"].to_pylist(), clips["caption"].to_pylist(),
-                                                          clips.select(list(TRUTH_COLUMNS)).to_pylist())):
+        for i, (clip_id, caption, truth) in enumerate(
+            zip(clips["id"].to_pylist(), clips["caption"].to_pylist(), clips.select(list(TRUTH_COLUMNS)).to_pylist())
+        ):
             yield _Clip("eval", start + i, start + i, clip_id, caption, truth, [], [])
 
 
-def build_instructions(memory_uri: Path, videos_uri: Path, eval_videos_uri: Path | None, augmented_uri: Path,
-                       out_uri: Path, params: InstructionParams, seed: int, batch_rows: int = 4096) -> dict[str, Any]:
+def build_instructions(
+    memory_uri: Path,
+    videos_uri: Path,
+    eval_videos_uri: Path | None,
+    augmented_uri: Path,
+    out_uri: Path,
+    params: InstructionParams,
+    seed: int,
+    batch_rows: int = 4096,
+) -> dict[str, Any]:
     """Write the instruction dataset (one Lance overwrite commit) and return what a person wants to see.
 
     Memory and training clips are read at the versions the augmented dataset recorded; the
@@ -374,11 +431,21 @@ def build_instructions(memory_uri: Path, videos_uri: Path, eval_videos_uri: Path
     eval_videos = _clip_columns(eval_ds) if eval_ds is not None else None
 
     memory_path = lance_io.location(memory_uri)
-    provenance = {"train": {"videos_path": lance_io.location(videos_uri), "videos_version": videos_version,
-                            "memory_path": memory_path, "memory_version": memory_version}}
+    provenance = {
+        "train": {
+            "videos_path": lance_io.location(videos_uri),
+            "videos_version": videos_version,
+            "memory_path": memory_path,
+            "memory_version": memory_version,
+        }
+    }
     if eval_ds is not None:
-        provenance["eval"] = {"videos_path": lance_io.location(eval_videos_uri), "videos_version": eval_ds.version,
-                              "memory_path": memory_path, "memory_version": memory_version}
+        provenance["eval"] = {
+            "videos_path": lance_io.location(eval_videos_uri),
+            "videos_version": eval_ds.version,
+            "memory_path": memory_path,
+            "memory_version": memory_version,
+        }
     planner = _Planner(params, seed, _SubjectDocs.from_memory(memory), provenance)
 
     clips: Iterator[_Clip] = _train_clips(augmented, videos, dataset_location(videos_uri), videos_version)
@@ -386,36 +453,59 @@ def build_instructions(memory_uri: Path, videos_uri: Path, eval_videos_uri: Path
     if eval_videos is not None:
         clips = itertools.chain(clips, _eval_clips(eval_videos))
         total += eval_videos.num_rows
-    rows = (row for clip in progress(clips, total=total, desc="instructions", unit="clip")
-            for row in planner.rows(clip))
+    rows = (
+        row for clip in progress(clips, total=total, desc="instructions", unit="clip") for row in planner.rows(clip)
+    )
 
-    info = {"memory_path": memory_path, "memory_version": memory_version,
-            "videos_path": provenance["train"]["videos_path"], "videos_version": videos_version,
-            "eval_videos_path": provenance["eval"]["videos_path"] if eval_ds is not None else None,
-            "eval_videos_version": eval_ds.version if eval_ds is not None else None,
-            "augmented_path": lance_io.location(augmented_uri), "augmented_version": aug.version}
+    info = {
+        "memory_path": memory_path,
+        "memory_version": memory_version,
+        "videos_path": provenance["train"]["videos_path"],
+        "videos_version": videos_version,
+        "eval_videos_path": provenance["eval"]["videos_path"] if eval_ds is not None else None,
+        "eval_videos_version": eval_ds.version if eval_ds is not None else None,
+        "augmented_path": lance_io.location(augmented_uri),
+        "augmented_version": aug.version,
+    }
     # Provenance as one JSON document (sorted keys) under one metadata key.
     schema = INSTRUCTION_SCHEMA.with_metadata(
-        {"provenance": json.dumps(info | {"seed": seed, "params": asdict(params)}, sort_keys=True)})
-    result = lance_io.write_batches(out_uri, lance_io.batches_of(rows, schema, batch_rows), schema, "overwrite",
-                                    commit_message=f"instructions seed={seed} augmented@v{aug.version}")
+        {"provenance": json.dumps(info | {"seed": seed, "params": asdict(params)}, sort_keys=True)}
+    )
+    result = lance_io.write_batches(
+        out_uri,
+        lance_io.batches_of(rows, schema, batch_rows),
+        schema,
+        "overwrite",
+        commit_message=f"instructions seed={seed} augmented@v{aug.version}",
+    )
     meta = lance_io.summary(out_uri)
     meta["seconds"] = round(time.perf_counter() - start, 2)
     meta["fingerprint"] = lance_io.fingerprint(out_uri)
-    return meta | info | {
-        "version": result.version,
-        "tasks": {split: {t: planner.tasks[split][t] for t in TASKS}
-                  for split in SPLITS if split == "train" or eval_ds is not None},
-        "subject_unavailable": {split: planner.subject_unavailable[split] for split in SPLITS},
-        "reference_source": dict(sorted(planner.reference_sources.items())),
-        "examples": instruction_examples(out_uri, memory_uri),
-    }
+    return (
+        meta
+        | info
+        | {
+            "version": result.version,
+            "tasks": {
+                split: {t: planner.tasks[split][t] for t in TASKS}
+                for split in SPLITS
+                if split == "train" or eval_ds is not None
+            },
+            "subject_unavailable": {split: planner.subject_unavailable[split] for split in SPLITS},
+            "reference_source": dict(sorted(planner.reference_sources.items())),
+            "examples": instruction_examples(out_uri, memory_uri),
+        }
+    )
 
 
 def describe_sources(sources: list[dict[str, Any]], memory_captions: dict[str, str]) -> list[str]:
     """Image sources as people read them: "memory mem-0000003 (caption)", "frame 0 of vid-0000012"."""
-    return [f"memory {s['id']} ({memory_captions.get(s['id'], '?')})" if s["kind"] == "memory"
-            else f"frame {s['frame']} of {s['id']}" for s in sources]
+    return [
+        f"memory {s['id']} ({memory_captions.get(s['id'], '?')})"
+        if s["kind"] == "memory"
+        else f"frame {s['frame']} of {s['id']}"
+        for s in sources
+    ]
 
 
 def instruction_examples(uri: Path, memory_uri: Path, n: int = 3) -> list[dict[str, Any]]:
@@ -431,13 +521,22 @@ def instruction_examples(uri: Path, memory_uri: Path, n: int = 3) -> list[dict[s
                 picks.append(int(matches[0]))
     if not picks:
         return []
-    rows = ds.take(sorted(picks), columns=["id", "split", "task", "instruction", "image_sources",
-                                           "memory_version"]).to_pylist()
+    rows = ds.take(
+        sorted(picks), columns=["id", "split", "task", "instruction", "image_sources", "memory_version"]
+    ).to_pylist()
     memory_rows = sorted({s["row"] for r in rows for s in r["image_sources"] if s["kind"] == "memory"})
     captions: dict[str, str] = {}
     if memory_rows:
         memory = _open_at(memory_uri, rows[0]["memory_version"], "memory")
         taken = memory.take(memory_rows, columns=["id", "caption"])
         captions = dict(zip(taken["id"].to_pylist(), taken["caption"].to_pylist()))
-    return [{"id": r["id"], "split": r["split"], "task": r["task"], "instruction": r["instruction"],
-             "sources": describe_sources(r["image_sources"], captions)} for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "split": r["split"],
+            "task": r["task"],
+            "instruction": r["instruction"],
+            "sources": describe_sources(r["image_sources"], captions),
+        }
+        for r in rows
+    ]

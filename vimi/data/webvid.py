@@ -16,8 +16,8 @@ from typing import Any, Iterator
 from vimi.data.schema import GROUND_TRUTH_COLUMNS, VIDEO_SCHEMA
 from vimi.errors import VimiError
 from vimi.io.ingest import run_ingest
-from vimi.io.video import VideoDecodeError, probe
 from vimi.io.lance_io import IngestReport, QuarantineRow
+from vimi.io.video import VideoDecodeError, probe
 from vimi.parallel import ordered_map
 from vimi.progress import progress
 
@@ -34,8 +34,10 @@ def _csv_header(csv_path: Path) -> list[str]:
         columns = csv.DictReader(handle).fieldnames or []
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
-        raise VimiError(f"{csv_path} lacks the WebVid column(s) {', '.join(missing)}; "
-                        f"its header is: {', '.join(columns) or '(empty)'}.")
+        raise VimiError(
+            f"{csv_path} lacks the WebVid column(s) {', '.join(missing)}; "
+            f"its header is: {', '.join(columns) or '(empty)'}."
+        )
     return columns
 
 
@@ -56,7 +58,9 @@ def _csv_rows(csv_path: Path) -> Iterator[dict[str, str] | QuarantineRow]:
             yield record
 
 
-def _check(record: dict[str, str] | QuarantineRow, line: int, videos_dir: Path, source: str) -> tuple[dict[str, Any] | QuarantineRow, Path | None]:
+def _check(
+    record: dict[str, str] | QuarantineRow, line: int, videos_dir: Path, source: str
+) -> tuple[dict[str, Any] | QuarantineRow, Path | None]:
     """Everything that can be said of a CSV row before decoding its clip."""
     if isinstance(record, QuarantineRow):
         return record, None
@@ -65,12 +69,16 @@ def _check(record: dict[str, str] | QuarantineRow, line: int, videos_dir: Path, 
     if not videoid:
         return QuarantineRow(source, key, "missing_id", "empty videoid"), None
     if "\0" in videoid or len(f"{videoid}.mp4".encode()) > 255:  # no file system names such a file
-        return QuarantineRow(source, key[:300], "bad_videoid", f"videoid of {len(videoid)} characters"
-                             f"{' with a NUL byte' if chr(0) in videoid else ''} cannot name a file"), None
+        return QuarantineRow(
+            source,
+            key[:300],
+            "bad_videoid",
+            f"videoid of {len(videoid)} characters{' with a NUL byte' if chr(0) in videoid else ''} cannot name a file",
+        ), None
     caption = (record.get("name") or "").strip()
     if not caption:
         return QuarantineRow(source, key, "empty_caption", "caption (name) is empty or whitespace"), None
-    candidate = (videos_dir / f"{videoid}.mp4")
+    candidate = videos_dir / f"{videoid}.mp4"
     try:
         inside = candidate.resolve().is_relative_to(videos_dir.resolve())
     except (OSError, RuntimeError):
@@ -106,8 +114,9 @@ class VideoLimits:
         )
 
 
-def _probe_row(item: tuple[dict[str, Any] | QuarantineRow, Path | None], source: str,
-               limits: VideoLimits) -> dict | QuarantineRow:
+def _probe_row(
+    item: tuple[dict[str, Any] | QuarantineRow, Path | None], source: str, limits: VideoLimits
+) -> dict | QuarantineRow:
     partial, path = item
     if isinstance(partial, QuarantineRow):
         return partial
@@ -115,7 +124,9 @@ def _probe_row(item: tuple[dict[str, Any] | QuarantineRow, Path | None], source:
     try:
         size = path.stat().st_size
         if size > limits.max_bytes:  # checked before reading: a row holds the whole file
-            return QuarantineRow(source, key, "video_too_large", f"{path.name}: {size:,} bytes, at most {limits.max_bytes:,}")
+            return QuarantineRow(
+                source, key, "video_too_large", f"{path.name}: {size:,} bytes, at most {limits.max_bytes:,}"
+            )
         data = path.read_bytes()
     except OSError as exc:  # permissions, a file gone since it was listed
         return QuarantineRow(source, key, "unreadable_video", f"{path.name}: {exc.strerror or exc}")
@@ -124,35 +135,55 @@ def _probe_row(item: tuple[dict[str, Any] | QuarantineRow, Path | None], source:
     except VideoDecodeError as exc:
         return QuarantineRow(source, key, "undecodable_video", f"{path.name}: {exc}")
     if info.num_frames < limits.min_frames:
-        return QuarantineRow(source, key, "too_short_video",
-                             f"{info.num_frames} frames, at least {limits.min_frames} needed")
+        return QuarantineRow(
+            source, key, "too_short_video", f"{info.num_frames} frames, at least {limits.min_frames} needed"
+        )
     if info.num_frames > limits.max_frames:
         return QuarantineRow(source, key, "too_long_video", f"{info.num_frames} frames, at most {limits.max_frames}")
     if info.height * info.width > limits.max_pixels:
-        return QuarantineRow(source, key, "video_too_large",
-                             f"{info.width}×{info.height} frames, at most {limits.max_pixels:,} pixels")
+        return QuarantineRow(
+            source, key, "video_too_large", f"{info.width}×{info.height} frames, at most {limits.max_pixels:,} pixels"
+        )
     if not (limits.min_side <= min(info.height, info.width) and max(info.height, info.width) <= limits.max_side):
-        return QuarantineRow(source, key, "bad_frame_size",
-                             f"{info.width}×{info.height}, each side must be {limits.min_side}..{limits.max_side}")
+        return QuarantineRow(
+            source,
+            key,
+            "bad_frame_size",
+            f"{info.width}×{info.height}, each side must be {limits.min_side}..{limits.max_side}",
+        )
     if not info.fps > 0:
         return QuarantineRow(source, key, "bad_fps", f"{path.name}: frame rate {info.fps}")
-    return {"id": key, "video": data, "video_format": path.suffix.lstrip(".").lower(),
-            "caption": partial["caption"], "num_frames": info.num_frames, "fps": info.fps,
-            "height": info.height, "width": info.width, "source": source,
-            "meta": json.dumps(partial["meta"] | {"file": path.name}, sort_keys=True), **GROUND_TRUTH}
+    return {
+        "id": key,
+        "video": data,
+        "video_format": path.suffix.lstrip(".").lower(),
+        "caption": partial["caption"],
+        "num_frames": info.num_frames,
+        "fps": info.fps,
+        "height": info.height,
+        "width": info.width,
+        "source": source,
+        "meta": json.dumps(partial["meta"] | {"file": path.name}, sort_keys=True),
+        **GROUND_TRUTH,
+    }
 
 
-def webvid_candidates(csv_path: Path, videos_dir: Path, limits: VideoLimits,
-                      workers: int = 2) -> Iterator[dict | QuarantineRow]:
+def webvid_candidates(
+    csv_path: Path, videos_dir: Path, limits: VideoLimits, workers: int = 2
+) -> Iterator[dict | QuarantineRow]:
     source = f"webvid:{csv_path}"
     checked = (_check(r, i + 2, videos_dir, source) for i, r in enumerate(_csv_rows(csv_path)))
     # Decoding dominates; PyAV releases the GIL, so threads overlap it.
-    yield from progress(ordered_map(lambda item: _probe_row(item, source, limits), checked, max(1, workers)),
-                        desc="webvid clips", unit="clip")
+    yield from progress(
+        ordered_map(lambda item: _probe_row(item, source, limits), checked, max(1, workers)),
+        desc="webvid clips",
+        unit="clip",
+    )
 
 
-def video_candidates(fmt: str, csv_path: Path, videos_dir: Path,
-                     ingest_params: dict[str, Any]) -> Iterator[dict | QuarantineRow]:
+def video_candidates(
+    fmt: str, csv_path: Path, videos_dir: Path, ingest_params: dict[str, Any]
+) -> Iterator[dict | QuarantineRow]:
     """Candidate rows of one source; a bad CSV header or missing folder is raised here."""
     if fmt not in FORMATS:
         raise VimiError(f"Unknown video format {fmt!r}; use one of: {', '.join(FORMATS)}.")
@@ -162,9 +193,15 @@ def video_candidates(fmt: str, csv_path: Path, videos_dir: Path,
     return webvid_candidates(csv_path, videos_dir, VideoLimits.from_params(ingest_params))
 
 
-def ingest_videos(fmt: str, csv_path: Path, videos_dir: Path, uri: Path, quarantine_uri: Path,
-                  ingest_params: dict[str, Any], mode: str = "append") -> IngestReport:
+def ingest_videos(
+    fmt: str,
+    csv_path: Path,
+    videos_dir: Path,
+    uri: Path,
+    quarantine_uri: Path,
+    ingest_params: dict[str, Any],
+    mode: str = "append",
+) -> IngestReport:
     """Ingest a WebVid-style CSV + clip folder into the video corpus at ``uri`` as one new version."""
     candidates = video_candidates(fmt, csv_path, videos_dir, ingest_params)
-    return run_ingest(str(uri), uri, quarantine_uri, VIDEO_SCHEMA, candidates,
-                      ingest_params["batch_rows"], mode=mode)
+    return run_ingest(str(uri), uri, quarantine_uri, VIDEO_SCHEMA, candidates, ingest_params["batch_rows"], mode=mode)

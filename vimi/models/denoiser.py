@@ -18,7 +18,12 @@ from diffusers.configuration_utils import register_to_config
 from vimi.errors import VimiError
 
 DENOISER_DEFAULTS: dict[str, Any] = {
-    "layers": 6, "heads": 4, "head_dim": 32, "ffn_dim": 512, "patch_size": [2, 4, 4], "freq_dim": 64,
+    "layers": 6,
+    "heads": 4,
+    "head_dim": 32,
+    "ffn_dim": 512,
+    "patch_size": [2, 4, 4],
+    "freq_dim": 64,
 }
 
 
@@ -26,14 +31,24 @@ def denoiser_config(params: dict[str, Any], num_frames: int, frame_size: int, co
     cfg = {**DENOISER_DEFAULTS, **(params or {})}
     pt, ph, pw = (int(v) for v in cfg["patch_size"])
     if num_frames % pt or frame_size % ph or frame_size % pw:
-        raise VimiError(f"params.yaml model.denoiser.patch_size {cfg['patch_size']} must divide the clip "
-                        f"({num_frames} frames × {frame_size}×{frame_size}).")
+        raise VimiError(
+            f"params.yaml model.denoiser.patch_size {cfg['patch_size']} must divide the clip "
+            f"({num_frames} frames × {frame_size}×{frame_size})."
+        )
     if int(cfg["layers"]) < 1 or int(cfg["heads"]) < 1 or int(cfg["head_dim"]) % 2:
         raise VimiError(f"params.yaml model.denoiser needs layers >= 1, heads >= 1 and an even head_dim, got {cfg}.")
-    return dict(patch_size=(pt, ph, pw), num_attention_heads=int(cfg["heads"]),
-                attention_head_dim=int(cfg["head_dim"]), in_channels=3, out_channels=3, text_dim=int(context_dim),
-                freq_dim=int(cfg["freq_dim"]), ffn_dim=int(cfg["ffn_dim"]), num_layers=int(cfg["layers"]),
-                rope_max_seq_len=max(64, num_frames, frame_size))
+    return dict(
+        patch_size=(pt, ph, pw),
+        num_attention_heads=int(cfg["heads"]),
+        attention_head_dim=int(cfg["head_dim"]),
+        in_channels=3,
+        out_channels=3,
+        text_dim=int(context_dim),
+        freq_dim=int(cfg["freq_dim"]),
+        ffn_dim=int(cfg["ffn_dim"]),
+        num_layers=int(cfg["layers"]),
+        rope_max_seq_len=max(64, num_frames, frame_size),
+    )
 
 
 class ContextCanvas(torch.nn.Module):
@@ -77,11 +92,15 @@ class ContextCanvas(torch.nn.Module):
             self.patches = torch.nn.Linear(3 * 4, width)
             self.patch_position = torch.nn.Parameter(torch.randn((size // 2) ** 2, width) * 0.02)
             self.no_reference = torch.nn.Parameter(torch.zeros(1, width))
-            self.keys = torch.nn.Sequential(   # dilations 1, 2, 4: each key sees its pixel's neighbourhood
-                torch.nn.Conv2d(6, 32, 3, padding=1), torch.nn.GELU(),
-                torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2), torch.nn.GELU(),
-                torch.nn.Conv2d(32, 32, 3, padding=4, dilation=4), torch.nn.GELU(),
-                torch.nn.Conv2d(32, self.reference_dim, 1))
+            self.keys = torch.nn.Sequential(  # dilations 1, 2, 4: each key sees its pixel's neighbourhood
+                torch.nn.Conv2d(6, 32, 3, padding=1),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=2, dilation=2),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, 32, 3, padding=4, dilation=4),
+                torch.nn.GELU(),
+                torch.nn.Conv2d(32, self.reference_dim, 1),
+            )
             self.key_scale = torch.nn.Parameter(torch.tensor(1.0))
             yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
             self.register_buffer("coords", torch.stack([xx, yy])[None], persistent=False)
@@ -128,11 +147,11 @@ class ContextCanvas(torch.nn.Module):
         b, pixels = out.shape[0], self.num_frames * self.size * self.size
         out = out.reshape(b, 4 + self.reference_dim, pixels)
         cues = torch.cat([image, self.coords.to(image.dtype).expand(b, -1, -1, -1), foreground(image)], 1)
-        keys = self.keys(cues).flatten(2)   # B×D×HW
+        keys = self.keys(cues).flatten(2)  # B×D×HW
         weights = torch.softmax(out[:, 4:].transpose(1, 2) @ keys * (self.key_scale / self.reference_dim**0.5), -1)
         hard = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
         weights = hard + weights - weights.detach()
-        copied = (weights @ image.flatten(2).transpose(1, 2)).transpose(1, 2)   # B×3×pixels
+        copied = (weights @ image.flatten(2).transpose(1, 2)).transpose(1, 2)  # B×3×pixels
         gate = torch.sigmoid(out[:, 3:4]) * present[:, None, None].to(out.dtype)
         return gate * copied + (1 - gate) * out[:, :3]
 
@@ -155,35 +174,69 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
     to it: the prompt's pixels come by the short path, the UNet sharpens them from the noisy clip."""
 
     @register_to_config
-    def __init__(self, num_frames: int = 8, frame_size: int = 32, in_channels: int = 3, out_channels: int = 3,
-                 context_dim: int = 384, block_out_channels: tuple[int, ...] = (64, 128, 128),
-                 cross_attention: tuple[bool, ...] = (False, True, True), layers_per_block: int = 1,
-                 attention_heads: int = 4, norm_groups: int = 8, canvas: bool = False, canvas_queries: int = 8,
-                 canvas_width: int = 128, canvas_hidden: int = 1024, canvas_size: int = 16,
-                 canvas_reference: bool = False, canvas_reference_dim: int = 16):
+    def __init__(
+        self,
+        num_frames: int = 8,
+        frame_size: int = 32,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        context_dim: int = 384,
+        block_out_channels: tuple[int, ...] = (64, 128, 128),
+        cross_attention: tuple[bool, ...] = (False, True, True),
+        layers_per_block: int = 1,
+        attention_heads: int = 4,
+        norm_groups: int = 8,
+        canvas: bool = False,
+        canvas_queries: int = 8,
+        canvas_width: int = 128,
+        canvas_hidden: int = 1024,
+        canvas_size: int = 16,
+        canvas_reference: bool = False,
+        canvas_reference_dim: int = 16,
+    ):
         super().__init__()
         from diffusers import UNet2DConditionModel
 
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
-        guess_channels = out_channels if canvas else 0   # the canvas's guess, after the sample's channels
+        guess_channels = out_channels if canvas else 0  # the canvas's guess, after the sample's channels
         self.unet = UNet2DConditionModel(
-            sample_size=frame_size, in_channels=(in_channels + guess_channels) * num_frames,
+            sample_size=frame_size,
+            in_channels=(in_channels + guess_channels) * num_frames,
             out_channels=out_channels * num_frames,
-            down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
-            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-            cross_attention_dim=context_dim, attention_head_dim=attention_heads, norm_num_groups=norm_groups)
+            down_block_types=down,
+            up_block_types=up,
+            mid_block_type="UNetMidBlock2DCrossAttn",
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            cross_attention_dim=context_dim,
+            attention_head_dim=attention_heads,
+            norm_num_groups=norm_groups,
+        )
         self.context_canvas = None
         if canvas:
-            self.context_canvas = ContextCanvas(context_dim, num_frames, frame_size, canvas_queries, canvas_width,
-                                                canvas_hidden, min(int(canvas_size), int(frame_size)),
-                                                reference=bool(canvas_reference),
-                                                reference_dim=int(canvas_reference_dim))
+            self.context_canvas = ContextCanvas(
+                context_dim,
+                num_frames,
+                frame_size,
+                canvas_queries,
+                canvas_width,
+                canvas_hidden,
+                min(int(canvas_size), int(frame_size)),
+                reference=bool(canvas_reference),
+                reference_dim=int(canvas_reference_dim),
+            )
             torch.nn.init.zeros_(self.unet.conv_out.weight)  # at the start the prediction is the guess
             torch.nn.init.zeros_(self.unet.conv_out.bias)
 
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
-                reference: torch.Tensor | None = None, return_dict: bool = False):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep,
+        encoder_hidden_states: torch.Tensor,
+        reference: torch.Tensor | None = None,
+        return_dict: bool = False,
+    ):
         b, c, t, h, w = sample.shape
         if t != self.config.num_frames:
             raise VimiError(f"This denoiser generates clips of {self.config.num_frames} frames, not {t}.")
@@ -197,8 +250,9 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
         # batch 4 train what 1 × batch 8 does), nor does a prompt's on the unconditional one beside it.
         tokens = encoder_hidden_states.abs().sum(-1) != 0
         tokens[:, 0] = True  # an all-padding row attends to its first position rather than to nothing
-        out = self.unet(x, timestep, encoder_hidden_states, encoder_attention_mask=tokens.to(x.dtype),
-                        return_dict=False)[0].reshape(b, -1, t, h, w)
+        out = self.unet(
+            x, timestep, encoder_hidden_states, encoder_attention_mask=tokens.to(x.dtype), return_dict=False
+        )[0].reshape(b, -1, t, h, w)
         # The guess comes second, for a loss of its own on the clip (`stage1.canvas_loss`).
         return (out,) if guess is None else (out + guess.to(out.dtype), guess)
 
@@ -207,12 +261,19 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
         t = self.config.num_frames
         old = self.unet.conv_in
         c_old = int(self.config.in_channels)
-        guess = old.in_channels - c_old * t   # the canvas's guess comes last
-        new = torch.nn.Conv2d((c_old + extra) * t + guess, old.out_channels, old.kernel_size, old.stride,
-                              old.padding, dtype=old.weight.dtype, device=old.weight.device)
+        guess = old.in_channels - c_old * t  # the canvas's guess comes last
+        new = torch.nn.Conv2d(
+            (c_old + extra) * t + guess,
+            old.out_channels,
+            old.kernel_size,
+            old.stride,
+            old.padding,
+            dtype=old.weight.dtype,
+            device=old.weight.device,
+        )
         with torch.no_grad():
             new.weight.zero_()
-            new.weight[:, : c_old * t] = old.weight[:, : c_old * t]   # channel index = c * T + t
+            new.weight[:, : c_old * t] = old.weight[:, : c_old * t]  # channel index = c * T + t
             if guess:
                 new.weight[:, -guess:] = old.weight[:, -guess:]
             new.bias.copy_(old.bias)
@@ -222,9 +283,18 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
 
 
 FRAME_STACK_DEFAULTS: dict[str, Any] = {
-    "block_out_channels": [64, 128, 128], "cross_attention": [False, True, True], "layers_per_block": 1,
-    "attention_heads": 4, "norm_groups": 8, "canvas": False, "canvas_queries": 8, "canvas_width": 128,
-    "canvas_hidden": 1024, "canvas_size": 16, "canvas_reference": False, "canvas_reference_dim": 16,
+    "block_out_channels": [64, 128, 128],
+    "cross_attention": [False, True, True],
+    "layers_per_block": 1,
+    "attention_heads": 4,
+    "norm_groups": 8,
+    "canvas": False,
+    "canvas_queries": 8,
+    "canvas_width": 128,
+    "canvas_hidden": 1024,
+    "canvas_size": 16,
+    "canvas_reference": False,
+    "canvas_reference_dim": 16,
 }
 
 
@@ -235,21 +305,33 @@ def build_denoiser(params: dict[str, Any], num_frames: int, frame_size: int, con
         cfg = {**FRAME_STACK_DEFAULTS, **params}
         levels = len(cfg["block_out_channels"])
         if len(cfg["cross_attention"]) != levels or frame_size % 2 ** (levels - 1):
-            raise VimiError(f"params.yaml model.denoiser: cross_attention needs one entry per block_out_channels "
-                            f"entry, and the frame size ({frame_size}) must be divisible by {2 ** (levels - 1)} "
-                            f"({levels} blocks); got {cfg}.")
+            raise VimiError(
+                f"params.yaml model.denoiser: cross_attention needs one entry per block_out_channels "
+                f"entry, and the frame size ({frame_size}) must be divisible by {2 ** (levels - 1)} "
+                f"({levels} blocks); got {cfg}."
+            )
         if cfg["canvas_reference"] and (not cfg["canvas"] or min(int(cfg["canvas_size"]), frame_size) % 2):
-            raise VimiError(f"params.yaml model.denoiser.canvas_reference copies into the canvas: it needs canvas: true "
-                            f"and an even canvas size, got {cfg}.")
-        return FrameStackUNet(num_frames=num_frames, frame_size=frame_size, context_dim=context_dim,
-                              block_out_channels=tuple(int(c) for c in cfg["block_out_channels"]),
-                              cross_attention=tuple(bool(a) for a in cfg["cross_attention"]),
-                              layers_per_block=int(cfg["layers_per_block"]),
-                              attention_heads=int(cfg["attention_heads"]), norm_groups=int(cfg["norm_groups"]),
-                              canvas=bool(cfg["canvas"]), canvas_queries=int(cfg["canvas_queries"]),
-                              canvas_width=int(cfg["canvas_width"]), canvas_hidden=int(cfg["canvas_hidden"]),
-                              canvas_size=int(cfg["canvas_size"]), canvas_reference=bool(cfg["canvas_reference"]),
-                              canvas_reference_dim=int(cfg["canvas_reference_dim"]))
+            raise VimiError(
+                f"params.yaml model.denoiser.canvas_reference copies into the canvas: it needs canvas: true "
+                f"and an even canvas size, got {cfg}."
+            )
+        return FrameStackUNet(
+            num_frames=num_frames,
+            frame_size=frame_size,
+            context_dim=context_dim,
+            block_out_channels=tuple(int(c) for c in cfg["block_out_channels"]),
+            cross_attention=tuple(bool(a) for a in cfg["cross_attention"]),
+            layers_per_block=int(cfg["layers_per_block"]),
+            attention_heads=int(cfg["attention_heads"]),
+            norm_groups=int(cfg["norm_groups"]),
+            canvas=bool(cfg["canvas"]),
+            canvas_queries=int(cfg["canvas_queries"]),
+            canvas_width=int(cfg["canvas_width"]),
+            canvas_hidden=int(cfg["canvas_hidden"]),
+            canvas_size=int(cfg["canvas_size"]),
+            canvas_reference=bool(cfg["canvas_reference"]),
+            canvas_reference_dim=int(cfg["canvas_reference_dim"]),
+        )
     if kind != "wan":
         raise VimiError(f"params.yaml model.denoiser.type must be wan or frame_stack_unet, got {kind!r}.")
     from diffusers import WanTransformer3DModel
@@ -263,11 +345,17 @@ def build_stock_unet3d(frame_size: int, context_dim: int):
     from diffusers import UNet3DConditionModel
 
     return UNet3DConditionModel(
-        sample_size=frame_size, in_channels=3, out_channels=3,
+        sample_size=frame_size,
+        in_channels=3,
+        out_channels=3,
         down_block_types=("CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"),
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(32, 64, 64), layers_per_block=1, cross_attention_dim=context_dim,
-        attention_head_dim=8, norm_num_groups=8)
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        cross_attention_dim=context_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
 
 
 # Video prediction conditions the denoiser on given frames by channel concatenation (as Wan's and
@@ -288,14 +376,22 @@ def add_frame_conditioning(model) -> bool:
     if condition_channels(model) == FRAME_CONDITION_CHANNELS:
         return False
     if condition_channels(model) != 0:
-        raise VimiError(f"The denoiser has {model.config.in_channels} input channels; expected "
-                        f"{model.config.out_channels} or {model.config.out_channels + FRAME_CONDITION_CHANNELS}.")
+        raise VimiError(
+            f"The denoiser has {model.config.in_channels} input channels; expected "
+            f"{model.config.out_channels} or {model.config.out_channels + FRAME_CONDITION_CHANNELS}."
+        )
     if isinstance(model, FrameStackUNet):
         model.widen_input(FRAME_CONDITION_CHANNELS)
         return True
     old = model.patch_embedding
-    new = torch.nn.Conv3d(old.in_channels + FRAME_CONDITION_CHANNELS, old.out_channels, old.kernel_size,
-                          old.stride, dtype=old.weight.dtype, device=old.weight.device)
+    new = torch.nn.Conv3d(
+        old.in_channels + FRAME_CONDITION_CHANNELS,
+        old.out_channels,
+        old.kernel_size,
+        old.stride,
+        dtype=old.weight.dtype,
+        device=old.weight.device,
+    )
     with torch.no_grad():
         new.weight.zero_()
         new.weight[:, : old.in_channels] = old.weight
@@ -331,8 +427,9 @@ def denoise(model, sample, timesteps, context, condition=None, reference=None, w
             condition = sample.new_zeros(sample.shape[0], extra, *sample.shape[2:])
         sample = torch.cat([sample, condition.to(sample.dtype)], dim=1)
     elif condition is not None:
-        raise VimiError("This denoiser takes no given frames (a stage-1 model): video prediction needs a "
-                        "stage-2 model.")
+        raise VimiError(
+            "This denoiser takes no given frames (a stage-1 model): video prediction needs a stage-2 model."
+        )
     extra = {"reference": reference} if reads_reference(model) else {}
     out = model(sample, timesteps, encoder_hidden_states=context, return_dict=False, **extra)
     return (out[0], out[1] if len(out) > 1 else None) if with_guess else out[0]

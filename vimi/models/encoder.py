@@ -44,8 +44,10 @@ def interleave(text: str, images: Sequence[Any] | None) -> Prompt:
     images = list(images or [])
     parts = text.split(IMAGE_PLACEHOLDER)
     if len(parts) - 1 != len(images):
-        raise VimiError(f"The prompt has {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but "
-                        f"{len(images)} image(s) were given: {text!r}")
+        raise VimiError(
+            f"The prompt has {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but "
+            f"{len(images)} image(s) were given: {text!r}"
+        )
     items: Prompt = []
     for i, part in enumerate(parts):
         if part.strip():
@@ -85,18 +87,19 @@ def to_image_array(item: Any, size: int) -> np.ndarray:
 
 @dataclass
 class EncoderOutput:
-    hidden_states: torch.Tensor    # B×L×D, padding positions zeroed
-    attention_mask: torch.Tensor   # B×L, 1 = token
-    num_tokens: list[int]          # per prompt, before padding
-    truncated: int                 # prompts cut at max_tokens
+    hidden_states: torch.Tensor  # B×L×D, padding positions zeroed
+    attention_mask: torch.Tensor  # B×L, 1 = token
+    num_tokens: list[int]  # per prompt, before padding
+    truncated: int  # prompts cut at max_tokens
 
 
 class MultimodalEncoder:
     """Owns no weights of its own: the tokenizer, the language model and the image tokenizer are
     ViMiPipeline components; this class is the splicing logic that both training and sampling use."""
 
-    def __init__(self, tokenizer, language_model, vision: ImageTokenizer, max_tokens: int = 256,
-                 max_segment_tokens: int = 48):
+    def __init__(
+        self, tokenizer, language_model, vision: ImageTokenizer, max_tokens: int = 256, max_segment_tokens: int = 48
+    ):
         self.tokenizer, self.language_model, self.vision = tokenizer, language_model, vision
         self.max_tokens = min(int(max_tokens), int(language_model.config.max_position_embeddings))
         self.max_segment_tokens = int(max_segment_tokens)
@@ -118,8 +121,13 @@ class MultimodalEncoder:
         texts = [item for p in prompts for item in p if not _is_image(item)]
         images = [item for p in prompts for item in p if _is_image(item)]
         words = self.language_model.get_input_embeddings()
-        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
-                             max_length=self.max_segment_tokens)["input_ids"] if texts else []
+        ids = (
+            self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_segment_tokens)[
+                "input_ids"
+            ]
+            if texts
+            else []
+        )
         img_tokens = self.image_tokens(images) if images else None
         cls = torch.tensor([self.tokenizer.cls_token_id], device=self.device)
         sep = torch.tensor([self.tokenizer.sep_token_id], device=self.device)
@@ -140,7 +148,9 @@ class MultimodalEncoder:
             sequences.append(torch.cat([seq, special[1:]]))
         lengths = [len(s) for s in sequences]
         embeds = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True)
-        mask = (torch.arange(embeds.shape[1], device=self.device)[None] < torch.tensor(lengths, device=self.device)[:, None])
+        mask = (
+            torch.arange(embeds.shape[1], device=self.device)[None] < torch.tensor(lengths, device=self.device)[:, None]
+        )
         return embeds, mask.long(), lengths, truncated
 
     def __call__(self, prompts: Sequence[Prompt]) -> EncoderOutput:

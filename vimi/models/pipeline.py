@@ -27,7 +27,7 @@ from vimi.models.encoder import MultimodalEncoder, Prompt, interleave, to_image_
 
 @dataclass
 class ViMiPipelineOutput(BaseOutput):
-    frames: np.ndarray   # B×T×H×W×3 uint8 (output_type="np") or B×3×T×H×W float in [-1, 1] ("pt")
+    frames: np.ndarray  # B×T×H×W×3 uint8 (output_type="np") or B×3×T×H×W float in [-1, 1] ("pt")
 
 
 # Bounds of one generation request that no model's config gives (the others are the model's: its clip
@@ -43,32 +43,54 @@ def normalize_prompts(prompt: Any, images: Any = None) -> list[Prompt]:
     if isinstance(prompt, str):
         return [interleave(prompt, images)]
     if isinstance(prompt, (list, tuple)):
-        if prompt and all(isinstance(p, (list, tuple)) for p in prompt):      # batch of interleaved prompts
+        if prompt and all(isinstance(p, (list, tuple)) for p in prompt):  # batch of interleaved prompts
             if images is not None:
                 raise VimiError("Pass images inside interleaved prompts, or use text prompts with `images`.")
             return [list(p) for p in prompt]
-        if prompt and all(isinstance(p, str) for p in prompt):                # batch of text prompts
+        if prompt and all(isinstance(p, str) for p in prompt):  # batch of text prompts
             per_prompt = images if images is not None else [None] * len(prompt)
             if len(per_prompt) != len(prompt):
                 raise VimiError(f"{len(prompt)} prompts but {len(per_prompt)} image lists.")
             return [interleave(p, ims) for p, ims in zip(prompt, per_prompt)]
         if images is not None:
             raise VimiError("Pass images inside the interleaved prompt, or use a text prompt with `images`.")
-        return [list(prompt)]                                                  # one interleaved prompt
+        return [list(prompt)]  # one interleaved prompt
     raise VimiError(f"A prompt must be a string or a list, got {type(prompt).__name__}.")
 
 
 class ViMiPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "language_model->vision->transformer"
 
-    def __init__(self, tokenizer, language_model, vision, transformer, scheduler, num_frames: int = 8,
-                 frame_size: int = 32, max_tokens: int = 256, max_segment_tokens: int = 48,
-                 guidance_scale: float = 3.0, fps: float = 8.0):
+    def __init__(
+        self,
+        tokenizer,
+        language_model,
+        vision,
+        transformer,
+        scheduler,
+        num_frames: int = 8,
+        frame_size: int = 32,
+        max_tokens: int = 256,
+        max_segment_tokens: int = 48,
+        guidance_scale: float = 3.0,
+        fps: float = 8.0,
+    ):
         super().__init__()
-        self.register_modules(tokenizer=tokenizer, language_model=language_model, vision=vision,
-                              transformer=transformer, scheduler=scheduler)
-        self.register_to_config(num_frames=num_frames, frame_size=frame_size, max_tokens=max_tokens,
-                                max_segment_tokens=max_segment_tokens, guidance_scale=guidance_scale, fps=fps)
+        self.register_modules(
+            tokenizer=tokenizer,
+            language_model=language_model,
+            vision=vision,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+        self.register_to_config(
+            num_frames=num_frames,
+            frame_size=frame_size,
+            max_tokens=max_tokens,
+            max_segment_tokens=max_segment_tokens,
+            guidance_scale=guidance_scale,
+            fps=fps,
+        )
 
     @property
     def predicts_video(self) -> bool:
@@ -77,8 +99,9 @@ class ViMiPipeline(DiffusionPipeline):
 
     @property
     def encoder(self) -> MultimodalEncoder:
-        return MultimodalEncoder(self.tokenizer, self.language_model, self.vision,
-                                 self.config.max_tokens, self.config.max_segment_tokens)
+        return MultimodalEncoder(
+            self.tokenizer, self.language_model, self.vision, self.config.max_tokens, self.config.max_segment_tokens
+        )
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -97,7 +120,9 @@ class ViMiPipeline(DiffusionPipeline):
         if not 1 <= num_inference_steps <= steps_max:
             raise VimiError(f"num_inference_steps must be 1..{steps_max}, got {num_inference_steps}.")
         if not 1 <= num_frames <= int(self.config.num_frames):
-            raise VimiError(f"num_frames must be 1..{self.config.num_frames} (this model's clip length), got {num_frames}.")
+            raise VimiError(
+                f"num_frames must be 1..{self.config.num_frames} (this model's clip length), got {num_frames}."
+            )
         if not (math.isfinite(guidance_scale) and 0 <= guidance_scale <= MAX_GUIDANCE):
             raise VimiError(f"guidance_scale must be a number in 0..{MAX_GUIDANCE:g}, got {guidance_scale}.")
         for i, parts in enumerate(prompts):
@@ -109,10 +134,19 @@ class ViMiPipeline(DiffusionPipeline):
                 raise VimiError(f"Prompt {i} has {chars} characters; at most {MAX_PROMPT_CHARS} are read.")
 
     @torch.no_grad()
-    def __call__(self, prompt: Any, images: Any = None, num_frames: int | None = None,
-                 context_frames: Any = None, num_inference_steps: int = 25, guidance_scale: float | None = None,
-                 generator: torch.Generator | None = None, output_type: str = "np", return_dict: bool = True,
-                 show_progress: bool = False):
+    def __call__(
+        self,
+        prompt: Any,
+        images: Any = None,
+        num_frames: int | None = None,
+        context_frames: Any = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        show_progress: bool = False,
+    ):
         """Generate one clip per prompt. `context_frames`: the first frames of the clip to continue
         (m×H×W×3 uint8, or one such array — or None — per prompt); they are given to the denoiser,
         and the output starts with them (resized to the model's frame size). A denoiser of a fixed clip
@@ -129,7 +163,9 @@ class ViMiPipeline(DiffusionPipeline):
         wanted, num_frames = num_frames, int(fixed or num_frames)
         pt = getattr(self.transformer.config, "patch_size", None) or (1,)
         if num_frames % pt[0]:
-            raise VimiError(f"num_frames must be a multiple of the denoiser's temporal patch ({pt[0]}), got {num_frames}.")
+            raise VimiError(
+                f"num_frames must be a multiple of the denoiser's temporal patch ({pt[0]}), got {num_frames}."
+            )
         device, dtype = self.transformer.device, self.transformer.dtype
         given, condition = self._given_frames(context_frames, len(prompts), num_frames, size, wanted)
         condition = None if condition is None else condition.to(device, dtype)
@@ -140,11 +176,12 @@ class ViMiPipeline(DiffusionPipeline):
             uncond = self.encode([[]] * len(prompts)).to(dtype)
             length = max(context.shape[1], uncond.shape[1])
             context = torch.cat([_pad(uncond, length), _pad(context, length)])
-            if reference is not None:   # the empty prompt has no reference
+            if reference is not None:  # the empty prompt has no reference
                 reference = torch.cat([torch.zeros_like(reference), reference])
         shape = (len(prompts), 3, num_frames, size, size)
-        sample = torch.randn(shape, generator=generator, device=generator.device if generator else "cpu",
-                             dtype=torch.float32).to(device)
+        sample = torch.randn(
+            shape, generator=generator, device=generator.device if generator else "cpu", dtype=torch.float32
+        ).to(device)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         sample = sample * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
@@ -158,7 +195,7 @@ class ViMiPipeline(DiffusionPipeline):
                 pred = uncond_pred + scale * (cond_pred - uncond_pred)
             sample = self.scheduler.step(pred, t, sample, generator=generator).prev_sample
         sample = sample.clamp(-1, 1)[:, :, :wanted]
-        if given is not None:   # the given frames are the clip's start, as given
+        if given is not None:  # the given frames are the clip's start, as given
             for b, clip in enumerate(given):
                 if clip is not None:
                     sample[b, :, : clip.shape[1]] = clip.to(sample.device)
@@ -170,8 +207,10 @@ class ViMiPipeline(DiffusionPipeline):
         if context_frames is None:
             return None, None
         if not self.predicts_video:
-            raise VimiError("This model was not trained for video prediction (its denoiser reads no given frames, "
-                            "as a stage-1 model): use a stage-2 model for context frames.")
+            raise VimiError(
+                "This model was not trained for video prediction (its denoiser reads no given frames, "
+                "as a stage-1 model): use a stage-2 model for context frames."
+            )
         if isinstance(context_frames, np.ndarray) and context_frames.ndim == 4:
             context_frames = [context_frames] * batch
         if len(context_frames) != batch:
@@ -224,8 +263,9 @@ def to_model_frames(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(frames).permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
 
 
-def save_videos(frames: np.ndarray, out: str | Path, fps: float = 8.0, formats: Sequence[str] = ("mp4", "gif"),
-                grid: bool = False) -> list[Path]:
+def save_videos(
+    frames: np.ndarray, out: str | Path, fps: float = 8.0, formats: Sequence[str] = ("mp4", "gif"), grid: bool = False
+) -> list[Path]:
     """Write generated frames (B×T×H×W×3 or T×H×W×3) as MP4 and/or GIF; `grid` tiles a batch side
     by side into one video. Returns the paths written."""
     from vimi.io.video import write_video
@@ -249,8 +289,9 @@ def load_pipeline(path: str | Path, device: str | torch.device = "cpu") -> ViMiP
     path = Path(path)
     recover_dir(path)  # a swap killed half-way left the previous pipeline aside
     if not (path / "model_index.json").is_file():
-        raise VimiError(f"{path} is not a ViMi pipeline directory (no model_index.json). Train one first "
-                        "(vimi train stage1).")
+        raise VimiError(
+            f"{path} is not a ViMi pipeline directory (no model_index.json). Train one first (vimi train stage1)."
+        )
     pipe = ViMiPipeline.from_pretrained(str(path), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -16,8 +16,14 @@ from vimi.errors import VimiError
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU(),
-                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.GroupNorm(min(8, c_out), c_out), nn.SiLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+        nn.GroupNorm(min(8, c_out), c_out),
+        nn.SiLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1),
+        nn.GroupNorm(min(8, c_out), c_out),
+        nn.SiLU(),
+    )
 
 
 class ImageTokenizer(ModelMixin, ConfigMixin):
@@ -26,8 +32,9 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, image_size: int = 32, channels: tuple[int, ...] = (32, 64, 128), grid: int = 2,
-                 embed_dim: int = 384):
+    def __init__(
+        self, image_size: int = 32, channels: tuple[int, ...] = (32, 64, 128), grid: int = 2, embed_dim: int = 384
+    ):
         super().__init__()
         layers, c_in = [], 3
         for c in channels:
@@ -45,7 +52,7 @@ class ImageTokenizer(ModelMixin, ConfigMixin):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: N×3×H×W floats in [-1, 1]."""
-        features = self.pool(self.backbone(images))            # N×C×g×g
+        features = self.pool(self.backbone(images))  # N×C×g×g
         tokens = features.flatten(2).transpose(1, 2) + self.position
         return self.projector(tokens)
 
