@@ -94,6 +94,38 @@ def test_stage2_starts_from_stage1_and_learns_frame_conditioning(env):
     assert frames.shape == (8, 32, 48, 3)
 
 
+def test_name_dropout_masks_the_subject_only_where_images_show_it(env):
+    """stage2.name_dropout: an instruction holding images names its subject "the subject" in about that
+    share of rows (its images kept); a text-to-video instruction keeps the name, having nothing else."""
+    import torch
+
+    from vimi.train.stage2 import Stage2Task
+
+    settings = env["settings"]
+    params = {**settings.params, "stage2": {**settings.params["stage2"], "cfg_dropout": 0.0, "name_dropout": 0.5}}
+    task = Stage2Task(params, settings.path("instructions"), settings.model_path("stage1"))
+    batch = task.dataset.__getitems__(list(range(len(task.dataset))))
+    assert all(batch.subject_names) and len(batch.subject_names) == len(batch)
+    prompts = task.prompts(batch, [torch.Generator().manual_seed(i) for i in range(len(batch))])
+    masked = named = 0
+    for prompt, original, name in zip(prompts, batch.prompts, batch.subject_names):
+        assert [x for x in prompt if not isinstance(x, str)] == [x for x in original if not isinstance(x, str)]
+        texts = " ".join(x for x in prompt if isinstance(x, str)).lower()
+        if not any(not isinstance(x, str) for x in original):
+            assert prompt == original
+        elif name.lower() in texts:
+            named += 1
+        else:
+            masked += 1
+            assert (
+                "the subject" in texts and name.lower() in " ".join(x for x in original if isinstance(x, str)).lower()
+            )
+    assert masked >= 4 and named >= 4
+    bad = {**settings.params, "stage2": {**settings.params["stage2"], "name_dropout": 1.0}}
+    with pytest.raises(VimiError, match=r"stage2\.name_dropout must be in \[0, 1\)"):
+        Stage2Task(bad, settings.path("instructions"), settings.model_path("stage1"))
+
+
 def test_registered_version_carries_lineage_metrics_checks_and_signature(env):
     from mlflow.models import Model
 

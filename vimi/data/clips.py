@@ -257,6 +257,7 @@ class InstructionBatch:
     context_frames: list[int]  # leading frames given (video prediction), 0 otherwise
     instructions: list[str]
     captions: list[str]  # the clips' captions: a text-only model's prompts
+    subject_names: list[str | None] = field(default_factory=list)  # the clip's subject, where the dataset names it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -293,7 +294,8 @@ class InstructionClips:
         image_cache: int = 50_000,
     ):
         ds = lance_io.open_dataset(instructions_uri, "instruction dataset", "Run `vimi instructions build` first.")
-        table = ds.to_table(columns=INSTRUCTION_COLUMNS, filter=f"split = '{split}'")
+        columns = INSTRUCTION_COLUMNS + (["subject_name"] if "subject_name" in ds.schema.names else [])
+        table = ds.to_table(columns=columns, filter=f"split = '{split}'")
         if table.num_rows == 0:
             raise VimiError(f"The instruction dataset at {instructions_uri} has no {split!r} rows.")
         self.rows = table.to_pylist()
@@ -369,6 +371,7 @@ class InstructionClips:
             [int(r["context_frames"]) for r in rows],
             [r["instruction"] for r in rows],
             [r["caption"] for r in rows],
+            [r.get("subject_name") for r in rows],
         )
 
 

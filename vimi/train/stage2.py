@@ -5,7 +5,9 @@ images of the subject in the prompt), video prediction (the first frames in the 
 to the denoiser as extra input channels — zero-initialised on top of the stage-1 weights, so
 training starts from exactly the stage-1 model) and text-to-video. The language model and the
 image encoder stay frozen as in stage 1; the instruction is dropped with probability `cfg_dropout`
-(given frames stay: they are the clip, not the instruction).
+(given frames stay: they are the clip, not the instruction). With `name_dropout`, an instruction that
+holds images names its subject as "the subject" instead, where the dataset names it, so the look must
+come from the images (as stage 1's `name_dropout` does for the retrieved documents).
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ from vimi.errors import VimiError
 from vimi.models.denoiser import add_frame_conditioning, frame_conditioning, reads_reference
 from vimi.models.encoder import MultimodalEncoder
 from vimi.models.pipeline import ViMiPipeline, load_pipeline, reference_pixels, to_model_frames
-from vimi.train.stage1 import diffusion_loss, file_digest, loss_weighting, per_sample, real_over_generated
+from vimi.train.stage1 import (
+    diffusion_loss,
+    file_digest,
+    loss_weighting,
+    per_sample,
+    real_over_generated,
+    without_name,
+)
 
 TASKS = ("subject", "prediction", "text_to_video")
 
@@ -42,6 +51,9 @@ class Stage2Task:
         self.cfg_dropout = stage["cfg_dropout"]
         if not 0 <= self.cfg_dropout < 1:
             raise VimiError(f"params.yaml stage2.cfg_dropout must be in [0, 1), got {self.cfg_dropout}.")
+        self.name_dropout = float(stage.get("name_dropout", 0.0))
+        if not 0 <= self.name_dropout < 1:
+            raise VimiError(f"params.yaml stage2.name_dropout must be in [0, 1), got {self.name_dropout}.")
         self.canvas_loss = float(stage.get("canvas_loss", 0.0))
         self.sample_steps = stage["sample_steps"]
         self.weighting = loss_weighting(params.get("diffusion", {}))
@@ -86,6 +98,7 @@ class Stage2Task:
             "name": self.name,
             "init": self.init_digest,
             "cfg_dropout": self.cfg_dropout,
+            **({"name_dropout": self.name_dropout} if self.name_dropout else {}),
             **({"canvas_loss": self.canvas_loss} if self.canvas_loss else {}),
             "weighting": list(self.weighting),
             "data": self.dataset.versions(),
@@ -94,10 +107,29 @@ class Stage2Task:
             },
         }
 
+    def prompts(self, batch: InstructionBatch, generators: Sequence[torch.Generator]) -> list[list[Any]]:
+        """Each row's instruction with training's dropping drawn from generators[i]: dropped whole
+        (`cfg_dropout`), or, holding images, its subject's name masked (`name_dropout`)."""
+        prompts = []
+        for i, prompt in enumerate(batch.prompts):
+            g = per_sample(generators, i)
+            if float(torch.rand(1, generator=g)) < self.cfg_dropout:
+                prompts.append([])
+                continue
+            name = batch.subject_names[i] if batch.subject_names else None
+            if (
+                self.name_dropout
+                and name
+                and any(not isinstance(x, str) for x in prompt)
+                and float(torch.rand(1, generator=g)) < self.name_dropout
+            ):
+                prompt = [without_name(x, name) if isinstance(x, str) else x for x in prompt]
+            prompts.append(prompt)
+        return prompts
+
     def loss(self, model, batch: InstructionBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """Clip i's instruction dropping, noise and timestep all come from generators[i] (in that order)."""
-        drop = [float(torch.rand(1, generator=per_sample(generators, i))) < self.cfg_dropout for i in range(len(batch))]
-        prompts = [[] if d else p for d, p in zip(drop, batch.prompts)]
+        prompts = self.prompts(batch, generators)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
         clean = to_model_frames(batch.frames)
