@@ -169,6 +169,7 @@ class Stage2(Loop):
     warmup_steps: int = 10
     ema_decay: float = 0.995
     cfg_dropout: float = Field(0.1, ge=0, le=1)
+    name_dropout: float = Field(0.0, ge=0, le=1)  # as stage 1's, in instructions that hold images
     canvas_loss: float = Field(0.0, ge=0)  # weight of the canvas's own error on the clip
     sample_every: int = 0
     sample_steps: int = Field(10, ge=1)
