@@ -1,12 +1,14 @@
 """What a trained pipeline draws, measured: training prompts (retrieved documents + caption, as stage 1
 trained) and the evaluation split's subject instructions (reference image + caption), each at the
 guidance scales given, by SpriteWorld's identity measure (seen / unseen subjects apart). Prints one
-JSON line; writes /tmp/sample_identity_g<scale>.png (real | training prompt ; real | instruction).
+JSON line; writes <PROBE_PNG>_g<scale>.png (real | training prompt ; real | instruction), PROBE_PNG
+(an environment variable) defaulting to /tmp/sample_identity.
 
-    python benchmarks/probes/sample_identity.py MODEL_DIR [GUIDANCE ...]
+    PROBE_PNG=/tmp/mine python benchmarks/probes/sample_identity.py MODEL_DIR [GUIDANCE ...]
 """
 
 import json
+import os
 import sys
 import time
 
@@ -91,6 +93,6 @@ for g in scales:
         for i in range(8)
     ]
     Image.fromarray(np.concatenate(grid)).resize((T * S * 2 * 4, 16 * S * 4), Image.NEAREST).save(
-        f"/tmp/sample_identity_g{g}.png"
+        f"{os.environ.get('PROBE_PNG', '/tmp/sample_identity')}_g{g}.png"
     )
 print(json.dumps(result), flush=True)
