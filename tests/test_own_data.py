@@ -16,7 +16,10 @@ from orchestration import assets, checks
 from orchestration.resources import VimiSettings
 from tests.conftest import real_clip_frames, write_params
 from tests.test_ingest_memory import EXPECTED, img2dataset_parquet, photos, shards  # noqa: F401 (fixtures)
+from vimi.config import Settings
+from vimi.errors import VimiError
 from vimi.io.video import write_video
+from vimi.train.stage1 import Stage1Task
 
 pytestmark = pytest.mark.slow
 
@@ -130,3 +133,9 @@ def test_own_photos_and_clips_through_the_whole_graph(own_data):
     assert "an astronaut rides with cyclists" in page and "chelsea the cat" in page
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert metrics["spriteworld"]["applies"] is False
+
+    # drawing other documents of a clip's subject needs subjects: one sentence, not a silent no-op
+    settings = Settings.load(params_path=project / "params.yaml", data_dir=project / "data")
+    swap = {**settings.params, "stage1": {**settings.params["stage1"], "doc_swap": 0.5}}
+    with pytest.raises(VimiError, match=r"stage1\.doc_swap .* needs a video corpus and a memory that name subjects"):
+        Stage1Task(swap, settings.path("augmented"), settings.path("videos"), settings.model_path("encoder"))

@@ -161,6 +161,39 @@ def test_name_dropout_leaves_the_look_to_the_documents_images(trained):
         Stage1Task(bad, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
 
 
+def test_doc_swap_shows_the_subject_in_other_scenes(trained):
+    """With stage1.doc_swap, about that share of the documents are other memory documents of the clip's
+    own subject (retrieval by the caption finds it in the clip's scene); the rest are the retrieved ones."""
+    from vimi.train.stage1 import Stage1Task
+
+    s = trained
+    params = {**s.params, "stage1": {**s.params["stage1"], "cfg_dropout": 0.0, "doc_dropout": 0.0, "doc_swap": 0.5}}
+    task = Stage1Task(params, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
+    memory = lance.dataset(str(s.path("memory"))).to_table(columns=["caption", "subject_id", "scene"]).to_pylist()
+    videos = {r["id"]: r for r in lance.dataset(str(s.path("videos"))).to_table().to_pylist()}
+    n = len(task.dataset)
+    batch = task.dataset.__getitems__(list(range(n)))
+    generators = [torch.Generator().manual_seed(i) for i in range(n)]
+    retrieved = swapped = other_scene = 0
+    for i, prompt in enumerate(task.prompts(batch, generators)):
+        images = [x for x in prompt if not isinstance(x, str)]
+        assert len(images) == len(batch.doc_images[i])
+        clip = videos[batch.clip_ids[i]]
+        subject_docs = {(r["caption"], r["scene"]) for r in memory if r["subject_id"] == clip["subject_id"]}
+        for image, texts in zip(images, [x for x in prompt if isinstance(x, str)][:-1]):
+            if any(image is own for own in batch.doc_images[i]):
+                retrieved += 1
+                continue
+            swapped += 1
+            scene = next(sc for cap, sc in subject_docs if cap == texts)  # the subject's own document
+            other_scene += scene != clip["scene"]
+    assert retrieved + swapped == sum(map(len, batch.doc_images))
+    assert 0.3 < swapped / (retrieved + swapped) < 0.7 and other_scene > swapped // 2
+    bad = {**s.params, "stage1": {**s.params["stage1"], "doc_swap": 1.0}}
+    with pytest.raises(VimiError, match=r"stage1\.doc_swap must be in \[0, 1\)"):
+        Stage1Task(bad, s.path("augmented"), s.path("videos"), s.model_path("encoder"))
+
+
 def test_real_clips_are_fitted_to_the_training_shape():
     from tests.conftest import real_clip_frames
     from vimi.data.clips import fit_clip

@@ -142,6 +142,7 @@ class Stage1(Loop):
     doc_dropout: float = Field(0.3, ge=0, le=1)
     doc_text_dropout: float = Field(0.0, ge=0, le=1)  # a kept document's caption dropped: its image alone
     name_dropout: float = Field(0.0, ge=0, le=1)  # the subject's name replaced by "the subject" in the prompt's text
+    doc_swap: float = Field(0.0, ge=0, le=1)  # a document replaced by another memory document of the subject
     canvas_loss: float = Field(0.0, ge=0)  # weight of the canvas's own error on the clip
     max_docs: Optional[int] = Field(4, ge=0)  # retrieved documents in a prompt; null: retrieval.k
     sample_prompts: int = Field(4, ge=1)

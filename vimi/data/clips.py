@@ -150,11 +150,33 @@ class AugmentedClips:
             else [None] * len(video_ids)
         )
         self.subject_names = [names[r] for r in self.video_rows]
+        subjects = (
+            self.videos.to_table(columns=["subject_id"]).column("subject_id").to_pylist()
+            if "subject_id" in self.videos.schema.names
+            else [None] * len(video_ids)
+        )
+        self.subject_ids = {c: subjects[r] for c, r in zip(self.clip_ids, self.video_rows)}
+        self._subject_documents: dict[str, list[tuple[int, str]]] | None = None
         self.images = (
             MemoryDocuments(self.memory, self.memory_path, self.memory_version, self.image_size, image_cache)
             if with_docs
             else None
         )
+
+    def subject_documents(self, clip_id: str) -> list[tuple[int, str]]:
+        """Every memory document (row, id) of the clip's subject, where the video corpus and the
+        memory both name subjects (a `subject_id` column); [] where not."""
+        if self._subject_documents is None:
+            self._subject_documents = {}
+            if self.memory is not None and "subject_id" in self.memory.schema.names:
+                table = self.memory.to_table(columns=["id", "subject_id"])
+                for row, (doc_id, subject) in enumerate(
+                    zip(table.column("id").to_pylist(), table.column("subject_id").to_pylist())
+                ):
+                    if subject:
+                        self._subject_documents.setdefault(subject, []).append((row, doc_id))
+        subject = self.subject_ids.get(clip_id)
+        return self._subject_documents.get(subject, []) if subject else []
 
     @staticmethod
     def _open_version(uri: Path, version: int, what: str) -> lance.LanceDataset:

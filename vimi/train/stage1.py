@@ -5,7 +5,9 @@ first) with its own caption; the frozen multimodal encoder turns it into the cro
 context. Conditioning is dropped entirely with probability `cfg_dropout` (classifier-free
 guidance), each retrieved document with probability `doc_dropout` (so the model also works
 with fewer documents, or none) and a kept document's caption with `doc_text_dropout` (its image
-alone, as a subject instruction's reference image comes) and the clip's subject's name, where the
+alone, as a subject instruction's reference image comes); with `doc_swap` a document is replaced by
+another memory document of the clip's subject (retrieval by the caption finds the subject in the
+clip's own scene: copying that picture whole would do) and the clip's subject's name, where the
 corpus names it, with `name_dropout` (replaced by "the subject" in all the prompt's text, so its look
 must come from the documents' images). DDPM loss in pixel space, plus `canvas_loss` × the canvas's
 own error on the clip.
@@ -170,12 +172,14 @@ class Stage1Task:
         self.doc_dropout = stage["doc_dropout"]
         self.doc_text_dropout = stage.get("doc_text_dropout", 0.0)
         self.name_dropout = stage.get("name_dropout", 0.0)
+        self.doc_swap = stage.get("doc_swap", 0.0)
         self.canvas_loss = float(stage.get("canvas_loss", 0.0))
         for name, value in (
             ("cfg_dropout", self.cfg_dropout),
             ("doc_dropout", self.doc_dropout),
             ("doc_text_dropout", self.doc_text_dropout),
             ("name_dropout", self.name_dropout),
+            ("doc_swap", self.doc_swap),
         ):
             if not 0 <= value < 1:
                 raise VimiError(f"params.yaml stage1.{name} must be in [0, 1), got {value}.")
@@ -217,6 +221,11 @@ class Stage1Task:
             with_docs=not text_only,
         )
         self._model_params = model_params
+        if self.doc_swap and not text_only and not any(map(self.dataset.subject_documents, self.dataset.clip_ids)):
+            raise VimiError(
+                "params.yaml stage1.doc_swap draws other memory documents of a clip's subject: it needs a "
+                "video corpus and a memory that name subjects (a subject_id column in both)."
+            )
 
     @staticmethod
     def _check_canvas(model, diffusion: dict[str, Any]) -> None:
@@ -237,7 +246,8 @@ class Stage1Task:
             "diffusion": self.diffusion,
             "dropout": [self.cfg_dropout, self.doc_dropout, self.max_docs]
             + ([self.doc_text_dropout] if self.doc_text_dropout else [])
-            + ([{"names": self.name_dropout}] if self.name_dropout else []),
+            + ([{"names": self.name_dropout}] if self.name_dropout else [])
+            + ([{"swap": self.doc_swap}] if self.doc_swap else []),
             **({"canvas_loss": self.canvas_loss} if self.canvas_loss else {}),
             "data": [
                 str(self.dataset.videos_uri),
@@ -269,6 +279,8 @@ class Stage1Task:
                 keep = (torch.rand(len(images), generator=g) >= self.doc_dropout).tolist()
                 images = [im for im, k in zip(images, keep) if k]
                 captions = [c for c, k in zip(captions, keep) if k]
+                if self.doc_swap:
+                    images, captions = self._swap(batch.clip_ids[i], images, captions, g)
                 if self.doc_text_dropout:
                     text = (torch.rand(len(captions), generator=g) >= self.doc_text_dropout).tolist()
                     captions = [c if t else "" for c, t in zip(captions, text)]
@@ -276,6 +288,18 @@ class Stage1Task:
                     caption, captions = without_name(caption, name), [without_name(c, name) for c in captions]
             prompts.append(stage1_prompt(caption, images, captions))
         return prompts
+
+    def _swap(self, clip_id: str, images: list, captions: list[str], g: torch.Generator) -> tuple[list, list[str]]:
+        """Each document, with probability `doc_swap`, replaced by a memory document of the clip's
+        subject drawn at random. Retrieval by the caption finds the subject in the clip's own scene, so
+        a model learns to copy the whole picture; another picture of the subject shares only the subject."""
+        pool = self.dataset.subject_documents(clip_id)
+        swap = (torch.rand(len(images), generator=g) < self.doc_swap).tolist()
+        picks = torch.randint(0, max(1, len(pool)), (len(images),), generator=g).tolist()
+        wanted = [(pool[p][0], pool[p][1], clip_id) for s, p in zip(swap, picks) if s and pool]
+        drawn = iter(self.dataset.images.fetch(wanted))
+        out = [next(drawn) if s and pool else (im, c) for s, im, c in zip(swap, images, captions)]
+        return [im for im, _ in out], [c for _, c in out]
 
     def loss(self, model, batch: ClipBatch, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """Clip i's dropping, noise and timestep all come from generators[i] (in that order)."""
