@@ -5,11 +5,11 @@ first) with its own caption; the frozen multimodal encoder turns it into the cro
 context. Conditioning is dropped entirely with probability `cfg_dropout` (classifier-free
 guidance), each retrieved document with probability `doc_dropout` (so the model also works
 with fewer documents, or none) and a kept document's caption with `doc_text_dropout` (its image
-alone, as a subject instruction's reference image comes); with `doc_swap` a document is replaced by
-another memory document of the clip's subject (retrieval by the caption finds the subject in the
-clip's own scene: copying that picture whole would do) and the clip's subject's name, where the
+alone, as a subject instruction's reference image comes) and the clip's subject's name, where the
 corpus names it, with `name_dropout` (replaced by "the subject" in all the prompt's text, so its look
-must come from the documents' images). DDPM loss in pixel space, plus `canvas_loss` × the canvas's
+must come from the documents' images). With `doc_swap` a document is replaced by another memory
+document of the clip's subject (retrieval by the caption finds the subject in the clip's own scene,
+and copying that picture whole would do). DDPM loss in pixel space, plus `canvas_loss` × the canvas's
 own error on the clip.
 """
 
