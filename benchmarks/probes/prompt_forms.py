@@ -19,11 +19,10 @@ if os.environ.get("PALETTE"):
     import palette_copy  # noqa: F401  (patches the canvas)
 import numpy as np
 import torch
+from probe_clips import subject_instructions, training_clips
 
 from vimi.config import Settings
-from vimi.data.clips import AugmentedClips, InstructionClips
 from vimi.evaluation.identity import measure_clips, score, summarize
-from vimi.io import lance_io
 from vimi.models.encoder import stage1_prompt
 from vimi.models.pipeline import load_pipeline, to_uint8_frames
 from vimi.train.stage1 import without_name
@@ -34,32 +33,12 @@ forms = sys.argv[2].split(",") if len(sys.argv) > 2 else None
 s = Settings.load()
 pipe = load_pipeline(model_dir, "cpu")
 pipe.set_progress_bar_config(disable=True)
-T, S = pipe.config.num_frames, pipe.config.frame_size
 scale = float(s.params["world"]["sprite_scale"])
 captured = {}
 if pipe.transformer.context_canvas is not None:
     pipe.transformer.context_canvas.register_forward_hook(lambda m, a, o: captured.__setitem__("g", o.detach()))
-tr = AugmentedClips(s.path("augmented"), s.path("videos"), T, S, pipe.vision.config.image_size)
-tb = tr.__getitems__(list(range(32)))
-vt = {
-    r["id"]: r
-    for r in lance_io.open_dataset(s.path("videos"), "v")
-    .to_table(columns=["id", "scene", "color1", "color2", "shape", "pattern", "action"])
-    .to_pylist()
-}
-ttar = [vt[i] for i in tb.clip_ids]
-ev = InstructionClips(s.path("instructions"), "eval", T, S, pipe.vision.config.image_size)
-rows = [i for i, r in enumerate(ev.rows) if r["task"] == "subject"]
-rows = rows[:: max(1, len(rows) // 64)][:64]
-eb = ev.__getitems__(rows)
-et = {
-    r["id"]: r
-    for r in lance_io.open_dataset(s.path("eval_videos"), "e")
-    .to_table(columns=["id", "scene", "color1", "color2", "shape", "pattern", "action", "subject_split"])
-    .to_pylist()
-}
-etar = [et[ev.rows[i]["clip_id"]] for i in rows]
-split = [t["subject_split"] for t in etar]
+tb, ttar = training_clips(s, pipe, 32)
+eb, etar, split = subject_instructions(s, pipe)
 
 
 def first_image(p):
@@ -95,7 +74,7 @@ F = {
     ),
     "eval_instr": (lambda: eb.prompts, etar, split),
     "eval_1img_caption": (
-        lambda: [[first_image(eb.prompts[i]), eb.captions[i]] for i in range(len(rows))],
+        lambda: [[first_image(eb.prompts[i]), eb.captions[i]] for i in range(len(eb))],
         etar,
         split,
     ),
@@ -103,7 +82,7 @@ F = {
         lambda: [
             sum([[first_image(eb.prompts[i]), "a photo of the subject"] for _ in range(4)], [])
             + [nm(eb.captions[i], eb.subject_names[i])]
-            for i in range(len(rows))
+            for i in range(len(eb))
         ],
         etar,
         split,

@@ -15,11 +15,10 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from probe_clips import subject_instructions, training_clips
 
 from vimi.config import Settings
-from vimi.data.clips import AugmentedClips, InstructionClips
 from vimi.evaluation.identity import measure_clips, score, summarize
-from vimi.io import lance_io
 from vimi.models.encoder import stage1_prompt
 from vimi.models.pipeline import load_pipeline
 
@@ -32,28 +31,9 @@ pipe.set_progress_bar_config(disable=True)
 T, S = pipe.config.num_frames, pipe.config.frame_size
 scale = float(settings.params["world"]["sprite_scale"])
 steps = int(settings.params["diffusion"]["inference_steps"])
-train = AugmentedClips(settings.path("augmented"), settings.path("videos"), T, S, pipe.vision.config.image_size)
-tb = train.__getitems__(list(range(48)))
+tb, train_targets = training_clips(settings, pipe, 48)
 train_prompts = [stage1_prompt(tb.captions[i], tb.doc_images[i], tb.doc_captions[i]) for i in range(len(tb))]
-videos = lance_io.open_dataset(settings.path("videos"), "video corpus")
-train_truth = {
-    r["id"]: r
-    for r in videos.to_table(columns=["id", "scene", "color1", "color2", "shape", "pattern", "action"]).to_pylist()
-}
-train_targets = [train_truth[i] for i in tb.clip_ids]
-
-ev = InstructionClips(settings.path("instructions"), "eval", T, S, pipe.vision.config.image_size)
-rows = [i for i, r in enumerate(ev.rows) if r["task"] == "subject"]
-rows = rows[:: max(1, len(rows) // 64)][:64]  # spread over the split: seen and unseen subjects
-eb = ev.__getitems__(rows)
-truth = {
-    r["id"]: r
-    for r in lance_io.open_dataset(settings.path("eval_videos"), "evaluation clips")
-    .to_table(columns=["id", "scene", "color1", "color2", "shape", "pattern", "action", "subject_split"])
-    .to_pylist()
-}
-eval_targets = [truth[ev.rows[i]["clip_id"]] for i in rows]
-split = [t["subject_split"] for t in eval_targets]
+eb, eval_targets, split = subject_instructions(settings, pipe)
 keys = ("subject_there_rate", "color_pair_accuracy", "shape_accuracy", "identity_accuracy")
 result = {"model": model_dir, "steps": steps}
 for g in scales:
