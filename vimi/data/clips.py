@@ -144,17 +144,14 @@ class AugmentedClips:
                 f"version {self.videos_version}, e.g. {missing[0]!r}. Rerun `vimi augment`."
             )
         self.video_rows = [position[c] for c in self.clip_ids]
-        names = (
-            self.videos.to_table(columns=["subject_name"]).column("subject_name").to_pylist()
-            if "subject_name" in self.videos.schema.names
-            else [None] * len(video_ids)
+        # The clip's subject (name, id), where the corpus names it: one read of both columns.
+        present = [c for c in ("subject_name", "subject_id") if c in self.videos.schema.names]
+        subject = self.videos.to_table(columns=present) if present else None
+        names, subjects = (
+            subject.column(c).to_pylist() if c in present else [None] * len(video_ids)
+            for c in ("subject_name", "subject_id")
         )
         self.subject_names = [names[r] for r in self.video_rows]
-        subjects = (
-            self.videos.to_table(columns=["subject_id"]).column("subject_id").to_pylist()
-            if "subject_id" in self.videos.schema.names
-            else [None] * len(video_ids)
-        )
         self.subject_ids = {c: subjects[r] for c, r in zip(self.clip_ids, self.video_rows)}
         self._subject_documents: dict[str, list[tuple[int, str]]] | None = None
         self.images = (
