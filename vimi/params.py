@@ -35,6 +35,7 @@ class World(Section):
     frame_size: int = 16
     sprite_scale: float = 2.0
     pose_jitter: float = 0.0
+    memory_rotation: float = Field(1.0, ge=0, le=1)
     scene_variants: int = 1
     fps: int = Field(8, gt=0)
     supersample: int = 4

@@ -84,6 +84,7 @@ class WorldConfig:
     supersample: int
     appearance_in_video_caption: float
     pose_jitter: float = 1.0  # share of the trajectories' random range the clips use (vimi.world.motion)
+    memory_rotation: float = 1.0  # share of a full turn the memory's subjects are drawn at (0: upright)
     scene_variants: int = SCENE_VARIANTS  # backgrounds a clip's scene is drawn from
     # Clip sprites' size, times the rasterizer's base radius (memory images keep theirs); above 1 the
     # largest sprites of spin, grow and shrink reach the frame's edges.
@@ -116,6 +117,7 @@ class WorldConfig:
         need(0 <= self.appearance_in_video_caption <= 1, "appearance_in_video_caption must be in [0, 1]")
         need(self.fps > 0, f"fps must be > 0, got {self.fps}")
         need(0 <= self.pose_jitter <= 1, f"pose_jitter must be in [0, 1], got {self.pose_jitter}")
+        need(0 <= self.memory_rotation <= 1, f"memory_rotation must be in [0, 1], got {self.memory_rotation}")
         need(0.5 <= self.sprite_scale <= 2, f"sprite_scale must be in [0.5, 2], got {self.sprite_scale}")
         need(
             1 <= self.scene_variants <= SCENE_VARIANTS,
@@ -210,7 +212,12 @@ def memory_rows(cfg: WorldConfig, catalog: Catalog, start: int = 0, stop: int | 
         scene = catalog.scenes[rng.integers(len(catalog.scenes))]
         background = render_scene(scene, cfg.image_size, int(rng.integers(SCENE_VARIANTS)))
         pose = np.array(
-            [rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(1.2, 2.0), rng.uniform(0.0, 360.0)],
+            [
+                rng.uniform(0.3, 0.7),
+                rng.uniform(0.3, 0.7),
+                rng.uniform(1.2, 2.0),
+                cfg.memory_rotation * rng.uniform(0.0, 360.0),
+            ],
             dtype=np.float32,
         )
         if i < n_subject_docs:
