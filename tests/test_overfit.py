@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from tests.conftest import REPO
+from vimi.errors import VimiError
 from vimi.io.video import decode_video
 from vimi.models.denoiser import build_denoiser
 from vimi.models.encoder import MultimodalEncoder, load_language_model
@@ -203,6 +204,75 @@ def test_a_reference_canvas_copies_the_reference_colours_exactly(tmp_path):
             denoise(model, sample, t, context, None, reference[:, :3])
     with pytest.raises(VimiError, match="canvas_reference copies into the canvas"):
         build_denoiser({**CANVAS_DENOISER, "canvas": False, "canvas_reference": True}, 8, 16, 32)
+
+
+def _silhouette(subject, pose, size: int) -> np.ndarray:
+    """The pixels the rasterizer covers at least half drawing `subject` at `pose` on a size×size frame
+    (its coverage read from drawings on black and on white)."""
+    from vimi.world.render import draw_sprite
+
+    black, white = np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)
+    uncovered = (draw_sprite(white, subject, pose, 4).astype(float) - draw_sprite(black, subject, pose, 4)).mean(-1)
+    return uncovered <= 127.5
+
+
+@pytest.mark.parametrize(
+    "shape,pattern", [("star", "solid"), ("triangle", "split"), ("heart", "stripes"), ("square", "checker")]
+)
+def test_a_stamp_canvas_pastes_the_reference_s_subject_where_the_gate_is(shape, pattern):
+    """With the gate open on a path across the frame and the reference's mask on its subject, the
+    stamp draws the reference's subject there: its colours and shape read back by the identity
+    measure, although the reference shows it in another scene, larger and off-centre."""
+    from vimi.evaluation.identity import measure_clip
+    from vimi.models.denoiser import denoise, reference_size
+    from vimi.models.pipeline import reference_pixels
+    from vimi.world.catalog import Subject
+    from vimi.world.render import draw_sprite, render_scene
+
+    torch.manual_seed(0)
+    model = build_denoiser({**CANVAS_DENOISER, "canvas_reference": True, "canvas_stamp": True}, 8, 16, 32).eval()
+    canvas, side = model.context_canvas, reference_size(model, 16)
+    assert side == 32
+    subject = Subject("s", "s", shape, "teal", "orange", pattern, "unseen")
+    ref_pose = (0.58, 0.44, 1.6, 30.0)
+    picture = draw_sprite(render_scene("beach", side), subject, ref_pose, 4)
+    poses = [(0.3 + 0.4 * f / 7, 0.55, 1.0, 30.0) for f in range(8)]  # moves right, tiny's sprite scale 2
+    truth = np.stack([draw_sprite(render_scene("night", 16), subject, p[:2] + (2 * p[2], p[3]), 4) for p in poses])
+    gate = np.stack([_silhouette(subject, p[:2] + (2 * p[2], p[3]), 16) for p in poses])
+    ref_mask = torch.from_numpy(_silhouette(subject, ref_pose, side)).float()
+
+    class Known(torch.nn.Module):  # the mask a trained canvas learns: the reference's subject
+        def forward(self, cues):
+            return (ref_mask * 100 - 50).expand(cues.shape[0], 1, side, side)
+
+    canvas.keys = Known()
+    background = torch.from_numpy(render_scene("night", 16)).float().div(127.5).sub(1).permute(2, 0, 1)
+    pixels = 8 * 16 * 16
+    with torch.no_grad():
+        canvas.mlp[-1].weight.zero_()
+        canvas.mlp[-1].bias.copy_(
+            torch.cat(
+                [
+                    background[:, None].expand(3, 8, 16, 16).reshape(-1),
+                    torch.from_numpy(gate).float().reshape(-1) * 100 - 50,
+                ]
+            )
+        )
+        reference = reference_pixels([["a", picture, "b"], ["no image"]], side)
+        sample, t, context = torch.randn(2, 3, 8, 16, 16), torch.tensor([3, 900]), torch.randn(2, 5, 32)
+        guess = denoise(model, sample, t, context, None, reference)
+    assert guess.shape == (2, 3, 8, 16, 16) and pixels == gate[0].size * 8
+    frames = ((guess.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy()
+    measured = measure_clip(frames[0], "night", sprite_scale=2.0)
+    assert measured.subject_found, measured
+    assert measured.color_pair == {"teal", "orange"} and measured.shape == shape, measured
+    # Where the sprite is, the pasted pixels are the rasterizer's own colours, up to its anti-aliasing.
+    error = np.abs(frames[0].astype(int) - truth.astype(int))[gate].mean()
+    assert error < 40, error
+    # A prompt without a reference gets the background alone: nothing is pasted.
+    assert np.abs(frames[1].astype(int) - ((background.permute(1, 2, 0).numpy() + 1) * 127.5).round()).max() <= 1
+    with pytest.raises(VimiError, match="canvas_stamp pastes the reference's subject"):
+        build_denoiser({**CANVAS_DENOISER, "canvas_stamp": True}, 8, 16, 32)
 
 
 def test_canvas_loss_adds_the_canvas_s_own_error_on_the_clip(clips):

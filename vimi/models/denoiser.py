@@ -71,10 +71,13 @@ class ContextCanvas(torch.nn.Module):
         heads: int = 4,
         reference: bool = False,
         reference_dim: int = 16,
+        stamp: bool = False,
     ):
         super().__init__()
         self.num_frames, self.frame_size, self.size = int(num_frames), int(frame_size), int(size)
-        self.reference_dim = int(reference_dim) if reference else 0
+        self.stamp = bool(stamp and reference)
+        # A stamp needs no per-pixel keys: one mask channel of the reference is all it reads.
+        self.reference_dim = (1 if self.stamp else int(reference_dim)) if reference else 0
         self.norm = torch.nn.LayerNorm(context_dim)
         self.proj = torch.nn.Linear(context_dim, width)
         self.queries = torch.nn.Parameter(torch.randn(queries, width) * 0.02)
@@ -85,7 +88,7 @@ class ContextCanvas(torch.nn.Module):
             torch.nn.GELU(),
             torch.nn.Linear(hidden, hidden),
             torch.nn.GELU(),
-            torch.nn.Linear(hidden, (3 + (1 + self.reference_dim if reference else 0)) * num_frames * size * size),
+            torch.nn.Linear(hidden, self._channels(reference) * num_frames * size * size),
         )
         if reference:
             # The reference image as 2×2-patch tokens beside the prompt's, and as keys a clip pixel copies by.
@@ -105,6 +108,12 @@ class ContextCanvas(torch.nn.Module):
             yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
             self.register_buffer("coords", torch.stack([xx, yy])[None], persistent=False)
 
+    def _channels(self, reference: bool) -> int:
+        """Per guessed pixel: RGB, and with a reference a gate and the copy's query (a stamp has none)."""
+        if not reference:
+            return 3
+        return 4 if self.stamp else 4 + self.reference_dim
+
     def forward(self, context: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """`reference` (a canvas with `reference`): B×4×H×W, a reference image's RGB in [-1, 1] and a
         channel of ones where the prompt has one (zeros where not); None = no prompt has one."""
@@ -112,9 +121,9 @@ class ContextCanvas(torch.nn.Module):
         padding = context.abs().sum(-1) == 0
         padding[:, 0] = False  # an all-padding row would attend to nothing (NaN)
         keys = self.proj(self.norm(context))
-        image = present = None
+        image = present = full = None
         if self.reference_dim:
-            image, present = self._reference(reference, b, keys)
+            image, present, full = self._reference(reference, b, keys)
             patches = image.reshape(b, 3, self.size // 2, 2, self.size // 2, 2).permute(0, 2, 4, 1, 3, 5)
             tokens = self.patches(patches.reshape(b, -1, 12)) + self.patch_position.to(keys.dtype)
             tokens = torch.where(present[:, None, None], tokens, self.no_reference.to(keys.dtype).expand_as(tokens))
@@ -124,21 +133,28 @@ class ContextCanvas(torch.nn.Module):
             self.queries.to(keys.dtype).expand(b, -1, -1), keys, keys, key_padding_mask=padding, need_weights=False
         )[0]
         out = self.mlp(read.flatten(1))
-        guess = self._copy(out, image, present) if self.reference_dim else out
+        if self.stamp:
+            guess = self._stamp(out, full, present)
+        else:
+            guess = self._copy(out, image, present) if self.reference_dim else out
         guess = guess.reshape(b, 3 * self.num_frames, self.size, self.size)
         if self.size != self.frame_size:
             guess = torch.nn.functional.interpolate(guess, size=(self.frame_size,) * 2, mode="bilinear")
         return guess.reshape(b, 3, self.num_frames, self.frame_size, self.frame_size)
 
     def _reference(self, reference: torch.Tensor | None, b: int, like: torch.Tensor):
+        """The reference at the canvas's size, whether each prompt has one, and the reference as given
+        (a stamp samples it at its own, finer, resolution)."""
         if reference is None:
-            return like.new_zeros(b, 3, self.size, self.size), torch.zeros(b, dtype=torch.bool, device=like.device)
+            empty = like.new_zeros(b, 3, self.size, self.size)
+            return empty, torch.zeros(b, dtype=torch.bool, device=like.device), empty
         if reference.ndim != 4 or reference.shape[:2] != (b, 4):
             raise VimiError(f"A canvas reference is B×4×H×W for {b} prompts, got {tuple(reference.shape)}.")
-        reference = reference.to(like.dtype)
+        full = reference.to(like.dtype)
+        reference = full
         if reference.shape[-1] != self.size or reference.shape[-2] != self.size:
             reference = torch.nn.functional.interpolate(reference, size=(self.size,) * 2, mode="area")
-        return reference[:, :3], reference[:, 3].flatten(1).amax(1) > 0.5
+        return reference[:, :3], reference[:, 3].flatten(1).amax(1) > 0.5, full[:, :3]
 
     def _copy(self, out: torch.Tensor, image: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Each clip pixel's own colour, or the reference pixel its query finds most like it (the single
@@ -154,6 +170,49 @@ class ContextCanvas(torch.nn.Module):
         copied = (weights @ image.flatten(2).transpose(1, 2)).transpose(1, 2)  # B×3×pixels
         gate = torch.sigmoid(out[:, 3:4]) * present[:, None, None].to(out.dtype)
         return gate * copied + (1 - gate) * out[:, :3]
+
+    def _stamp(self, out: torch.Tensor, image: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """The reference's subject pasted whole into each frame: a mask of the subject in the reference
+        (learned, from its colours, place and `foreground`), and the gate of each frame (where the
+        guess says the subject is) each reduced to a centre and a spread; every gated clip pixel
+        samples the reference at the same place relative to the subject's centre, scaled by the
+        spreads. The shape and pattern come as the reference holds them, placed where the caption
+        moves the subject. Without a reference the gate is 0, as in `_copy`."""
+        b, t, s = out.shape[0], self.num_frames, self.size
+        out = out.reshape(b, 4, t, s, s)
+        gate = torch.sigmoid(out[:, 3])  # B×T×S×S
+        r = image.shape[-1]
+        ys, xs = torch.meshgrid(
+            torch.linspace(-1, 1, r, dtype=image.dtype, device=image.device),
+            torch.linspace(-1, 1, r, dtype=image.dtype, device=image.device),
+            indexing="ij",
+        )
+        grid_r = torch.stack([xs, ys], -1)  # R×R×2, (x, y) as grid_sample reads it
+        cues = torch.cat([image, grid_r.permute(2, 0, 1)[None].expand(b, -1, -1, -1), foreground(image)], 1)
+        mask = torch.sigmoid(self.keys(cues))  # B×1×R×R
+        # The moments weigh each pixel by its value to the fourth: a gate or mask left at 0.3 over the
+        # background (where nothing is pasted, nothing holds it at 0) would drag the centre and
+        # widen the spread; at 0.9 on the subject it counts 80 times as much.
+        centre_ref, spread_ref = _moments(mask.flatten(1)[:, None] ** 4, grid_r.reshape(-1, 2))  # B×1×2, B×1
+        grid_s = self.coords.to(image.dtype)[0].permute(1, 2, 0).reshape(-1, 2)  # S²×2
+        centre, spread = _moments(gate.flatten(2) ** 4, grid_s)  # B×T×2, B×T
+        where = (
+            centre_ref[:, :, None] + (grid_s[None, None] - centre[:, :, None]) * (spread_ref / spread)[..., None, None]
+        )
+        sampled = torch.nn.functional.grid_sample(
+            torch.cat([image, mask], 1), where.reshape(b, t * s, s, 2), align_corners=True, padding_mode="zeros"
+        ).reshape(b, 4, t, s, s)
+        alpha = (gate * sampled[:, 3] * present[:, None, None, None].to(out.dtype))[:, None]
+        return (alpha * sampled[:, :3] + (1 - alpha) * out[:, :3]).flatten(2)
+
+
+def _moments(weights: torch.Tensor, points: torch.Tensor, eps: float = 1e-4):
+    """B×N×P weights over P points (P×2) → each row's weighted centre (B×N×2) and root-mean-square
+    distance from it (B×N)."""
+    total = weights.sum(-1, keepdim=True) + eps
+    centre = weights @ points / total
+    spread = (weights * ((points[None, None] - centre[:, :, None]) ** 2).sum(-1)).sum(-1) / total[..., 0]
+    return centre, (spread + eps).sqrt()
 
 
 def foreground(image: torch.Tensor) -> torch.Tensor:
@@ -193,6 +252,7 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
         canvas_size: int = 16,
         canvas_reference: bool = False,
         canvas_reference_dim: int = 16,
+        canvas_stamp: bool = False,
     ):
         super().__init__()
         from diffusers import UNet2DConditionModel
@@ -225,6 +285,7 @@ class FrameStackUNet(ModelMixin, ConfigMixin):
                 min(int(canvas_size), int(frame_size)),
                 reference=bool(canvas_reference),
                 reference_dim=int(canvas_reference_dim),
+                stamp=bool(canvas_stamp),
             )
             torch.nn.init.zeros_(self.unet.conv_out.weight)  # at the start the prediction is the guess
             torch.nn.init.zeros_(self.unet.conv_out.bias)
@@ -295,6 +356,7 @@ FRAME_STACK_DEFAULTS: dict[str, Any] = {
     "canvas_size": 16,
     "canvas_reference": False,
     "canvas_reference_dim": 16,
+    "canvas_stamp": False,
 }
 
 
@@ -315,6 +377,10 @@ def build_denoiser(params: dict[str, Any], num_frames: int, frame_size: int, con
                 f"params.yaml model.denoiser.canvas_reference copies into the canvas: it needs canvas: true "
                 f"and an even canvas size, got {cfg}."
             )
+        if cfg["canvas_stamp"] and not cfg["canvas_reference"]:
+            raise VimiError(
+                "params.yaml model.denoiser.canvas_stamp pastes the reference's subject: it needs canvas_reference: true."
+            )
         return FrameStackUNet(
             num_frames=num_frames,
             frame_size=frame_size,
@@ -331,6 +397,7 @@ def build_denoiser(params: dict[str, Any], num_frames: int, frame_size: int, con
             canvas_size=int(cfg["canvas_size"]),
             canvas_reference=bool(cfg["canvas_reference"]),
             canvas_reference_dim=int(cfg["canvas_reference_dim"]),
+            canvas_stamp=bool(cfg["canvas_stamp"]),
         )
     if kind != "wan":
         raise VimiError(f"params.yaml model.denoiser.type must be wan or frame_stack_unet, got {kind!r}.")
@@ -413,6 +480,15 @@ def frame_conditioning(frames, given: list[int]):
 def reads_reference(model) -> bool:
     """Whether the denoiser's canvas copies from a reference image's pixels (`canvas_reference`)."""
     return bool(getattr(getattr(model, "module", model).config, "canvas_reference", False))
+
+
+def reference_size(model, frame_size: int) -> int:
+    """The side at which the denoiser's canvas wants the reference image (`reference_pixels`): a stamp
+    samples the subject at twice the canvas's resolution, a per-pixel copy at the clip's."""
+    config = getattr(model, "module", model).config
+    if getattr(config, "canvas_stamp", False):
+        return 2 * min(int(config.canvas_size), int(frame_size))
+    return int(frame_size)
 
 
 def denoise(model, sample, timesteps, context, condition=None, reference=None, with_guess=False):

@@ -21,7 +21,7 @@ from diffusers.utils import BaseOutput
 
 from vimi.errors import VimiError
 from vimi.io.files import recover_dir
-from vimi.models.denoiser import condition_channels, denoise, frame_conditioning, reads_reference
+from vimi.models.denoiser import condition_channels, denoise, frame_conditioning, reads_reference, reference_size
 from vimi.models.encoder import MultimodalEncoder, Prompt, interleave, to_image_array
 
 
@@ -170,7 +170,11 @@ class ViMiPipeline(DiffusionPipeline):
         given, condition = self._given_frames(context_frames, len(prompts), num_frames, size, wanted)
         condition = None if condition is None else condition.to(device, dtype)
         context = self.encode(prompts).to(dtype)
-        reference = reference_pixels(prompts, size).to(device, dtype) if reads_reference(self.transformer) else None
+        reference = (
+            reference_pixels(prompts, reference_size(self.transformer, size)).to(device, dtype)
+            if reads_reference(self.transformer)
+            else None
+        )
         use_cfg = scale > 1.0
         if use_cfg:  # the unconditional context: the empty prompt, as dropped in training
             uncond = self.encode([[]] * len(prompts)).to(dtype)

@@ -24,7 +24,7 @@ import torch
 
 from vimi.data.clips import AugmentedClips, ClipBatch
 from vimi.errors import VimiError
-from vimi.models.denoiser import build_denoiser, denoise, reads_reference
+from vimi.models.denoiser import build_denoiser, denoise, reads_reference, reference_size
 from vimi.models.encoder import MultimodalEncoder, Prompt, load_language_model, stage1_prompt
 from vimi.models.pipeline import ViMiPipeline, reference_pixels, to_model_frames
 from vimi.models.vision import load_vision
@@ -306,7 +306,9 @@ class Stage1Task:
         prompts = self.prompts(batch, generators)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
-        reference = reference_pixels(prompts, self.frame_size) if reads_reference(model) else None
+        reference = (
+            reference_pixels(prompts, reference_size(model, self.frame_size)) if reads_reference(model) else None
+        )
         return diffusion_loss(
             model,
             self.train_scheduler,
