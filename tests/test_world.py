@@ -273,6 +273,8 @@ def test_fingerprint_ignores_the_order_of_schema_metadata(tmp_path):
 def test_memory_rotation_zero_draws_the_memory_s_subjects_upright():
     """memory_rotation scales the angle only: at 0 every pictured sprite stands at 0°, its place,
     size, scene and caption the same as at 1 (one draw either way, so the rows stay aligned)."""
+    from vimi.errors import VimiError
+
     turned, upright = micro_cfg(memory_rotation=1.0), micro_cfg(memory_rotation=0.0)
     a = list(memory_rows(turned, turned.catalog(), 0, 40))
     b = list(memory_rows(upright, upright.catalog(), 0, 40))
@@ -280,7 +282,5 @@ def test_memory_rotation_zero_draws_the_memory_s_subjects_upright():
     assert posed and all(y["pose"][3] == 0.0 for _, y in posed)
     assert any(x["pose"][3] > 1.0 for x, _ in posed)
     assert all(x["pose"][:3] == y["pose"][:3] and x["caption"] == y["caption"] for x, y in zip(a, b))
-    from vimi.errors import VimiError
-
     with pytest.raises(VimiError, match="memory_rotation must be in"):
         micro_cfg(memory_rotation=1.5)

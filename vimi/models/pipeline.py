@@ -170,11 +170,8 @@ class ViMiPipeline(DiffusionPipeline):
         given, condition = self._given_frames(context_frames, len(prompts), num_frames, size, wanted)
         condition = None if condition is None else condition.to(device, dtype)
         context = self.encode(prompts).to(dtype)
-        reference = (
-            reference_pixels(prompts, reference_size(self.transformer, size)).to(device, dtype)
-            if reads_reference(self.transformer)
-            else None
-        )
+        reference = canvas_reference(self.transformer, prompts, size)
+        reference = None if reference is None else reference.to(device, dtype)
         use_cfg = scale > 1.0
         if use_cfg:  # the unconditional context: the empty prompt, as dropped in training
             uncond = self.encode([[]] * len(prompts)).to(dtype)
@@ -237,6 +234,12 @@ class ViMiPipeline(DiffusionPipeline):
             if clip is not None:
                 frames[b, :, : clip.shape[1]] = clip
         return given, frame_conditioning(frames, counts)
+
+
+def canvas_reference(model, prompts: Sequence[Prompt], size: int) -> torch.Tensor | None:
+    """What the denoiser's canvas reads of the prompts' reference images (`reference_pixels` at the
+    side it wants, `reference_size`), or None for a denoiser whose canvas reads none; `size`: the clip's."""
+    return reference_pixels(prompts, reference_size(model, size)) if reads_reference(model) else None
 
 
 def reference_pixels(prompts: Sequence[Prompt], size: int) -> torch.Tensor:

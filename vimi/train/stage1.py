@@ -24,9 +24,9 @@ import torch
 
 from vimi.data.clips import AugmentedClips, ClipBatch
 from vimi.errors import VimiError
-from vimi.models.denoiser import build_denoiser, denoise, reads_reference, reference_size
+from vimi.models.denoiser import build_denoiser, denoise
 from vimi.models.encoder import MultimodalEncoder, Prompt, load_language_model, stage1_prompt
-from vimi.models.pipeline import ViMiPipeline, reference_pixels, to_model_frames
+from vimi.models.pipeline import ViMiPipeline, canvas_reference, to_model_frames
 from vimi.models.vision import load_vision
 
 
@@ -98,7 +98,7 @@ def diffusion_loss(
     min(SNR + 1, γ) (v's own weight, capped: sharpens detail without starving the noisy steps).
     `generator`: one for the batch, or one per clip (the training loop's), each clip's noise and then
     its timestep drawn from its own: a clip's draws do not depend on the batch it is in. `reference`:
-    the prompts' reference images for a canvas that copies from them (`reference_pixels`).
+    the prompts' reference images for a canvas that copies from them (`canvas_reference`).
     `canvas_loss`: weight of the canvas's own error on the clean clip, added (its guess is read from
     the prompt alone, so this trains it as a regression from the prompt to the clip)."""
     device = next(model.parameters()).device
@@ -306,9 +306,7 @@ class Stage1Task:
         prompts = self.prompts(batch, generators)
         with torch.no_grad():
             context = self.encoder(prompts).hidden_states
-        reference = (
-            reference_pixels(prompts, reference_size(model, self.frame_size)) if reads_reference(model) else None
-        )
+        reference = canvas_reference(model, prompts, self.frame_size)
         return diffusion_loss(
             model,
             self.train_scheduler,

@@ -20,9 +20,9 @@ import torch
 
 from vimi.data.clips import InstructionBatch, InstructionClips
 from vimi.errors import VimiError
-from vimi.models.denoiser import add_frame_conditioning, frame_conditioning, reads_reference, reference_size
+from vimi.models.denoiser import add_frame_conditioning, frame_conditioning
 from vimi.models.encoder import MultimodalEncoder
-from vimi.models.pipeline import ViMiPipeline, load_pipeline, reference_pixels, to_model_frames
+from vimi.models.pipeline import ViMiPipeline, canvas_reference, load_pipeline, to_model_frames
 from vimi.train.stage1 import (
     diffusion_loss,
     file_digest,
@@ -141,9 +141,7 @@ class Stage2Task:
             generators,
             frame_conditioning(clean, batch.context_frames),
             weighting=self.weighting,
-            reference=reference_pixels(prompts, reference_size(model, clean.shape[-1]))
-            if reads_reference(model)
-            else None,
+            reference=canvas_reference(model, prompts, clean.shape[-1]),
             canvas_loss=self.canvas_loss,
         )
 
