@@ -105,8 +105,7 @@ class ContextCanvas(torch.nn.Module):
                 torch.nn.Conv2d(32, self.reference_dim, 1),
             )
             self.key_scale = torch.nn.Parameter(torch.tensor(1.0))
-            yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-            self.register_buffer("coords", torch.stack([xx, yy])[None], persistent=False)
+            self.register_buffer("coords", _grid(size)[None], persistent=False)
 
     def _channels(self, reference: bool) -> int:
         """Per guessed pixel: RGB, and with a reference a gate and the copy's query (a stamp has none)."""
@@ -162,8 +161,7 @@ class ContextCanvas(torch.nn.Module):
         reference: a colour never seen in a training clip reaches the clip unchanged."""
         b, pixels = out.shape[0], self.num_frames * self.size * self.size
         out = out.reshape(b, 4 + self.reference_dim, pixels)
-        cues = torch.cat([image, self.coords.to(image.dtype).expand(b, -1, -1, -1), foreground(image)], 1)
-        keys = self.keys(cues).flatten(2)  # B×D×HW
+        keys = self.keys(_cues(image, self.coords.to(image.dtype)[0])).flatten(2)  # B×D×HW
         weights = torch.softmax(out[:, 4:].transpose(1, 2) @ keys * (self.key_scale / self.reference_dim**0.5), -1)
         hard = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
         weights = hard + weights - weights.detach()
@@ -181,15 +179,9 @@ class ContextCanvas(torch.nn.Module):
         b, t, s = out.shape[0], self.num_frames, self.size
         out = out.reshape(b, 4, t, s, s)
         gate = torch.sigmoid(out[:, 3])  # B×T×S×S
-        r = image.shape[-1]
-        ys, xs = torch.meshgrid(
-            torch.linspace(-1, 1, r, dtype=image.dtype, device=image.device),
-            torch.linspace(-1, 1, r, dtype=image.dtype, device=image.device),
-            indexing="ij",
-        )
-        grid_r = torch.stack([xs, ys], -1)  # R×R×2, (x, y) as grid_sample reads it
-        cues = torch.cat([image, grid_r.permute(2, 0, 1)[None].expand(b, -1, -1, -1), foreground(image)], 1)
-        mask = torch.sigmoid(self.keys(cues))  # B×1×R×R
+        coords_r = _grid(image.shape[-1], image.dtype, image.device)  # 2×R×R
+        grid_r = coords_r.permute(1, 2, 0)  # R×R×2, (x, y) as grid_sample reads it
+        mask = torch.sigmoid(self.keys(_cues(image, coords_r)))  # B×1×R×R
         # The moments weigh each pixel by its value to the fourth: a gate or mask left at 0.3 over the
         # background (where nothing is pasted, nothing holds it at 0) would drag the centre and
         # widen the spread; at 0.9 on the subject it counts 80 times as much.
@@ -204,6 +196,19 @@ class ContextCanvas(torch.nn.Module):
         ).reshape(b, 4, t, s, s)
         alpha = (gate * sampled[:, 3] * present[:, None, None, None].to(out.dtype))[:, None]
         return (alpha * sampled[:, :3] + (1 - alpha) * out[:, :3]).flatten(2)
+
+
+def _grid(n: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """2×n×n: each pixel's (x, y) in [-1, 1], as grid_sample reads them."""
+    line = torch.linspace(-1, 1, n, dtype=dtype, device=device)
+    yy, xx = torch.meshgrid(line, line, indexing="ij")
+    return torch.stack([xx, yy])
+
+
+def _cues(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """What a reference pixel's key (or mask) is read from: its colour, its place (`coords`, 2×H×W)
+    and how far it stands out from the image's border (`foreground`)."""
+    return torch.cat([image, coords[None].expand(image.shape[0], -1, -1, -1), foreground(image)], 1)
 
 
 def _moments(weights: torch.Tensor, points: torch.Tensor, eps: float = 1e-4):
